@@ -1,0 +1,109 @@
+"""Dataclasses that cross module boundaries: annotation records, model batches and video tokens.
+
+Shape letters: B videos, C clip tokens, F frame tokens, K registers, L text tokens, Nq queries, D hidden.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+__all__ = ["QueryRecord", "VideoBatch", "QueryBatch", "VideoTokens"]
+
+
+@dataclass(frozen=True)
+class QueryRecord:
+    """One natural-language query about one video, from any annotation source.
+
+    ``windows`` holds the ground-truth moments in seconds (empty when the source has no timestamps; several for
+    QVHighlights). ``duration`` is the video length in seconds when the source gives it.
+    """
+
+    query_id: str
+    video_id: str
+    text: str
+    windows: tuple[tuple[float, float], ...] = ()
+    duration: float | None = None
+
+    @property
+    def start(self) -> float | None:
+        return self.windows[0][0] if self.windows else None
+
+    @property
+    def end(self) -> float | None:
+        return self.windows[0][1] if self.windows else None
+
+
+@dataclass(frozen=True)
+class VideoBatch:
+    """Preprocessed video features of B videos.
+
+    Attributes:
+        clip_feats: (B, C, D_in) L2-normalised clip-bin means.
+        frame_feats: (B, F, D_in) L2-normalised frame features, zero-padded to the batch's longest video.
+        frame_mask: (B, F) bool, True on real frames.
+        video_ids: B external video ids.
+    """
+
+    clip_feats: Tensor
+    frame_feats: Tensor
+    frame_mask: Tensor
+    video_ids: list[str] = field(default_factory=list)
+
+    def to(self, device: torch.device | str) -> VideoBatch:
+        return VideoBatch(
+            self.clip_feats.to(device), self.frame_feats.to(device), self.frame_mask.to(device), self.video_ids
+        )
+
+    def __len__(self) -> int:
+        return self.clip_feats.shape[0]
+
+
+@dataclass(frozen=True)
+class QueryBatch:
+    """Token features of Nq queries.
+
+    Attributes:
+        tokens: (Nq, L, D_text) L2-normalised token features, zero-padded.
+        mask: (Nq, L) bool, True on real tokens.
+        query_ids: Nq query ids.
+        video_index: (Nq,) long, the row of each query's video in the paired VideoBatch (training), or None.
+    """
+
+    tokens: Tensor
+    mask: Tensor
+    query_ids: list[str] = field(default_factory=list)
+    video_index: Tensor | None = None
+
+    def to(self, device: torch.device | str) -> QueryBatch:
+        index = self.video_index.to(device) if self.video_index is not None else None
+        return QueryBatch(self.tokens.to(device), self.mask.to(device), self.query_ids, index)
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+
+@dataclass(frozen=True)
+class VideoTokens:
+    """What the video side of the model produces, once per video, at index time.
+
+    Attributes:
+        clip: (B, C, D) clip tokens.
+        frame: (B, F, D) frame tokens (padded positions are meaningless; see frame_mask).
+        frame_mask: (B, F) bool, True on real frames.
+        registers: (B, K, D) the generated registers, or None when registers are disabled.
+    """
+
+    clip: Tensor
+    frame: Tensor
+    frame_mask: Tensor
+    registers: Tensor | None = None
+
+    def to(self, device: torch.device | str) -> VideoTokens:
+        registers = self.registers.to(device) if self.registers is not None else None
+        return VideoTokens(self.clip.to(device), self.frame.to(device), self.frame_mask.to(device), registers)
+
+    def __len__(self) -> int:
+        return self.clip.shape[0]
