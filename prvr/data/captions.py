@@ -1,0 +1,382 @@
+"""Caption files (``<vid>#enc#<k> <text>``) and their moments sidecar (JSONL timestamps), read and written safely.
+
+Layout (MS-SL release): ``<root>/<collection>/TextData/<collection><split>.caption.txt`` holds one query per line,
+``<cap id> <text>``; the video id is the part of the cap id before the first ``#``. The moments sidecar
+``TextData/<collection><split>.moments.jsonl`` holds one JSON object per line,
+``{"cap_id", "video_id", "windows": [[start, end], ...], "duration"}``, with times in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from prvr.types import QueryRecord
+
+__all__ = [
+    "CAPTION_LAYOUT",
+    "Windows",
+    "atomic_path",
+    "read_text_lines",
+    "caption_path",
+    "read_captions",
+    "write_captions",
+    "with_caption_ids",
+    "moments_path",
+    "read_moments",
+    "write_moments",
+]
+
+logger = logging.getLogger(__name__)
+
+CAPTION_LAYOUT = "<root>/<collection>/TextData/<collection><split>.caption.txt"
+
+Windows = tuple[tuple[float, float], ...]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# atomic writes
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a fresh temporary path beside ``path``; on success fsync it and ``os.replace`` it onto ``path``.
+
+    The body writes the temporary file (text, HDF5, ...) and closes it. If the body raises, the temporary file is
+    removed and ``path`` is left untouched, so readers never see a half-written file.
+
+    Args:
+        path: the final destination; its directory must exist.
+
+    Returns:
+        A context manager yielding the temporary path to write.
+    """
+    final = Path(path)
+    if not final.parent.is_dir():
+        raise FileNotFoundError(f"cannot write {final}: directory {final.parent} does not exist; create it first")
+    tmp = final.parent / f".{final.name}.{uuid.uuid4().hex}.tmp"
+    # O_EXCL: never clobber another writer's temp file; mode 0o666 lets the umask decide the final permissions.
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_directory(final.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Persist a rename (best effort: some platforms and file systems cannot open directories)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def read_text_lines(path: str | os.PathLike[str], what: str = "file") -> Iterator[tuple[int, str]]:
+    """Yield (1-based line number, decoded line without its line ending) of a UTF-8 text file.
+
+    Args:
+        path: the file.
+        what: how to call the file in errors (e.g. "caption file").
+
+    Returns:
+        An iterator over (line number, line).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: a line is not valid UTF-8 (the message names the file and the line).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    data = path.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark
+        data = data[3:]
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise ValueError(
+                f"{path}, line {number}: not valid UTF-8 ({error.reason} at byte {error.start} of the line); "
+                f"re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+            ) from None
+        yield number, line.rstrip("\r")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# caption files
+
+
+def caption_path(root: str | os.PathLike[str], collection: str, split: str) -> Path:
+    """``<root>/<collection>/TextData/<collection><split>.caption.txt``.
+
+    Args:
+        root: the data root holding one folder per collection.
+        collection: e.g. ``"activitynet"``, ``"tvr"``, ``"charades"``.
+        split: e.g. ``"train"``, ``"val"``, ``"test"``.
+
+    Returns:
+        The caption file's path (not checked for existence).
+    """
+    return Path(root) / collection / "TextData" / f"{collection}{split}.caption.txt"
+
+
+def read_captions(path: str | os.PathLike[str]) -> list[QueryRecord]:
+    """Read a caption file into query records (``query_id`` = cap id, no windows, no duration).
+
+    Blank lines are skipped; text is stripped.
+
+    Args:
+        path: a ``.caption.txt`` file.
+
+    Returns:
+        The records in file order.
+
+    Raises:
+        FileNotFoundError: the file does not exist (the message names the expected layout).
+        ValueError: non-UTF-8 bytes, a line without text, a cap id without ``#``, or a duplicate cap id; the
+            message names the file and the line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"caption file {path} does not exist; captions are expected at {CAPTION_LAYOUT}, one "
+            f"'<video_id>#enc#<k> <text>' per line"
+        )
+    records: list[QueryRecord] = []
+    first_line: dict[str, int] = {}
+    for number, line in read_text_lines(path, "caption file"):
+        if not line.strip():
+            continue
+        parts = line.strip().split(maxsplit=1)
+        cap_id = parts[0]
+        if len(parts) < 2 or not parts[1].strip():
+            raise ValueError(
+                f"{path}, line {number}: cap id {cap_id!r} has no text; each line must be "
+                f"'<video_id>#enc#<k> <text>' (delete the line or add its text)"
+            )
+        if "#" not in cap_id:
+            raise ValueError(
+                f"{path}, line {number}: cap id {cap_id!r} has no '#'; cap ids look like '<video_id>#enc#<k>' "
+                f"(the video id is the part before the first '#')"
+            )
+        video_id = cap_id.split("#", 1)[0]
+        if not video_id:
+            raise ValueError(f"{path}, line {number}: cap id {cap_id!r} starts with '#', so its video id is empty")
+        if cap_id in first_line:
+            raise ValueError(
+                f"{path}, line {number}: duplicate cap id {cap_id!r} (first on line {first_line[cap_id]}); "
+                f"cap ids must be unique, renumber the k in '<video_id>#enc#<k>'"
+            )
+        first_line[cap_id] = number
+        records.append(QueryRecord(query_id=cap_id, video_id=video_id, text=parts[1].strip()))
+    logger.debug("read %d captions from %s", len(records), path)
+    return records
+
+
+def _check_caption_record(record: QueryRecord, where: str) -> None:
+    cap_id = record.query_id
+    if not cap_id or any(ch.isspace() for ch in cap_id):
+        raise ValueError(f"{where}: cap id {cap_id!r} is empty or contains whitespace; cap ids must be one token")
+    if "#" not in cap_id or cap_id.split("#", 1)[0] != record.video_id:
+        raise ValueError(
+            f"{where}: cap id {cap_id!r} does not start with '{record.video_id}#'; caption files derive the video id "
+            f"from the cap id, so rename the queries first, e.g. with prvr.data.captions.with_caption_ids(records)"
+        )
+    if not record.text.strip() or "\n" in record.text or "\r" in record.text:
+        raise ValueError(f"{where}: the text of {cap_id!r} is empty or spans several lines; give one line of text")
+
+
+def write_captions(path: str | os.PathLike[str], records: Iterable[QueryRecord]) -> None:
+    """Write ``<cap id> <text>`` lines atomically (temp file in the same folder, fsync, ``os.replace``).
+
+    Args:
+        path: the destination ``.caption.txt`` (its folder must exist).
+        records: queries whose ``query_id`` is ``<video_id>#...`` (see :func:`with_caption_ids`).
+
+    Raises:
+        ValueError: a cap id that does not match its video id, contains whitespace or repeats, or an empty text.
+    """
+    path = Path(path)
+    seen: set[str] = set()
+    lines = []
+    for index, record in enumerate(records):
+        _check_caption_record(record, f"write_captions({path}), record {index}")
+        if record.query_id in seen:
+            raise ValueError(f"write_captions({path}), record {index}: duplicate cap id {record.query_id!r}")
+        seen.add(record.query_id)
+        lines.append(f"{record.query_id} {record.text.strip()}\n")
+    _write_text_atomic(path, "".join(lines))
+
+
+def with_caption_ids(records: Sequence[QueryRecord]) -> list[QueryRecord]:
+    """Rename queries to the caption convention ``<video_id>#enc#<k>``, k counting each video's queries in order.
+
+    Useful before :func:`write_captions` for sources whose own ids are not of that form (TVR ``desc_id``,
+    QVHighlights ``qid``). Everything but ``query_id`` is kept.
+
+    Args:
+        records: the queries, in the order that defines k.
+
+    Returns:
+        New records with caption-style ids.
+    """
+    counts: dict[str, int] = {}
+    renamed = []
+    for record in records:
+        k = counts.get(record.video_id, 0)
+        counts[record.video_id] = k + 1
+        renamed.append(
+            QueryRecord(f"{record.video_id}#enc#{k}", record.video_id, record.text, record.windows, record.duration)
+        )
+    return renamed
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# moments sidecar
+
+
+def moments_path(root: str | os.PathLike[str], collection: str, split: str) -> Path:
+    """``<root>/<collection>/TextData/<collection><split>.moments.jsonl`` (beside the caption file).
+
+    Args:
+        root: the data root.
+        collection: the collection name.
+        split: the split name.
+
+    Returns:
+        The sidecar's path (not checked for existence).
+    """
+    return Path(root) / collection / "TextData" / f"{collection}{split}.moments.jsonl"
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _parse_windows(value: object, where: str) -> Windows:
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{where}: 'windows' must be a list of [start, end] pairs, got {value!r}")
+    windows = []
+    for window in value:
+        if not isinstance(window, (list, tuple)) or len(window) != 2 or not all(_is_number(t) for t in window):
+            raise ValueError(f"{where}: window {window!r} is not a [start, end] pair of numbers in seconds")
+        start, end = float(window[0]), float(window[1])
+        if not (math.isfinite(start) and math.isfinite(end)):
+            raise ValueError(f"{where}: window {window!r} has a non-finite time; use finite seconds")
+        if start < 0 or start > end:
+            raise ValueError(f"{where}: window {window!r} must satisfy 0 <= start <= end (seconds)")
+        windows.append((start, end))
+    return tuple(windows)
+
+
+def _parse_duration(value: object, where: str) -> float | None:
+    if value is None:
+        return None
+    if not _is_number(value) or not math.isfinite(float(value)) or float(value) <= 0:
+        raise ValueError(f"{where}: 'duration' must be a finite number of seconds > 0 or null, got {value!r}")
+    return float(value)
+
+
+def read_moments(path: str | os.PathLike[str]) -> dict[str, tuple[Windows, float | None]]:
+    """Read a moments sidecar.
+
+    Args:
+        path: a ``.moments.jsonl`` file.
+
+    Returns:
+        cap id -> (windows as ((start, end), ...) in seconds, duration in seconds or None).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: bad JSON, a missing key, a bad window (non-finite, negative, start > end), a duration <= 0,
+            a video id that contradicts the cap id, or a duplicate cap id; the message names the file and line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"moments file {path} does not exist; it is expected beside the captions at "
+            f"<root>/<collection>/TextData/<collection><split>.moments.jsonl"
+        )
+    moments: dict[str, tuple[Windows, float | None]] = {}
+    first_line: dict[str, int] = {}
+    for number, line in read_text_lines(path, "moments file"):
+        if not line.strip():
+            continue
+        where = f"{path}, line {number}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{where}: not valid JSON ({error.msg}); each line must be one JSON object") from None
+        if not isinstance(obj, dict):
+            raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        missing = [key for key in ("cap_id", "video_id", "windows") if key not in obj]
+        if missing:
+            raise ValueError(f"{where}: missing key(s) {missing}; lines look like "
+                             f'{{"cap_id", "video_id", "windows": [[s, e], ...], "duration"}}')
+        cap_id, video_id = obj["cap_id"], obj["video_id"]
+        if not isinstance(cap_id, str) or not cap_id or not isinstance(video_id, str) or not video_id:
+            raise ValueError(f"{where}: 'cap_id' and 'video_id' must be non-empty strings")
+        if "#" in cap_id and cap_id.split("#", 1)[0] != video_id:
+            raise ValueError(f"{where}: cap id {cap_id!r} belongs to video {cap_id.split('#', 1)[0]!r}, "
+                             f"not {video_id!r}; fix the video_id")
+        if cap_id in first_line:
+            raise ValueError(f"{where}: duplicate cap id {cap_id!r} (first on line {first_line[cap_id]})")
+        first_line[cap_id] = number
+        moments[cap_id] = (_parse_windows(obj["windows"], where), _parse_duration(obj.get("duration"), where))
+    return moments
+
+
+def write_moments(path: str | os.PathLike[str], records: Iterable[QueryRecord]) -> None:
+    """Write the moments sidecar atomically, one JSON object per record.
+
+    Args:
+        path: the destination ``.moments.jsonl`` (its folder must exist).
+        records: queries with their windows (possibly empty) and durations.
+
+    Raises:
+        ValueError: an invalid window or duration, or a duplicate query id (validated before anything is written).
+    """
+    path = Path(path)
+    seen: set[str] = set()
+    lines = []
+    for index, record in enumerate(records):
+        where = f"write_moments({path}), record {index} ({record.query_id!r})"
+        if not record.query_id or not record.video_id:
+            raise ValueError(f"{where}: query_id and video_id must be non-empty")
+        if record.query_id in seen:
+            raise ValueError(f"{where}: duplicate query id")
+        seen.add(record.query_id)
+        windows = _parse_windows([list(w) for w in record.windows], where)
+        duration = _parse_duration(record.duration, where)
+        obj = {"cap_id": record.query_id, "video_id": record.video_id, "windows": [list(w) for w in windows],
+               "duration": duration}
+        lines.append(json.dumps(obj, ensure_ascii=False) + "\n")
+    _write_text_atomic(path, "".join(lines))

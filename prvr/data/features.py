@@ -1,0 +1,601 @@
+"""Feature stores (HDF5, legacy BigFile, npy/npz folders) that return validated float32 (n, D) arrays per id.
+
+Shape letters: n rows of one item (frames of a video, tokens of a query), D feature dimension.
+Layout (MS-SL release): video features at ``<root>/<collection>/FeatureData/<feature>/feature.hdf5`` (one dataset per
+video id, (n_frames, D_in)); query token features at
+``<root>/<collection>/TextData/<text_feature>_<collection>_query_feat.hdf5`` (one dataset per cap id, (L, D_text)).
+"""
+
+from __future__ import annotations
+
+import abc
+import ast
+import logging
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import h5py
+import numpy as np
+
+from prvr.data.captions import atomic_path
+
+__all__ = [
+    "FeatureStore",
+    "HDF5FeatureStore",
+    "BigFileFeatureStore",
+    "NpyDirectoryFeatureStore",
+    "validate_features",
+    "open_video_features",
+    "query_feature_path",
+    "open_query_features",
+    "write_hdf5_features",
+    "write_bigfile",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def validate_features(
+    array: Any, *, source: str, key: str, expected_dim: int | None = None
+) -> np.ndarray:
+    """Check one item's features and return them as a C-contiguous float32 (n, D) array.
+
+    Args:
+        array: the raw features, expected (n, D).
+        source: the file or folder they came from (named in errors).
+        key: the item id (named in errors).
+        expected_dim: D the caller needs, or None to accept any.
+
+    Returns:
+        (n, D) float32.
+
+    Raises:
+        ValueError: not 2-D, zero rows (a zero-frame video), zero columns, NaN/inf values (with counts) or
+            D != expected_dim; the message names ``source`` and ``key``.
+    """
+    array = np.asarray(array)
+    if array.ndim != 2:
+        raise ValueError(
+            f"{source}: features of {key!r} have shape {array.shape}, expected 2-D (n, D); re-extract or reshape them"
+        )
+    if array.shape[0] == 0:
+        raise ValueError(
+            f"{source}: {key!r} has 0 rows (a zero-frame video / empty query); re-extract its features or drop it "
+            f"from the split"
+        )
+    if array.shape[1] == 0:
+        raise ValueError(f"{source}: features of {key!r} have 0 columns (shape {array.shape})")
+    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+        raise ValueError(f"{source}: features of {key!r} have dtype {array.dtype}, expected a float type")
+    array = np.ascontiguousarray(array, dtype=np.float32)  # float16 / float64 / int -> float32
+    finite = np.isfinite(array)
+    if not finite.all():
+        n_nan = int(np.isnan(array).sum())
+        n_inf = int(array.size - finite.sum()) - n_nan
+        raise ValueError(
+            f"{source}: features of {key!r} contain {n_nan} NaN and {n_inf} inf value(s) out of {array.size}; "
+            f"re-extract them (float16 overflow is a common cause)"
+        )
+    if expected_dim is not None and array.shape[1] != expected_dim:
+        raise ValueError(
+            f"{source}: features of {key!r} have dimension {array.shape[1]}, expected {expected_dim}; "
+            f"check the feature name or set the model's input dim to {array.shape[1]}"
+        )
+    return array
+
+
+def _as_rows(array: np.ndarray) -> np.ndarray:
+    """A 1-D vector is one row: (D,) -> (1, D)."""
+    return array[None, :] if array.ndim == 1 else array
+
+
+class FeatureStore(abc.ABC):
+    """Read-only mapping id -> float32 (n, D) features, with validation on every read.
+
+    Subclasses implement ``ids``, ``_read`` (raw array of a known id), ``dim`` and optionally ``close``.
+    Stores are context managers and may be pickled (handles are dropped and re-opened lazily).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], expected_dim: int | None = None) -> None:
+        self.path = Path(path)
+        self.expected_dim = expected_dim
+
+    @abc.abstractmethod
+    def ids(self) -> list[str]:
+        """All item ids, in storage order."""
+
+    @property
+    @abc.abstractmethod
+    def dim(self) -> int:
+        """D, the feature dimension."""
+
+    @abc.abstractmethod
+    def _read(self, key: str) -> np.ndarray:
+        """The raw array of ``key`` (which is known to exist)."""
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key in self._id_set()
+
+    def _id_set(self) -> set[str]:
+        cached = self.__dict__.get("_ids_cache")
+        if cached is None:
+            cached = set(self.ids())
+            self.__dict__["_ids_cache"] = cached
+        return cached
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if key not in self:
+            raise KeyError(f"{key!r} is not in {self.path} ({len(self)} ids); check the split and the feature name")
+        return validate_features(
+            _as_rows(self._read(key)), source=str(self.path), key=key, expected_dim=self.expected_dim
+        )
+
+    def __len__(self) -> int:
+        return len(self._id_set())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.ids())
+
+    def close(self) -> None:
+        """Release file handles (the store re-opens them on the next read)."""
+
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r})"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# HDF5
+
+
+class HDF5FeatureStore(FeatureStore):
+    """One dataset per id at the root of an HDF5 file (MS-SL video and query feature files).
+
+    The file is opened lazily and re-opened in a forked child (the opening pid is remembered), so one store can be
+    shared with DataLoader workers. float16 datasets come back as float32; 1-D datasets as one row (1, D).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], expected_dim: int | None = None) -> None:
+        super().__init__(path, expected_dim)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"HDF5 feature file {self.path} does not exist")
+        self._handle: h5py.File | None = None
+        self._pid: int | None = None
+        self._ids: list[str] | None = None
+        self._dim: int | None = None
+
+    def _file(self) -> h5py.File:
+        if self._handle is None or self._pid != os.getpid():
+            # After a fork the inherited handle must not be used (HDF5 is not fork-safe); drop it without closing.
+            self._handle = None
+            try:
+                self._handle = h5py.File(self.path, "r")
+            except OSError as error:
+                raise ValueError(f"{self.path} is not a readable HDF5 file ({error}); re-create it") from None
+            self._pid = os.getpid()
+        return self._handle
+
+    def ids(self) -> list[str]:
+        if self._ids is None:
+            self._ids = list(self._file().keys())
+        return list(self._ids)
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            ids = self.ids()
+            if not ids:
+                raise ValueError(f"{self.path} holds no datasets, so it has no feature dimension")
+            self._dim = int(self._dataset(ids[0]).shape[-1])
+        return self._dim
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """The file's root attributes (e.g. the backbone that produced the features)."""
+        return {key: _plain_attr(value) for key, value in self._file().attrs.items()}
+
+    def _dataset(self, key: str) -> h5py.Dataset:
+        node = self._file()[key]
+        if not isinstance(node, h5py.Dataset):
+            raise ValueError(f"{self.path}: {key!r} is an HDF5 group, expected one dataset per id")
+        return node
+
+    def _read(self, key: str) -> np.ndarray:
+        return self._dataset(key)[()]
+
+    def close(self) -> None:
+        if self._handle is not None and self._pid == os.getpid():
+            self._handle.close()
+        self._handle = None
+        self._pid = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_handle"] = None
+        state["_pid"] = None
+        return state
+
+
+def _plain_attr(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def write_hdf5_features(
+    path: str | os.PathLike[str],
+    items: Iterable[tuple[str, np.ndarray]],
+    dtype: Any = np.float32,
+    attrs: dict[str, Any] | None = None,
+) -> Path:
+    """Write one dataset per id, atomically (temp file in the same folder, fsync, rename).
+
+    Args:
+        path: the destination ``.hdf5`` file (its folder must exist).
+        items: (id, (n, D) array) pairs; all arrays must share D.
+        dtype: the stored dtype (float32 by default; float16 halves the size).
+        attrs: root attributes, e.g. ``{"backbone": "openai/clip-vit-base-patch32"}``.
+
+    Returns:
+        ``path`` as a Path.
+
+    Raises:
+        ValueError: an invalid array (see :func:`validate_features`), an id that is empty or contains '/',
+            a duplicate id, or arrays of different D.
+    """
+    path = Path(path)
+    seen: set[str] = set()
+    dim: int | None = None
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as handle:
+            for key, array in items:
+                if not isinstance(key, str) or not key or "/" in key:
+                    raise ValueError(f"write_hdf5_features({path}): id {key!r} must be a non-empty string without '/'")
+                if key in seen:
+                    raise ValueError(f"write_hdf5_features({path}): duplicate id {key!r}")
+                seen.add(key)
+                rows = validate_features(array, source=f"write_hdf5_features({path})", key=key, expected_dim=dim)
+                dim = rows.shape[1]
+                with np.errstate(over="ignore"):  # overflow is detected just below
+                    stored = rows.astype(dtype, copy=False)
+                if np.issubdtype(stored.dtype, np.floating) and not np.isfinite(stored).all():
+                    raise ValueError(
+                        f"write_hdf5_features({path}): {key!r} overflows {np.dtype(dtype).name}; store it as float32"
+                    )
+                handle.create_dataset(key, data=stored)
+            for name, value in (attrs or {}).items():
+                handle.attrs[name] = value
+    logger.debug("wrote %d feature sets to %s", len(seen), path)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# BigFile
+
+
+class BigFileFeatureStore(FeatureStore):
+    """The legacy BigFile folder: shape.txt, id.txt, feature.bin (float32 rows) and optional video2frames.txt.
+
+    With ``video2frames.txt`` (a Python dict literal ``{video_id: [frame_id, ...]}``, parsed with
+    ``ast.literal_eval``, never ``eval``) a video's features are the rows of its frame ids in order; without it each
+    row id is a video with one row.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], expected_dim: int | None = None) -> None:
+        super().__init__(directory, expected_dim)
+        folder = self.path
+        if not folder.is_dir():
+            raise FileNotFoundError(f"BigFile folder {folder} does not exist")
+        for name in ("shape.txt", "id.txt", "feature.bin"):
+            if not (folder / name).is_file():
+                raise FileNotFoundError(
+                    f"BigFile folder {folder} has no {name}; expected shape.txt, id.txt, feature.bin"
+                )
+        self._rows, self._ndims = self._read_shape(folder / "shape.txt")
+        row_ids = (folder / "id.txt").read_text(encoding="utf-8").split()
+        if len(row_ids) != self._rows:
+            raise ValueError(
+                f"{folder / 'id.txt'} lists {len(row_ids)} ids but shape.txt says {self._rows} rows; "
+                f"the two files must describe the same feature.bin"
+            )
+        self._row_of: dict[str, int] = {}
+        for row, row_id in enumerate(row_ids):
+            if row_id in self._row_of:
+                raise ValueError(
+                    f"{folder / 'id.txt'}: duplicate row id {row_id!r} (rows {self._row_of[row_id]}, {row})"
+                )
+            self._row_of[row_id] = row
+        expected_bytes = self._rows * self._ndims * 4
+        actual_bytes = (folder / "feature.bin").stat().st_size
+        if actual_bytes != expected_bytes:
+            raise ValueError(
+                f"{folder / 'feature.bin'} has {actual_bytes} bytes, expected nrows*ndims*4 = {self._rows}*"
+                f"{self._ndims}*4 = {expected_bytes} (float32); the file is truncated or shape.txt is wrong"
+            )
+        mapping_file = folder / "video2frames.txt"
+        if mapping_file.is_file():
+            self._frames = _read_video2frames(mapping_file, self._row_of)
+        else:
+            self._frames = {row_id: [row_id] for row_id in row_ids}
+        self._matrix: np.memmap | None = None
+
+    @staticmethod
+    def _read_shape(path: Path) -> tuple[int, int]:
+        fields = path.read_text(encoding="utf-8").split()
+        try:
+            rows, ndims = (int(field) for field in fields)
+        except ValueError:
+            raise ValueError(f"{path} must hold two integers 'nrows ndims', got {' '.join(fields)!r}") from None
+        if rows < 0 or ndims <= 0:
+            raise ValueError(f"{path}: nrows must be >= 0 and ndims > 0, got {rows} {ndims}")
+        return rows, ndims
+
+    def _array(self) -> np.memmap:
+        if self._matrix is None:
+            self._matrix = np.memmap(self.path / "feature.bin", dtype=np.float32, mode="r",
+                                     shape=(self._rows, self._ndims))  # (rows, D)
+        return self._matrix
+
+    def ids(self) -> list[str]:
+        return list(self._frames)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key in self._frames
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    @property
+    def dim(self) -> int:
+        return self._ndims
+
+    def _read(self, key: str) -> np.ndarray:
+        rows = [self._row_of[frame] for frame in self._frames[key]]
+        if not rows:
+            return np.zeros((0, self._ndims), dtype=np.float32)
+        return np.array(self._array()[rows])  # (n, D) copy out of the memory map
+
+    def close(self) -> None:
+        self._matrix = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_matrix"] = None
+        return state
+
+
+def _read_video2frames(path: Path, row_of: Mapping[str, int]) -> dict[str, list[str]]:
+    """Parse ``{video_id: [frame_id, ...]}`` safely and check every frame id is a row of feature.bin."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        parsed = ast.literal_eval(text)  # literals only: calls, names and attributes are rejected
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as error:
+        raise ValueError(
+            f"{path} is not a Python dict literal {{video_id: [frame_id, ...]}} ({type(error).__name__}: {error}); "
+            f"it is parsed as a literal, never executed"
+        ) from None
+    if not isinstance(parsed, dict):
+        raise ValueError(f"{path} must hold a dict {{video_id: [frame_id, ...]}}, got {type(parsed).__name__}")
+    frames: dict[str, list[str]] = {}
+    for video_id, frame_ids in parsed.items():
+        if not isinstance(video_id, str) or not isinstance(frame_ids, (list, tuple)):
+            raise ValueError(f"{path}: entry {video_id!r} must map a string video id to a list of frame ids")
+        if not all(isinstance(frame, str) for frame in frame_ids):
+            raise ValueError(f"{path}: the frame ids of {video_id!r} must all be strings")
+        unknown = [frame for frame in frame_ids if frame not in row_of]
+        if unknown:
+            raise ValueError(
+                f"{path}: video {video_id!r} lists frame id(s) {unknown[:3]} that are not in id.txt "
+                f"({len(unknown)} missing); the BigFile folder is inconsistent"
+            )
+        frames[video_id] = list(frame_ids)
+    return frames
+
+
+def write_bigfile(
+    directory: str | os.PathLike[str], mapping: Mapping[str, np.ndarray], *, video2frames: bool = True
+) -> Path:
+    """Write a BigFile folder (for tests and fixtures).
+
+    Args:
+        directory: the folder to create or fill.
+        mapping: video id -> (n, D) float array; all arrays share D.
+        video2frames: write video2frames.txt with frame ids ``<video_id>_<i>``; when False every array must have
+            one row and the video ids are the row ids.
+
+    Returns:
+        The folder.
+    """
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    row_ids: list[str] = []
+    blocks: list[np.ndarray] = []
+    frames: dict[str, list[str]] = {}
+    dim: int | None = None
+    for video_id, array in mapping.items():
+        rows = np.asarray(array, dtype=np.float32)
+        if rows.ndim != 2 or (dim is not None and rows.shape[1] != dim):
+            raise ValueError(
+                f"write_bigfile({folder}): {video_id!r} has shape {rows.shape}, expected (n, {dim or 'D'})"
+            )
+        dim = rows.shape[1]
+        if video2frames:
+            frames[video_id] = [f"{video_id}_{i}" for i in range(rows.shape[0])]
+            row_ids.extend(frames[video_id])
+        else:
+            if rows.shape[0] != 1:
+                raise ValueError(f"write_bigfile({folder}): without video2frames each id needs exactly one row")
+            row_ids.append(video_id)
+        blocks.append(rows)
+    if dim is None:
+        raise ValueError(f"write_bigfile({folder}): nothing to write")
+    matrix = np.concatenate(blocks, axis=0)  # (rows, D)
+    (folder / "shape.txt").write_text(f"{matrix.shape[0]} {dim}", encoding="utf-8")
+    (folder / "id.txt").write_text(" ".join(row_ids), encoding="utf-8")
+    matrix.astype("<f4").tofile(folder / "feature.bin")
+    if video2frames:
+        (folder / "video2frames.txt").write_text(repr(frames), encoding="utf-8")
+    return folder
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# npy / npz folder
+
+
+class NpyDirectoryFeatureStore(FeatureStore):
+    """One file per video in a folder: ``<vid>.npy`` or ``<vid>.npz`` (key "features", or its only array).
+
+    Files are loaded with ``allow_pickle=False``.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], expected_dim: int | None = None) -> None:
+        super().__init__(directory, expected_dim)
+        if not self.path.is_dir():
+            raise FileNotFoundError(f"feature folder {self.path} does not exist")
+        self._files: dict[str, Path] = {}
+        for entry in sorted(self.path.iterdir()):
+            if entry.suffix not in (".npy", ".npz") or not entry.is_file():
+                continue
+            video_id = entry.name[: -len(entry.suffix)]
+            if video_id in self._files:
+                raise ValueError(
+                    f"{self.path}: both {self._files[video_id].name} and {entry.name} exist for {video_id!r}; keep one"
+                )
+            self._files[video_id] = entry
+        self._dim: int | None = None
+
+    def ids(self) -> list[str]:
+        return list(self._files)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key in self._files
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            if not self._files:
+                raise ValueError(f"{self.path} holds no .npy/.npz files, so it has no feature dimension")
+            first = next(iter(self._files))
+            self._dim = int(self._read(first).shape[-1])
+        return self._dim
+
+    def _read(self, key: str) -> np.ndarray:
+        file = self._files[key]
+        try:
+            loaded = np.load(file, allow_pickle=False)
+        except (OSError, EOFError, ValueError) as error:
+            raise ValueError(f"{file} is not a readable numpy file without pickles ({error}); re-save it") from None
+        if isinstance(loaded, np.ndarray):
+            return loaded
+        with loaded as archive:
+            names = archive.files
+            if "features" not in names and len(names) != 1:
+                raise ValueError(f"{file} holds arrays {names} but no 'features'; save the features under that key")
+            try:
+                return archive["features" if "features" in names else names[0]]
+            except (OSError, EOFError, ValueError) as error:
+                raise ValueError(f"{file}: cannot read its array ({error}); re-save it") from None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# resolving the standard layout
+
+
+def open_video_features(
+    root: str | os.PathLike[str], collection: str, feature_name: str, *, expected_dim: int | None = None
+) -> FeatureStore:
+    """Open ``<root>/<collection>/FeatureData/<feature_name>`` in whichever layout it is stored.
+
+    Tried in order: ``<feature_name>/feature.hdf5``, ``<feature_name>.hdf5``, a BigFile folder ``<feature_name>/``
+    (feature.bin present) and a folder of ``.npy``/``.npz`` files.
+
+    Args:
+        root: the data root.
+        collection: the collection name.
+        feature_name: e.g. ``"i3d"`` or ``"clip_vit_b32"``.
+        expected_dim: D to check on every read, or None.
+
+    Returns:
+        A feature store.
+
+    Raises:
+        FileNotFoundError: none of the layouts is present (the message lists what was tried).
+    """
+    base = Path(root) / collection / "FeatureData"
+    folder = base / feature_name
+    tried: list[str] = []
+    candidate = folder / "feature.hdf5"
+    tried.append(str(candidate))
+    if candidate.is_file():
+        return HDF5FeatureStore(candidate, expected_dim)
+    candidate = base / f"{feature_name}.hdf5"
+    tried.append(str(candidate))
+    if candidate.is_file():
+        return HDF5FeatureStore(candidate, expected_dim)
+    tried.append(f"{folder}/ (BigFile: shape.txt, id.txt, feature.bin)")
+    if (folder / "feature.bin").is_file():
+        return BigFileFeatureStore(folder, expected_dim)
+    tried.append(f"{folder}/*.npy|*.npz")
+    if folder.is_dir() and any(p.suffix in (".npy", ".npz") for p in folder.iterdir()):
+        return NpyDirectoryFeatureStore(folder, expected_dim)
+    raise FileNotFoundError(
+        f"no video features {feature_name!r} for collection {collection!r}; tried: " + "; ".join(tried)
+        + ". Check --root / the feature name (DataConfig.video_feature)."
+    )
+
+
+def query_feature_path(root: str | os.PathLike[str], collection: str, text_feature: str) -> Path:
+    """``<root>/<collection>/TextData/<text_feature>_<collection>_query_feat.hdf5``.
+
+    Args:
+        root: the data root.
+        collection: the collection name.
+        text_feature: e.g. ``"roberta"``.
+
+    Returns:
+        The path (not checked for existence).
+    """
+    return Path(root) / collection / "TextData" / f"{text_feature}_{collection}_query_feat.hdf5"
+
+
+def open_query_features(
+    root: str | os.PathLike[str], collection: str, text_feature: str, *, expected_dim: int | None = None
+) -> HDF5FeatureStore:
+    """Open the query token features (one dataset per cap id, (L, D_text)).
+
+    Args:
+        root: the data root.
+        collection: the collection name.
+        text_feature: e.g. ``"roberta"``.
+        expected_dim: D_text to check on every read, or None.
+
+    Returns:
+        The store.
+
+    Raises:
+        FileNotFoundError: the file is absent (the message names the expected path).
+    """
+    path = query_feature_path(root, collection, text_feature)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"query features {path} do not exist; expected <root>/<collection>/TextData/"
+            f"<text_feature>_<collection>_query_feat.hdf5 (DataConfig.text_feature={text_feature!r})"
+        )
+    return HDF5FeatureStore(path, expected_dim)
