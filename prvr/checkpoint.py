@@ -1,0 +1,108 @@
+"""Checkpoints: atomic save, safe load (weights_only), the experiment config embedded in every file."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prvr.config import ExperimentConfig
+from prvr.model import DreamPRVR
+
+__all__ = ["save_checkpoint", "read_checkpoint", "load_model", "file_sha256", "atomic_torch_save"]
+
+FORMAT_VERSION = 1
+
+
+def atomic_torch_save(payload: dict[str, Any], path: str | Path) -> None:
+    """torch.save to a temp file in the target directory, fsync, then rename into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            torch.save(payload, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def save_checkpoint(
+    path: str | Path,
+    *,
+    model: DreamPRVR,
+    config: ExperimentConfig,
+    epoch: int,
+    state: dict[str, Any] | None = None,
+) -> None:
+    """Write a checkpoint holding the weights, the full config (JSON) and optional training state.
+
+    Args:
+        path: destination file (written atomically).
+        model: the model whose ``state_dict`` is saved.
+        config: the experiment config; stored as JSON under "model_config" so the file describes itself.
+        epoch: the number of finished epochs.
+        state: optimizer / scheduler / RNG / history entries needed to resume (plain tensors, dicts, numbers).
+    """
+    payload: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "model_config": config.to_json(indent=None),
+        "model": model.state_dict(),
+        "epoch": epoch,
+    }
+    if state:
+        payload.update(state)
+    atomic_torch_save(payload, path)
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint dict safely (``weights_only=True``), with clear errors for missing or foreign files."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; pass the best.pt or last.pt of a `prvr train` run")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch raises several types for truncated / foreign files
+        raise ValueError(f"checkpoint {path} cannot be read ({type(error).__name__}: {error}); it may be truncated "
+                         "or not a prvr checkpoint: re-run training or point at another file") from error
+    if not isinstance(payload, dict) or "model_config" not in payload or "model" not in payload:
+        raise ValueError(f"{path} is not a prvr checkpoint (no embedded model_config); pass a file written by "
+                         "`prvr train`")
+    return payload
+
+
+def load_model(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[DreamPRVR, ExperimentConfig, dict[str, Any]]:
+    """Rebuild the model from a checkpoint's embedded config and load its weights (eval mode).
+
+    Returns:
+        (model, config, payload) where payload is the raw checkpoint dict.
+    """
+    payload = read_checkpoint(path)
+    config = ExperimentConfig.from_json(payload["model_config"])
+    model = DreamPRVR(config.model, seed=config.seed)
+    model.load_state_dict(payload["model"])
+    model.to(device).eval()
+    return model, config, payload
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,286 @@
+"""The `prvr` command line: one click group. Exit codes: 0 ok, 1 a problem with the inputs (message says which
+and how to fix it), 2 a usage error (click's)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from prvr.config import ExperimentConfig, apply_overrides, config_to_dict, list_presets, load_preset
+
+__all__ = ["main"]
+
+logger = logging.getLogger("prvr")
+
+
+class InputError(click.ClickException):
+    """A problem with what the user gave us: printed as "Error: ..." with exit code 1."""
+
+    exit_code = 1
+
+
+def _fail_cleanly(function: Any) -> Any:
+    """Turn the library's ValueError / FileNotFoundError / RuntimeError into a one-line message and exit code 1."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except (ValueError, FileNotFoundError, RuntimeError, OSError) as error:
+            raise InputError(str(error)) from error
+
+    return wrapper
+
+
+def _feature_overrides(video_feature: str | None, text_feature: str | None) -> tuple[str, ...]:
+    pairs = (("data.video_feature", video_feature), ("data.text_feature", text_feature))
+    return tuple(f"{path}={json.dumps(value)}" for path, value in pairs if value is not None)
+
+
+def _resolve_config(preset: str, overrides: tuple[str, ...], seed: int | None) -> ExperimentConfig:
+    config = apply_overrides(load_preset(preset), list(overrides))
+    if seed is not None:
+        config = dataclasses.replace(config, seed=seed)
+    return config
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """prvr: partially relevant video retrieval (DreamPRVR)."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# configuration
+
+
+@main.command("presets")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_fail_cleanly
+def presets_command(as_json: bool) -> None:
+    """List the bundled presets with their parameter counts."""
+    from prvr.model import DreamPRVR, count_parameters
+
+    rows = []
+    for name in list_presets():
+        config = load_preset(name)
+        rows.append({"preset": name, "parameters": count_parameters(DreamPRVR(config.model)),
+                     "hidden_size": config.model.hidden_size, "branches": len(config.model.block.widths),
+                     "registers": config.model.registers.num_registers if config.model.registers.enabled else 0})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"{'preset':<14}{'parameters':>14}{'D':>6}{'branches':>10}{'registers':>11}")
+    for row in rows:
+        click.echo(f"{row['preset']:<14}{row['parameters']:>14,}{row['hidden_size']:>6}{row['branches']:>10}"
+                   f"{row['registers']:>11}")
+
+
+@main.command("config")
+@click.option("--preset", default="cpu", show_default=True, help="Preset name or a JSON file.")
+@click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE",
+              help="Override a config field, e.g. --set model.registers.enabled=false (repeatable).")
+@_fail_cleanly
+def config_command(preset: str, overrides: tuple[str, ...]) -> None:
+    """Print the resolved configuration as JSON."""
+    click.echo(_resolve_config(preset, overrides, None).to_json())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# data
+
+
+@main.group("data")
+def data_group() -> None:
+    """Create, check and inspect data in the standard PRVR layout."""
+
+
+@data_group.command("synth")
+@click.option("--out", "root", required=True, type=click.Path(file_okay=False), help="Data root to write into.")
+@click.option("--collection", default="synth", show_default=True, help="Collection name.")
+@click.option("--train-videos", default=300, show_default=True, type=click.IntRange(min=2))
+@click.option("--val-videos", default=100, show_default=True, type=click.IntRange(min=2))
+@click.option("--test-videos", default=100, show_default=True, type=click.IntRange(min=2))
+@click.option("--seed", default=0, show_default=True, type=int)
+@_fail_cleanly
+def synth_command(root: str, collection: str, train_videos: int, val_videos: int, test_videos: int,
+                  seed: int) -> None:
+    """Write a synthetic corpus with learnable structure (features, captions, moments)."""
+    from prvr.data.synthetic import make_synthetic_corpus
+
+    summary = make_synthetic_corpus(
+        root, collection, splits={"train": train_videos, "val": val_videos, "test": test_videos}, seed=seed
+    )
+    click.echo(json.dumps(summary, indent=2, default=str))
+
+
+@data_group.command("check")
+@click.option("--data", "root", required=True, type=click.Path(exists=True, file_okay=False), help="Data root.")
+@click.option("--collection", required=True, help="Collection name (folder under the data root).")
+@click.option("--split", default="train", show_default=True, help="Caption split to check.")
+@click.option("--preset", default="activitynet", show_default=True, help="Preset whose data settings to use.")
+@click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE", help="Config override (repeatable).")
+@click.option("--video-feature", default=None, help="FeatureData/<name> to use (sets data.video_feature).")
+@click.option("--text-feature", default=None, help="Query feature name (sets data.text_feature).")
+@_fail_cleanly
+def check_command(root: str, collection: str, split: str, preset: str, overrides: tuple[str, ...],
+                  video_feature: str | None, text_feature: str | None) -> None:
+    """Validate a split: every caption has video and query features, dims agree, no NaN/inf or empty videos."""
+    from prvr.data.dataset import PRVRCorpus
+
+    config = _resolve_config(preset, overrides + _feature_overrides(video_feature, text_feature), None)
+    corpus = PRVRCorpus(root, collection, split, config.data)
+    for video_id in corpus.video_ids:
+        corpus.video(video_id)
+    for record in corpus.queries:
+        corpus.query_tokens(record.query_id)
+    click.echo(json.dumps({"split": split, "videos": len(corpus.video_ids), "queries": len(corpus.queries),
+                           "video_dim": corpus.video_dim, "text_dim": corpus.text_dim,
+                           "has_moments": corpus.moments is not None}))
+
+
+@data_group.command("annotations")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--format", "fmt", default="auto", show_default=True,
+              type=click.Choice(["auto", "tvr", "charades", "activitynet", "qvhighlights"]))
+@click.option("--head", default=3, show_default=True, type=click.IntRange(min=0), help="Records to show.")
+@_fail_cleanly
+def annotations_command(path: str, fmt: str, head: int) -> None:
+    """Read an annotation file (TVR, Charades-STA, ActivityNet Captions, QVHighlights) and summarise it."""
+    from prvr.data.annotations import read_annotations
+
+    records = read_annotations(path, fmt=fmt)
+    timed = sum(1 for r in records if r.windows)
+    click.echo(json.dumps({"queries": len(records), "videos": len({r.video_id for r in records}),
+                           "with_timestamps": timed,
+                           "head": [dataclasses.asdict(r) for r in records[:head]]}, indent=2))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# training and evaluation
+
+
+def _open_corpus(root: str, collection: str, split: str, config: ExperimentConfig, **kwargs: Any) -> Any:
+    from prvr.data.dataset import PRVRCorpus
+
+    return PRVRCorpus(root, collection, split, config.data, **kwargs)
+
+
+@main.command("train")
+@click.option("--data", "root", required=True, type=click.Path(exists=True, file_okay=False), help="Data root.")
+@click.option("--collection", required=True, help="Collection name (folder under the data root).")
+@click.option("--preset", default="cpu", show_default=True,
+              help=f"Preset name ({', '.join(list_presets())}) or a JSON file.")
+@click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False), help="Run directory.")
+@click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE",
+              help="Override a config field, e.g. --set train.epochs=5 (repeatable).")
+@click.option("--video-feature", default=None, help="FeatureData/<name> to use (sets data.video_feature).")
+@click.option("--text-feature", default=None,
+              help="TextData/<name>_<collection>_query_feat.hdf5 to use (sets data.text_feature).")
+@click.option("--train-split", default="train", show_default=True)
+@click.option("--val-split", default="val", show_default=True,
+              help="Split for model selection; the papers select on 'test' itself (say so when you do).")
+@click.option("--seed", type=int, default=None, help="Override the preset's seed.")
+@click.option("--resume", is_flag=True, help="Continue from RUN_DIR/last.pt.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@_fail_cleanly
+def train_command(root: str, collection: str, preset: str, run_dir: str, overrides: tuple[str, ...],
+                  video_feature: str | None, text_feature: str | None, train_split: str, val_split: str, seed: int | None, resume: bool, no_progress: bool) -> None:
+    """Train DreamPRVR; prints one JSON line of metrics per epoch and writes best.pt / last.pt."""
+    from prvr.engine import fit
+    from prvr.model import DreamPRVR, count_parameters
+
+    config = _resolve_config(preset, overrides + _feature_overrides(video_feature, text_feature), seed)
+    train_corpus = _open_corpus(root, collection, train_split, config)
+    dims = {"video_dim": train_corpus.video_dim, "text_dim": train_corpus.text_dim}
+    if (config.model.video_dim, config.model.text_dim) != (dims["video_dim"], dims["text_dim"]):
+        logger.info("input dims taken from the data: %s (preset had %d / %d)", dims, config.model.video_dim,
+                    config.model.text_dim)
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, **dims))
+    val_corpus = _open_corpus(root, collection, val_split, config, expected_video_dim=dims["video_dim"],
+                              expected_text_dim=dims["text_dim"])
+    click.echo(json.dumps({"preset": config.name, "parameters": count_parameters(DreamPRVR(config.model)),
+                           "train_videos": len(train_corpus.video_ids), "train_queries": len(train_corpus.queries),
+                           "val_videos": len(val_corpus.video_ids), "val_queries": len(val_corpus.queries)}))
+    result = fit(config, train_corpus, val_corpus, run_dir, resume=resume, progress=not no_progress,
+                 on_epoch=lambda record: click.echo(json.dumps(record)))
+    click.echo(json.dumps({"best_epoch": result.best_epoch, "best": result.best_metrics,
+                           "epochs_run": result.epochs_run, "stopped_early": result.stopped_early,
+                           "checkpoint": str(Path(run_dir) / "best.pt")}))
+
+
+@main.command("eval")
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="A best.pt / last.pt file.")
+@click.option("--data", "root", required=True, type=click.Path(exists=True, file_okay=False), help="Data root.")
+@click.option("--collection", required=True, help="Collection name.")
+@click.option("--split", default="test", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON object.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the metrics JSON here.")
+@_fail_cleanly
+def eval_command(checkpoint: str, root: str, collection: str, split: str, device: str, as_json: bool,
+                 out_path: str | None) -> None:
+    """Evaluate text-to-video retrieval: R@1/5/10/100, SumR, median and mean rank."""
+    from prvr.checkpoint import load_model
+    from prvr.engine import evaluate, resolve_device
+    from prvr.metrics.retrieval import format_metrics
+
+    model, config, _ = load_model(checkpoint, resolve_device(device))
+    corpus = _open_corpus(root, collection, split, config, expected_video_dim=config.model.video_dim,
+                          expected_text_dim=config.model.text_dim)
+    metrics = evaluate(model, corpus, config.train)
+    metrics = {"split": split, "checkpoint": str(checkpoint), **metrics}
+    if out_path:
+        Path(out_path).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    if as_json:
+        click.echo(json.dumps(metrics))
+    else:
+        click.echo(f"{collection}/{split}: {format_metrics(metrics)}")
+
+
+@main.command("quickstart")
+@click.option("--out", "out_dir", default="runs/quickstart", show_default=True, type=click.Path(file_okay=False),
+              help="Where the synthetic data and the run go.")
+@click.option("--epochs", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--seed", default=0, show_default=True, type=int)
+@_fail_cleanly
+def quickstart_command(out_dir: str, epochs: int, seed: int) -> None:
+    """Generate the synthetic corpus, train the `tiny` preset on it, and evaluate on its test split."""
+    from prvr.checkpoint import load_model
+    from prvr.data.synthetic import make_synthetic_corpus
+    from prvr.engine import evaluate, fit
+    from prvr.metrics.retrieval import format_metrics
+
+    root = Path(out_dir) / "data"
+    make_synthetic_corpus(root, "synth", splits={"train": 500, "val": 100, "test": 100}, seed=seed)
+    config = _resolve_config(
+        "tiny", (f"train.epochs={epochs}", "data.video_feature=synth", "data.text_feature=synth"), seed
+    )
+    train_corpus = _open_corpus(str(root), "synth", "train", config)
+    config = dataclasses.replace(config, model=dataclasses.replace(
+        config.model, video_dim=train_corpus.video_dim, text_dim=train_corpus.text_dim))
+    val_corpus = _open_corpus(str(root), "synth", "val", config)
+    click.echo(f"training the tiny preset for {epochs} epochs on {len(train_corpus.video_ids)} synthetic videos")
+    result = fit(config, train_corpus, val_corpus, Path(out_dir) / "run", progress=True,
+                 on_epoch=lambda r: click.echo(f"epoch {r['epoch']:>2}: val SumR {r['val']['SumR']:.1f}"))
+    model, config, _ = load_model(Path(out_dir) / "run" / "best.pt")
+    test_corpus = _open_corpus(str(root), "synth", "test", config)
+    metrics = evaluate(model, test_corpus, config.train)
+    n = len(test_corpus.video_ids)
+    chance = sum(100.0 * min(k, n) / n for k in (1, 5, 10, 100))
+    click.echo(f"test ({n} videos): {format_metrics(metrics)}")
+    click.echo(f"random ranking would give SumR {chance:.1f}; best epoch {result.best_epoch}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

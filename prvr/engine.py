@@ -1,0 +1,350 @@
+"""Training and evaluation loops. They take objects (model, corpus, config), never command-line arguments.
+
+Shape letters: V videos in a corpus, Nq queries, C clip tokens, F frame tokens, D hidden.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.nn.utils import clip_grad_norm_
+from tqdm import tqdm
+
+from prvr.checkpoint import read_checkpoint, save_checkpoint
+from prvr.config import ExperimentConfig, TrainConfig
+from prvr.data.dataset import PRVRCorpus, iter_query_batches, iter_video_batches, make_train_loader
+from prvr.losses import Criterion
+from prvr.metrics.retrieval import ranks_from_scores, recall_metrics
+from prvr.model import DreamPRVR
+from prvr.types import VideoTokens
+
+__all__ = [
+    "resolve_device",
+    "build_optimizer",
+    "train_one_epoch",
+    "encode_corpus",
+    "encode_corpus_queries",
+    "rank_corpus",
+    "evaluate",
+    "fit",
+    "FitResult",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """"auto" -> CUDA when available, else CPU; otherwise the named device (checked)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available here; use --device cpu or auto")
+    return device
+
+
+def build_optimizer(
+    model: torch.nn.Module, config: TrainConfig, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW with no weight decay on biases and normalisation weights; linear warm-up then linear decay to 0."""
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        (no_decay if parameter.ndim <= 1 else decay).append(parameter)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr,
+    )
+    total_steps = max(1, total_steps)
+    warmup = max(1, math.ceil(config.warmup_fraction * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def train_one_epoch(
+    model: DreamPRVR,
+    loader: Any,
+    criterion: Criterion,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    *,
+    epoch: int,
+    device: torch.device,
+    grad_clip: float,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+) -> dict[str, float]:
+    """One pass over the training loader. Returns mean losses, counts and throughput."""
+    model.train()
+    totals: dict[str, float] = {}
+    steps = 0
+    num_videos = 0
+    num_queries = 0
+    start = time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not progress, unit="batch")
+    for videos, queries in bar:
+        videos, queries = videos.to(device), queries.to(device)
+        outputs = model(videos, queries, generator=generator)
+        assert queries.video_index is not None
+        losses = criterion(outputs, queries.video_index, epoch, generator=generator)
+        loss = losses["loss"]
+        if not torch.isfinite(loss):
+            raise RuntimeError(
+                f"non-finite training loss at epoch {epoch + 1} (parts: "
+                f"{ {k: float(v) for k, v in losses.items()} }); lower train.lr or check the features for outliers"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip > 0:
+            clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        scheduler.step()
+        for key, value in losses.items():
+            totals[key] = totals.get(key, 0.0) + float(value.detach())
+        steps += 1
+        num_videos += len(videos)
+        num_queries += len(queries)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    elapsed = time.perf_counter() - start
+    result = {key: value / max(1, steps) for key, value in totals.items()}
+    result.update(
+        steps=steps,
+        seconds=elapsed,
+        videos_per_second=num_videos / max(elapsed, 1e-9),
+        queries_per_second=num_queries / max(elapsed, 1e-9),
+        lr=float(scheduler.get_last_lr()[0]),
+    )
+    return result
+
+
+@torch.no_grad()
+def encode_corpus(
+    model: DreamPRVR, corpus: PRVRCorpus, *, batch_size: int = 128, progress: bool = False
+) -> VideoTokens:
+    """Encode every video of the corpus (in corpus order) into CPU tokens, frames padded to the longest video."""
+    chunks: list[VideoTokens] = []
+    for batch in tqdm(
+        iter_video_batches(corpus, batch_size), desc="videos", disable=not progress, leave=False, unit="batch"
+    ):
+        chunks.append(model.encode_videos(batch).to("cpu"))
+    max_frames = max(chunk.frame.shape[1] for chunk in chunks)
+
+    def pad(t: Tensor, value: float | bool) -> Tensor:
+        extra = max_frames - t.shape[1]
+        if extra == 0:
+            return t
+        filler = torch.full((t.shape[0], extra, *t.shape[2:]), value, dtype=t.dtype)
+        return torch.cat([t, filler], dim=1)
+
+    registers = [c.registers for c in chunks]
+    return VideoTokens(
+        clip=torch.cat([c.clip for c in chunks]),  # (V, C, D)
+        frame=torch.cat([pad(c.frame, 0.0) for c in chunks]),  # (V, F, D)
+        frame_mask=torch.cat([pad(c.frame_mask, False) for c in chunks]),  # (V, F)
+        registers=torch.cat(registers) if all(r is not None for r in registers) else None,  # type: ignore[arg-type]
+    )
+
+
+@torch.no_grad()
+def encode_corpus_queries(
+    model: DreamPRVR, corpus: PRVRCorpus, *, batch_size: int = 1024
+) -> tuple[Tensor, np.ndarray]:
+    """All queries of the corpus -> (Nq, D) CPU vectors and the (Nq,) index of each query's video."""
+    vectors, targets = [], []
+    for batch, target in iter_query_batches(corpus, batch_size):
+        vectors.append(model.encode_queries(batch).to("cpu"))
+        targets.append(np.asarray(target))
+    return torch.cat(vectors), np.concatenate(targets)
+
+
+@torch.no_grad()
+def rank_corpus(
+    model: DreamPRVR,
+    queries: Tensor,
+    tokens: VideoTokens,
+    targets: np.ndarray,
+    *,
+    query_chunk: int = 1024,
+    video_chunk: int = 512,
+) -> np.ndarray:
+    """1-based rank of each query's video among all V videos, in chunks of queries x videos.
+
+    Only (query_chunk, V) scores exist at a time, and only ``video_chunk`` videos' tokens are on the model's device.
+    """
+    device = model.device
+    target_tensor = torch.as_tensor(targets, dtype=torch.long)
+    ranks = []
+    for q_start in range(0, queries.shape[0], query_chunk):
+        q = queries[q_start : q_start + query_chunk].to(device)  # (nq, D)
+        columns = []
+        for v_start in range(0, len(tokens), video_chunk):
+            part = _slice_tokens(tokens, v_start, v_start + video_chunk).to(device)
+            columns.append(model.score(q, part)["total"].float().cpu())  # (nq, v)
+        scores = torch.cat(columns, dim=1)  # (nq, V)
+        ranks.append(ranks_from_scores(scores, target_tensor[q_start : q_start + query_chunk]))
+    return torch.cat(ranks).numpy()
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _slice_tokens(tokens: VideoTokens, start: int, stop: int) -> VideoTokens:
+    registers = tokens.registers[start:stop] if tokens.registers is not None else None
+    return VideoTokens(tokens.clip[start:stop], tokens.frame[start:stop], tokens.frame_mask[start:stop], registers)
+
+
+@torch.no_grad()
+def evaluate(
+    model: DreamPRVR, corpus: PRVRCorpus, config: TrainConfig, *, progress: bool = False
+) -> dict[str, float]:
+    """R@1/5/10/100, SumR, median and mean rank of text-to-video retrieval over the whole corpus."""
+    start = time.perf_counter()
+    tokens = encode_corpus(model, corpus, batch_size=max(1, config.eval_video_chunk // 4), progress=progress)
+    encoded = time.perf_counter()
+    queries, targets = encode_corpus_queries(model, corpus, batch_size=config.eval_query_chunk)
+    ranks = rank_corpus(
+        model, queries, tokens, targets, query_chunk=config.eval_query_chunk, video_chunk=config.eval_video_chunk
+    )
+    metrics = recall_metrics(torch.as_tensor(ranks))
+    metrics["num_videos"] = len(tokens)
+    metrics["video_seconds"] = encoded - start
+    metrics["seconds"] = time.perf_counter() - start
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the whole run
+
+
+@dataclass(frozen=True)
+class FitResult:
+    best_epoch: int
+    best_metrics: dict[str, float]
+    epochs_run: int
+    stopped_early: bool
+    run_dir: Path
+
+
+def fit(
+    config: ExperimentConfig,
+    train_corpus: PRVRCorpus,
+    val_corpus: PRVRCorpus,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> FitResult:
+    """Train with early stopping on validation SumR, writing best.pt, last.pt and metrics.jsonl into ``run_dir``.
+
+    A run can be cut off at any time: last.pt is rewritten atomically after every epoch and ``resume=True`` continues
+    from it with the same data order, learning-rate schedule and random state.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(config.train.device)
+    if config.train.threads > 0:
+        torch.set_num_threads(config.train.threads)
+    torch.manual_seed(config.seed)
+    model = DreamPRVR(config.model, seed=config.seed).to(device)
+    criterion = Criterion(config.loss, clip_weight=config.model.clip_weight, frame_weight=config.model.frame_weight)
+    batches_per_epoch = math.ceil(len(train_corpus.video_ids) / config.train.batch_videos)
+    optimizer, scheduler = build_optimizer(model, config.train, config.train.epochs * batches_per_epoch)
+
+    history: list[dict[str, Any]] = []
+    start_epoch, best_sumr, best_epoch, bad_epochs, elapsed_before = 0, -1.0, -1, 0, 0.0
+    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    if resume:
+        if not last_path.is_file():
+            raise FileNotFoundError(f"--resume: {last_path} does not exist; start the run without --resume")
+        payload = read_checkpoint(last_path)
+        saved = ExperimentConfig.from_json(payload["model_config"])
+        if saved.model != config.model or saved.loss != config.loss or saved.seed != config.seed:
+            raise ValueError(
+                f"--resume: the config in {last_path} differs from the requested one (model, loss or seed); resume "
+                "with the same preset and overrides, or start a new run directory"
+            )
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        scheduler.load_state_dict(payload["scheduler"])
+        start_epoch = int(payload["epoch"])
+        history = json.loads(payload["history"])
+        best_sumr, best_epoch = float(payload["best_sumr"]), int(payload["best_epoch"])
+        bad_epochs, elapsed_before = int(payload["bad_epochs"]), float(payload["elapsed"])
+        logger.info("resuming %s after epoch %d (best SumR %.2f at epoch %d)", run_dir, start_epoch, best_sumr,
+                    best_epoch + 1)
+        # the checkpoint's history is authoritative: drop lines of an epoch that was cut off before its checkpoint
+        _write_text_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+    (run_dir / "config.json").write_text(config.to_json() + "\n", encoding="utf-8")
+
+    run_start = time.perf_counter()
+    stopped_early = False
+    for epoch in range(start_epoch, config.train.epochs):
+        if bad_epochs >= config.train.patience:
+            stopped_early = True
+            break
+        torch.manual_seed(config.seed * 100_003 + epoch)  # dropout stream: reproducible per epoch, so resumable
+        generator = torch.Generator(device=device)
+        generator.manual_seed(config.seed * 1_000_003 + epoch)
+        loader = make_train_loader(
+            train_corpus, config.train.batch_videos, seed=config.seed, epoch=epoch,
+            num_workers=config.train.num_workers,
+        )
+        train_stats = train_one_epoch(
+            model, loader, criterion, optimizer, scheduler, epoch=epoch, device=device,
+            grad_clip=config.train.grad_clip, generator=generator, progress=progress,
+        )
+        val_metrics = evaluate(model, val_corpus, config.train)
+        improved = val_metrics["SumR"] > best_sumr
+        if improved:
+            best_sumr, best_epoch, bad_epochs = val_metrics["SumR"], epoch, 0
+        else:
+            bad_epochs += 1
+        record = {
+            "epoch": epoch + 1,
+            "train": {k: round(v, 6) if isinstance(v, float) else v for k, v in train_stats.items()},
+            "val": {k: round(v, 4) if isinstance(v, float) else v for k, v in val_metrics.items()},
+            "best_epoch": best_epoch + 1,
+            "wall_seconds": round(elapsed_before + time.perf_counter() - run_start, 2),
+        }
+        history.append(record)
+        with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if on_epoch is not None:
+            on_epoch(record)
+        state = {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "history": json.dumps(history),
+            "best_sumr": best_sumr,
+            "best_epoch": best_epoch,
+            "bad_epochs": bad_epochs,
+            "elapsed": elapsed_before + time.perf_counter() - run_start,
+            "val_metrics": json.dumps(val_metrics),
+        }
+        if improved:
+            save_checkpoint(best_path, model=model, config=config, epoch=epoch + 1,
+                            state={"val_metrics": json.dumps(val_metrics)})
+        save_checkpoint(last_path, model=model, config=config, epoch=epoch + 1, state=state)
+    best_metrics = next((r["val"] for r in history if r["epoch"] == best_epoch + 1), {})
+    return FitResult(best_epoch + 1, best_metrics, len(history), stopped_early, run_dir)

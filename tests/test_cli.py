@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from prvr.cli import main
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture()
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def run(runner: CliRunner, *args: str, code: int = 0):
+    result = runner.invoke(main, list(args), catch_exceptions=False)
+    assert result.exit_code == code, result.output
+    return result
+
+
+def test_help_lists_the_commands(runner) -> None:
+    out = run(runner, "--help").output
+    for command in ("train", "eval", "data", "presets", "config", "quickstart"):
+        assert command in out
+
+
+def test_presets_and_config(runner) -> None:
+    rows = json.loads(run(runner, "presets", "--json").output)
+    sizes = {row["preset"]: row["parameters"] for row in rows}
+    assert 33e6 < sizes["activitynet"] < 41e6 and sizes["cpu"] < sizes["activitynet"]
+    config = json.loads(run(runner, "config", "--preset", "tvr", "--set", "train.epochs=3").output)
+    assert config["train"]["epochs"] == 3 and config["model"]["registers"]["num_registers"] == 8
+    bad = run(runner, "config", "--set", "model.nope=1", code=1)
+    assert "unknown key" in bad.output
+
+
+def test_synth_train_eval_round_trip(runner, tmp_path) -> None:
+    data = tmp_path / "data"
+    run(runner, "data", "synth", "--out", str(data), "--train-videos", "40", "--val-videos", "20",
+        "--test-videos", "20", "--seed", "1")
+    check = json.loads(run(runner, "data", "check", "--data", str(data), "--collection", "synth",
+                           "--split", "val", "--video-feature", "synth", "--text-feature", "synth").output)
+    assert check["videos"] == 20 and check["has_moments"]
+    out = run(runner, "train", "--data", str(data), "--collection", "synth", "--preset", "tiny",
+              "--out", str(tmp_path / "run"), "--set", "train.epochs=2", "--video-feature", "synth", "--text-feature", "synth",
+              "--no-progress").output
+    lines = [json.loads(line) for line in out.strip().splitlines()]
+    assert [line["epoch"] for line in lines if "epoch" in line] == [1, 2]
+    assert lines[-1]["checkpoint"].endswith("best.pt")
+    metrics_file = tmp_path / "metrics.json"
+    result = json.loads(run(runner, "eval", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--data", str(data),
+                            "--collection", "synth", "--split", "test", "--json", "--out",
+                            str(metrics_file)).output)
+    assert set(result) >= {"R@1", "R@5", "R@10", "R@100", "SumR", "MedR", "MeanR"}
+    assert json.loads(metrics_file.read_text())["SumR"] == result["SumR"]
+    text = run(runner, "eval", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--data", str(data),
+               "--collection", "synth", "--split", "test").output
+    assert "SumR" in text
+
+
+def test_bad_inputs_exit_1_with_a_message(runner, tmp_path) -> None:
+    data = tmp_path / "data"
+    run(runner, "data", "synth", "--out", str(data), "--train-videos", "10", "--val-videos", "4",
+        "--test-videos", "4")
+    missing_split = run(runner, "train", "--data", str(data), "--collection", "synth", "--out",
+                        str(tmp_path / "r"), "--train-split", "nosuch", "--set", "data.video_feature=synth",
+                        "--set", "data.text_feature=synth", code=1)
+    assert "Error:" in missing_split.output and "nosuch" in missing_split.output
+    wrong_feature = run(runner, "data", "check", "--data", str(data), "--collection", "synth", code=1)
+    assert "Error:" in wrong_feature.output
+    not_a_checkpoint = tmp_path / "fake.pt"
+    not_a_checkpoint.write_bytes(b"not a checkpoint")
+    bad_ckpt = run(runner, "eval", "--checkpoint", str(not_a_checkpoint), "--data", str(data), "--collection",
+                   "synth", code=1)
+    assert "cannot be read" in bad_ckpt.output
+    absent = run(runner, "eval", "--checkpoint", str(tmp_path / "absent.pt"), "--data", str(data), "--collection",
+                 "synth", code=1)
+    assert "does not exist" in absent.output
+    usage = run(runner, "train", "--data", str(data), code=2)
+    assert "Missing option" in usage.output
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data is absent")
+def test_annotations_command_on_real_files(runner) -> None:
+    out = json.loads(run(runner, "data", "annotations", str(SHARED / "tvr" / "tvr_val_release.jsonl")).output)
+    assert out["queries"] == 10895 and out["videos"] == 2179 and out["with_timestamps"] == 10895
+    out = json.loads(run(runner, "data", "annotations", str(SHARED / "charades_sta" / "charades_sta_test.txt"),
+                         "--format", "charades").output)
+    assert out["queries"] == 3720
