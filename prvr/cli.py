@@ -169,6 +169,11 @@ def annotations_command(path: str, fmt: str, head: int) -> None:
 # training and evaluation
 
 
+def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The metrics worth a line of text: recalls, SumR, ranks and counts (timings and paths stay in the JSON)."""
+    return {k: v for k, v in metrics.items() if k not in ("seconds", "video_seconds", "checkpoint", "split")}
+
+
 def _open_corpus(root: str, collection: str, split: str, config: ExperimentConfig, **kwargs: Any) -> Any:
     from prvr.data.dataset import PRVRCorpus
 
@@ -245,7 +250,7 @@ def eval_command(checkpoint: str, root: str, collection: str, split: str, device
     if as_json:
         click.echo(json.dumps(metrics))
     else:
-        click.echo(f"{collection}/{split}: {format_metrics(metrics)}")
+        click.echo(f"{collection}/{split}: {format_metrics(_headline(metrics))}")
 
 
 @main.command("quickstart")
@@ -278,7 +283,7 @@ def quickstart_command(out_dir: str, epochs: int, seed: int) -> None:
     metrics = evaluate(model, test_corpus, config.train)
     n = len(test_corpus.video_ids)
     chance = sum(100.0 * min(k, n) / n for k in (1, 5, 10, 100))
-    click.echo(f"test ({n} videos): {format_metrics(metrics)}")
+    click.echo(f"test ({n} videos): {format_metrics(_headline(metrics))}")
     click.echo(f"random ranking would give SumR {chance:.1f}; best epoch {result.best_epoch}")
 
 

@@ -82,11 +82,9 @@ def bench_eval(preset: str, repeats: int, seed: int, num_videos: int = 1000, que
     model = DreamPRVR(config.model, seed=seed).eval()
     encode_times, rank_times = [], []
     for _ in range(repeats):
+        batches = [random_batch(config, min(128, num_videos - first), rng)[0] for first in range(0, num_videos, 128)]
         start = time.perf_counter()
-        chunks = []
-        for first in range(0, num_videos, 128):
-            videos, _ = random_batch(config, min(128, num_videos - first), rng)
-            chunks.append(model.encode_videos(videos))
+        chunks = [model.encode_videos(videos) for videos in batches]
         encode_times.append(time.perf_counter() - start)
         width = max(c.frame.shape[1] for c in chunks)
         tokens = VideoTokens(
@@ -101,8 +99,9 @@ def bench_eval(preset: str, repeats: int, seed: int, num_videos: int = 1000, que
         ]
         start = time.perf_counter()
         vectors = torch.cat([
-            model.encode_queries(collate_queries(token_arrays[i : i + 1024], [str(j) for j in range(i, i + 1024)]))
+            model.encode_queries(collate_queries(chunk, [f"q{i + j}" for j in range(len(chunk))]))
             for i in range(0, num_queries, 1024)
+            for chunk in [token_arrays[i : i + 1024]]
         ])
         targets = rng.integers(0, num_videos, size=num_queries)
         rank_corpus(model, vectors, tokens, targets, query_chunk=config.train.eval_query_chunk,
@@ -119,6 +118,19 @@ def bench_eval(preset: str, repeats: int, seed: int, num_videos: int = 1000, que
     }
 
 
+def gemm_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """fp32 matmul throughput measured in the same run: this VM's speed drifts several-fold between periods, so
+    compare step times to other measurements only after normalising by this figure."""
+    a = torch.randn(size, size)
+    a @ a
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ a
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", nargs="+", default=["activitynet", "cpu"])
@@ -128,7 +140,8 @@ def main() -> None:
     parser.add_argument("--out", default="docs/bench/train.json")
     args = parser.parse_args()
     results = {
-        "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "fp32_gemm_gflops_before": round(gemm_gflops(), 1)},
         "train": [],
         "eval": [],
     }
@@ -140,6 +153,7 @@ def main() -> None:
         row = bench_eval(preset, args.eval_repeats, args.seed)
         print(json.dumps(row), flush=True)
         results["eval"].append(row)
+    results["machine"]["fp32_gemm_gflops_after"] = round(gemm_gflops(), 1)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
