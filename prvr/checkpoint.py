@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from prvr.config import ExperimentConfig
+from prvr.fileio import atomic_path
 from prvr.model import DreamPRVR
 
 __all__ = ["save_checkpoint", "read_checkpoint", "load_model", "file_sha256", "atomic_torch_save"]
@@ -22,22 +21,8 @@ def atomic_torch_save(payload: dict[str, Any], path: str | Path) -> None:
     """torch.save to a temp file in the target directory, fsync, then rename into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(payload, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def save_checkpoint(

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from tqdm import tqdm
 from prvr.checkpoint import read_checkpoint, save_checkpoint
 from prvr.config import ExperimentConfig, TrainConfig
 from prvr.data.dataset import PRVRCorpus, iter_query_batches, iter_video_batches, make_train_loader
+from prvr.fileio import atomic_path
 from prvr.losses import Criterion
 from prvr.metrics.retrieval import ranks_from_scores, recall_metrics
 from prvr.model import DreamPRVR
@@ -203,9 +203,8 @@ def rank_corpus(
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def _slice_tokens(tokens: VideoTokens, start: int, stop: int) -> VideoTokens:

@@ -13,9 +13,8 @@ import h5py
 import numpy as np
 import pytest
 
-from prvr.data import captions as captions_module
+from prvr import fileio as fileio_module
 from prvr.data.captions import (
-    atomic_path,
     caption_path,
     moments_path,
     read_captions,
@@ -24,6 +23,7 @@ from prvr.data.captions import (
     write_moments,
     with_caption_ids,
 )
+from prvr.fileio import atomic_path
 from prvr.data.features import (
     BigFileFeatureStore,
     HDF5FeatureStore,
@@ -121,7 +121,7 @@ def test_atomic_write_failure_keeps_old_file_and_removes_temp(tmp_path: Path, mo
     def failing_replace(src: object, dst: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(captions_module.os, "replace", failing_replace)
+    monkeypatch.setattr(fileio_module.os, "replace", failing_replace)
     with pytest.raises(OSError, match="disk full"):
         write_captions(path, [QueryRecord("a#enc#0", "a", "new")])
     monkeypatch.undo()

@@ -53,13 +53,14 @@ import torch
 from tqdm.auto import tqdm
 
 from prvr.data.annotations import read_activitynet_captions
-from prvr.data.captions import atomic_path, caption_path, moments_path, read_captions, write_captions, write_moments
+from prvr.data.captions import caption_path, moments_path, read_captions, write_captions, write_moments
 from prvr.data.features import (
     HDF5FeatureStore,
     open_video_features,
     query_feature_path,
     write_hdf5_features,
 )
+from prvr.fileio import atomic_path
 from prvr.metrics.retrieval import DEFAULT_KS, chunked_ranks, recall_metrics
 from prvr.types import QueryRecord
 

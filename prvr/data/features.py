@@ -20,7 +20,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from prvr.data.captions import atomic_path
+from prvr.fileio import atomic_path
 
 __all__ = [
     "FeatureStore",
