@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ from prvr.config import ExperimentConfig
 from prvr.fileio import atomic_path
 from prvr.model import DreamPRVR
 
-__all__ = ["save_checkpoint", "read_checkpoint", "load_model", "file_sha256", "atomic_torch_save"]
+__all__ = ["save_checkpoint", "read_checkpoint", "load_model", "atomic_torch_save"]
 
 FORMAT_VERSION = 1
 
@@ -83,11 +82,3 @@ def load_model(
     model.load_state_dict(payload["model"])
     model.to(device).eval()
     return model, config, payload
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -60,7 +60,7 @@ from prvr.data.features import (
     query_feature_path,
     write_hdf5_features,
 )
-from prvr.fileio import atomic_path
+from prvr.fileio import atomic_path, file_sha256
 from prvr.metrics.retrieval import DEFAULT_KS, chunked_ranks, recall_metrics
 from prvr.types import QueryRecord
 
@@ -344,14 +344,6 @@ def work_dir(root: str | os.PathLike[str], collection: str) -> Path:
     return Path(root) / collection / _WORK_FOLDER
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _write_json_atomic(path: Path, obj: Any) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as handle:
@@ -519,8 +511,8 @@ def build_capproxy(
     work = work_dir(root, collection)
     for folder in (base / "TextData", work):
         folder.mkdir(parents=True, exist_ok=True)
-    inputs = {"val_1": {"file": val1_path.name, "sha256": _sha256(val1_path)},
-              "val_2": {"file": val2_path.name, "sha256": _sha256(val2_path)}}
+    inputs = {"val_1": {"file": val1_path.name, "sha256": file_sha256(val1_path)},
+              "val_2": {"file": val2_path.name, "sha256": file_sha256(val2_path)}}
     supplied = dict(encoders or {})
     loaded: dict[str, Any] = {}
     timings: dict[str, float] = {}
@@ -622,7 +614,7 @@ def build_capproxy(
         "video_features": video_features,
         "text_feature": text_feature,
         "counts": {**pair_counts, "queries": len(queries), "splits": split_counts},
-        "outputs": {str(path.relative_to(base)): _sha256(path) for path in outputs},
+        "outputs": {str(path.relative_to(base)): file_sha256(path) for path in outputs},
     }
     timings["total_s"] = time.perf_counter() - began
     manifest["build"] = {"wall_time_s": {k: round(v, 2) for k, v in timings.items()}}

@@ -1,0 +1,482 @@
+"""Append-only bfloat16 token store: one contiguous (C + F_valid, D) block per video, memory-mapped for re-ranking.
+
+Shape letters: B videos, C clip tokens, F frame tokens, D hidden.
+
+Layout of a store directory::
+
+    shard-G-NNNNN.bin   raw little-endian uint16 rows of D values: the bit patterns of torch.bfloat16 tokens
+    store.npz           the index: per video (id, shard, first row, clip count, frame count, removed) and, per
+                        shard, its file name and committed row count; plus a JSON meta (dim, dtype, normalised)
+
+Crash safety: shard bytes are written and fsynced *before* the index is replaced (temp file + fsync + rename +
+directory fsync). A reader trusts only the committed row counts of the index, so bytes a crashed writer left past
+them are ignored, and the next append truncates them. Deleting marks a tombstone; :meth:`TokenStore.compact` rewrites
+the live blocks into a new shard generation. Writers take an ``fcntl`` lock and re-read the index first, so several
+writer processes stay consistent; readers call :meth:`TokenStore.refresh` to see later appends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from prvr.fileio import atomic_path, fsync_directory
+from prvr.types import VideoTokens
+
+__all__ = ["TokenStore"]
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+INDEX_NAME = "store.npz"
+LOCK_NAME = ".lock"
+BYTES_PER_VALUE = 2  # bfloat16
+DEFAULT_SHARD_MAX_BYTES = 1 << 30
+
+
+def _to_float32_tensor(x: Any) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x.detach().to(device="cpu", dtype=torch.float32)
+    return torch.as_tensor(np.asarray(x, dtype=np.float32))
+
+
+def _bf16_bits(x: torch.Tensor) -> np.ndarray:
+    """uint16 bit patterns of ``x`` rounded to bfloat16 (round to nearest even)."""
+    return x.to(torch.bfloat16).contiguous().view(torch.int16).numpy().view(np.uint16)
+
+
+def _expand_ranges(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For ranges ``[start, start + count)``: (flat values, owning range, position inside the range)."""
+    total = int(counts.sum())
+    owner = np.repeat(np.arange(counts.shape[0]), counts)  # (total,)
+    first = np.cumsum(counts) - counts  # (R,)
+    inside = np.arange(total) - first[owner]  # (total,)
+    return starts[owner] + inside, owner, inside
+
+
+class TokenStore:
+    """Per-video clip and valid-frame tokens in bfloat16 shard files, memory-mapped.
+
+    Args:
+        directory: the store directory (created with an empty index when it holds none).
+        dim: D; required to create a store, checked against the stored value when opening one.
+        normalize: L2-normalise tokens before rounding to bf16 (then a dot product is the cosine). Only used when
+            creating; an existing store keeps its setting.
+        shard_max_bytes: start a new shard file once the current one would exceed this (a video never spans shards).
+        read_only: refuse writes (for query servers).
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        dim: int | None = None,
+        *,
+        normalize: bool = True,
+        shard_max_bytes: int = DEFAULT_SHARD_MAX_BYTES,
+        read_only: bool = False,
+    ) -> None:
+        self.directory = Path(directory)
+        self.read_only = bool(read_only)
+        if shard_max_bytes < 1:
+            raise ValueError(f"shard_max_bytes must be positive, got {shard_max_bytes}")
+        self.shard_max_bytes = int(shard_max_bytes)
+        index_path = self.directory / INDEX_NAME
+        if not index_path.is_file():
+            if read_only:
+                raise FileNotFoundError(f"{index_path} not found: {self.directory} is not a token store")
+            if dim is None or int(dim) < 1:
+                raise ValueError(f"creating a token store in {self.directory} needs a positive dim, got {dim}")
+            self.directory.mkdir(parents=True, exist_ok=True)
+            with self._lock():
+                if not index_path.is_file():
+                    self._set_state(self._empty_state(int(dim), bool(normalize)))
+                    self._write_index()
+        self.refresh()
+        if dim is not None and int(dim) != self.dim:
+            raise ValueError(f"{self.directory} stores D = {self.dim} tokens, opened with dim = {dim}")
+
+    # ----------------------------------------------------------------------------------------------- state I/O
+
+    @staticmethod
+    def _empty_state(dim: int, normalize: bool) -> dict[str, Any]:
+        return {
+            "meta": {"format_version": FORMAT_VERSION, "dim": dim, "dtype": "bfloat16", "normalized": normalize,
+                     "generation": 0},
+            "video_ids": np.zeros(0, dtype=np.int64),
+            "shard": np.zeros(0, dtype=np.int32),
+            "row": np.zeros(0, dtype=np.int64),
+            "n_clip": np.zeros(0, dtype=np.int32),
+            "n_frame": np.zeros(0, dtype=np.int32),
+            "removed": np.zeros(0, dtype=bool),
+            "shard_names": np.zeros(0, dtype="<U64"),
+            "shard_rows": np.zeros(0, dtype=np.int64),
+        }
+
+    def _read_index(self) -> dict[str, Any]:
+        path = self.directory / INDEX_NAME
+        fix = "restore the store from a backup or rebuild it from the embeddings"
+        try:
+            with np.load(path, allow_pickle=False) as arrays:
+                state = {key: arrays[key] for key in arrays.files}
+            state["meta"] = json.loads(str(state["meta"]))
+            for key in ("video_ids", "shard", "row", "n_clip", "n_frame", "removed", "shard_names", "shard_rows"):
+                if key not in state:
+                    raise KeyError(key)
+        except FileNotFoundError:
+            raise
+        except (ValueError, KeyError, OSError, zipfile.BadZipFile) as error:
+            raise ValueError(f"{path} is corrupted ({error!r}); {fix}") from error
+        if int(state["meta"].get("format_version", -1)) != FORMAT_VERSION:
+            raise ValueError(f"{path} has an unknown format_version {state['meta'].get('format_version')}; {fix}")
+        return state
+
+    def _set_state(self, state: dict[str, Any]) -> None:
+        self._meta: dict[str, Any] = state["meta"]
+        self._ids: np.ndarray = state["video_ids"].astype(np.int64)
+        self._shard: np.ndarray = state["shard"].astype(np.int32)
+        self._row: np.ndarray = state["row"].astype(np.int64)
+        self._n_clip: np.ndarray = state["n_clip"].astype(np.int32)
+        self._n_frame: np.ndarray = state["n_frame"].astype(np.int32)
+        self._removed: np.ndarray = state["removed"].astype(bool)
+        self._shard_names: list[str] = [str(name) for name in state["shard_names"]]
+        self._shard_rows: np.ndarray = state["shard_rows"].astype(np.int64)
+        live = np.flatnonzero(~self._removed)
+        order = np.argsort(self._ids[live], kind="stable")
+        self._live_entries = live[order]  # entry numbers sorted by video id
+        self._live_ids = self._ids[self._live_entries]
+
+    def _write_index(self) -> None:
+        """Atomically replace the index file with the in-memory state (call after the shard data is fsynced)."""
+        with atomic_path(self.directory / INDEX_NAME) as temp, open(temp, "wb") as handle:
+            np.savez(
+                handle,
+                meta=np.array(json.dumps(self._meta, sort_keys=True)),
+                video_ids=self._ids,
+                shard=self._shard,
+                row=self._row,
+                n_clip=self._n_clip,
+                n_frame=self._n_frame,
+                removed=self._removed,
+                shard_names=np.array(self._shard_names, dtype="<U64"),
+                shard_rows=self._shard_rows,
+            )
+
+    def refresh(self) -> None:
+        """Re-read the index and re-map the shards (a reader's way to see later appends / removals)."""
+        self._set_state(self._read_index())
+        self._maps: list[np.memmap | None] = []
+        for name, rows in zip(self._shard_names, self._shard_rows):
+            path = self.directory / name
+            needed = int(rows) * self.dim * BYTES_PER_VALUE
+            size = path.stat().st_size if path.is_file() else -1
+            if size < needed:
+                raise ValueError(
+                    f"{path} holds {max(size, 0)} bytes but the index commits {needed}: the shard is missing or "
+                    "truncated; restore it from a backup or rebuild the store"
+                )
+            # copy-on-write mapping: reads share the page cache, and the array is writable for torch.from_numpy
+            # (a stray write stays private to this process instead of corrupting the shard)
+            mapped = np.memmap(path, dtype=np.uint16, mode="c", shape=(int(rows), self.dim)) if rows else None
+            self._maps.append(mapped)
+        self._views: dict[int, torch.Tensor] = {}
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        with open(self.directory / LOCK_NAME, "a+b") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    def _check_writable(self, action: str) -> None:
+        if self.read_only:
+            raise RuntimeError(f"cannot {action}: the token store was opened read_only=True; reopen it writable")
+
+    # -------------------------------------------------------------------------------------------------- queries
+
+    @property
+    def dim(self) -> int:
+        return int(self._meta["dim"])
+
+    @property
+    def normalized(self) -> bool:
+        """True when tokens were L2-normalised before storage (dot product = cosine up to bf16 rounding)."""
+        return bool(self._meta["normalized"])
+
+    @property
+    def video_ids(self) -> np.ndarray:
+        """(N,) int64 live video ids, sorted."""
+        return self._live_ids.copy()
+
+    @property
+    def nbytes(self) -> int:
+        """Committed shard bytes (tombstoned blocks count until :meth:`compact`)."""
+        return int(self._shard_rows.sum()) * self.dim * BYTES_PER_VALUE
+
+    def __len__(self) -> int:
+        return int(self._live_ids.shape[0])
+
+    def __contains__(self, video_id: object) -> bool:
+        if not isinstance(video_id, (int, np.integer)):
+            return False
+        position = int(np.searchsorted(self._live_ids, video_id))
+        return position < len(self._live_ids) and int(self._live_ids[position]) == int(video_id)
+
+    def _entries(self, video_ids: np.ndarray) -> np.ndarray:
+        if len(self._live_ids) == 0:
+            clipped = np.zeros(video_ids.shape, dtype=np.int64)
+            found = np.zeros(video_ids.shape, dtype=bool)
+        else:
+            clipped = np.minimum(np.searchsorted(self._live_ids, video_ids), len(self._live_ids) - 1)
+            found = self._live_ids[clipped] == video_ids
+        if not found.all():
+            raise ValueError(
+                f"videos {video_ids[~found][:10].tolist()} are not in the token store {self.directory} (never "
+                "appended or removed); call refresh() if another process appended them"
+            )
+        return self._live_entries[clipped]
+
+    def locate(self, video_ids: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Where each video's block lies: ``(shard, first_row, n_clip, n_frame)``, four (B,) arrays.
+
+        The block of a video is rows ``first_row : first_row + n_clip + n_frame`` of :meth:`shard_tensor` ``(shard)``:
+        its clip tokens, then its valid frame tokens. Raises ValueError on ids that are not stored.
+        """
+        ids = np.asarray(video_ids, dtype=np.int64).reshape(-1)
+        entries = self._entries(ids)
+        return self._shard[entries], self._row[entries], self._n_clip[entries], self._n_frame[entries]
+
+    def shard_tensor(self, shard: int) -> torch.Tensor:
+        """Zero-copy (rows, D) bfloat16 view of a shard's committed rows (memory-mapped; treat it as read-only)."""
+        view = self._views.get(int(shard))
+        if view is None:
+            mapped = self._maps[int(shard)]
+            if mapped is None:
+                raise ValueError(f"shard {shard} of {self.directory} holds no rows")
+            view = torch.from_numpy(mapped.view(np.int16)).view(torch.bfloat16)  # (rows, D)
+            self._views[int(shard)] = view
+        return view
+
+    def get(self, video_ids: Any, *, dtype: torch.dtype = torch.float32) -> VideoTokens:
+        """Gather the tokens of B videos (duplicates allowed), frames zero-padded to the longest.
+
+        Args:
+            video_ids: (B,) int ids of stored videos.
+            dtype: ``torch.float32`` (default) or ``torch.bfloat16`` to keep the stored precision.
+
+        Returns:
+            VideoTokens on the CPU with clip (B, C, D), frame (B, F_max, D), frame_mask (B, F_max); valid frames first.
+        """
+        if dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"dtype must be torch.float32 or torch.bfloat16, got {dtype}")
+        ids = np.asarray(video_ids, dtype=np.int64).reshape(-1)
+        if ids.size == 0:
+            raise ValueError("get() needs at least one video id")
+        entries = self._entries(ids)  # (B,)
+        num_clips = self._n_clip[entries]
+        if (num_clips != num_clips[0]).any():
+            raise ValueError(
+                f"the requested videos have different clip-token counts {sorted(set(num_clips.tolist()))}; "
+                "VideoTokens needs one C: request them in separate get() calls"
+            )
+        batch, clips, dim = ids.shape[0], int(num_clips[0]), self.dim
+        frames = self._n_frame[entries]  # (B,)
+        max_frames = int(frames.max())
+        clip_bits = np.empty((batch, clips, dim), dtype=np.uint16)
+        frame_bits = np.zeros((batch, max_frames, dim), dtype=np.uint16)
+        mask = np.zeros((batch, max_frames), dtype=bool)
+        shards = self._shard[entries]
+        for shard in np.unique(shards):
+            mapped = self._maps[int(shard)]
+            assert mapped is not None
+            members = np.flatnonzero(shards == shard)  # positions in the batch
+            starts = self._row[entries[members]]  # (b,)
+            clip_rows = starts[:, None] + np.arange(clips)[None, :]  # (b, C)
+            clip_bits[members] = mapped[clip_rows.reshape(-1)].reshape(len(members), clips, dim)
+            rows, owner, inside = _expand_ranges(starts + clips, frames[members])  # (T_f,) each
+            frame_bits[members[owner], inside] = mapped[rows]
+            mask[members[owner], inside] = True
+        clip = torch.from_numpy(clip_bits.view(np.int16)).view(torch.bfloat16)  # (B, C, D)
+        frame = torch.from_numpy(frame_bits.view(np.int16)).view(torch.bfloat16)  # (B, F_max, D)
+        return VideoTokens(clip.to(dtype), frame.to(dtype), torch.from_numpy(mask))
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-serialisable summary: counts, bytes, shards."""
+        return {
+            "directory": str(self.directory),
+            "dim": self.dim,
+            "dtype": self._meta["dtype"],
+            "normalized": self.normalized,
+            "num_videos": len(self),
+            "tombstones": int(self._removed.sum()),
+            "nbytes": self.nbytes,
+            "shards": list(self._shard_names),
+            "generation": int(self._meta["generation"]),
+        }
+
+    # --------------------------------------------------------------------------------------------------- writes
+
+    def append(self, video_ids: Any, clip: Any, frame: Any, frame_mask: Any) -> None:
+        """Store the clip tokens and valid frame tokens of V new videos.
+
+        Args:
+            video_ids: (V,) int ids, unique and not stored (removed ids may be stored again).
+            clip: (V, C, D) clip tokens (numpy or torch, any float dtype).
+            frame: (V, F, D) frame tokens, padded.
+            frame_mask: (V, F) bool, True on real frames (at least one per video).
+        """
+        self._check_writable("append")
+        ids = np.asarray(video_ids, dtype=np.int64).reshape(-1)
+        clip_t = _to_float32_tensor(clip)
+        frame_t = _to_float32_tensor(frame)
+        if isinstance(frame_mask, torch.Tensor):
+            mask_t = frame_mask.detach().cpu().bool()
+        else:
+            mask_t = torch.as_tensor(np.asarray(frame_mask, dtype=bool))
+        num_videos = ids.shape[0]
+        if clip_t.dim() != 3 or frame_t.dim() != 3 or mask_t.dim() != 2:
+            raise ValueError(
+                "expected clip (V, C, D), frame (V, F, D), frame_mask (V, F), got "
+                f"{tuple(clip_t.shape)}, {tuple(frame_t.shape)}, {tuple(mask_t.shape)}"
+            )
+        if not (clip_t.shape[0] == frame_t.shape[0] == mask_t.shape[0] == num_videos):
+            raise ValueError(
+                f"{num_videos} ids but clip / frame / frame_mask have {clip_t.shape[0]} / {frame_t.shape[0]} / "
+                f"{mask_t.shape[0]} rows"
+            )
+        if clip_t.shape[2] != self.dim or frame_t.shape[2] != self.dim:
+            raise ValueError(f"token width must be D = {self.dim}, got {clip_t.shape[2]} and {frame_t.shape[2]}")
+        if mask_t.shape[1] != frame_t.shape[1] or clip_t.shape[1] < 1:
+            raise ValueError(f"need C >= 1 and frame_mask (V, F) matching frame, got {tuple(mask_t.shape)}")
+        if num_videos == 0:
+            return
+        if not bool(mask_t.any(dim=1).all()):
+            bad = ids[~mask_t.any(dim=1).numpy()][:10].tolist()
+            raise ValueError(f"videos {bad} have no valid frame; every video needs at least one True in frame_mask")
+        if np.unique(ids).shape[0] != num_videos:
+            raise ValueError("video_ids contains duplicates; each video is appended once")
+        if not (torch.isfinite(clip_t).all() and torch.isfinite(frame_t[mask_t]).all()):
+            raise ValueError("tokens contain NaN or inf; fix the encoder output before storing")
+        if self.normalized:
+            clip_t = F.normalize(clip_t, dim=-1)
+            frame_t = F.normalize(frame_t, dim=-1)
+        clip_bits = _bf16_bits(clip_t)  # (V, C, D)
+        frame_bits = _bf16_bits(frame_t)  # (V, F, D)
+        mask = mask_t.numpy()
+        frame_counts = mask.sum(axis=1).astype(np.int32)  # (V,)
+        blocks = [np.concatenate([clip_bits[v], frame_bits[v][mask[v]]], axis=0) for v in range(num_videos)]
+
+        with self._lock():
+            self.refresh()  # another writer may have committed since we opened
+            present = ids[np.isin(ids, self._live_ids)]
+            if present.size:
+                raise ValueError(f"videos {present[:10].tolist()} are already stored; remove() them first")
+            clip_counts = np.full(num_videos, clip_bits.shape[1], dtype=np.int32)
+            self._commit_blocks(ids, blocks, clip_counts, frame_counts)
+        self.refresh()
+
+    def _commit_blocks(
+        self, ids: np.ndarray, blocks: list[np.ndarray], clip_counts: np.ndarray, frame_counts: np.ndarray
+    ) -> None:
+        """Write blocks after the committed end of the last shard(s), fsync, then commit the index."""
+        row_bytes = self.dim * BYTES_PER_VALUE
+        shard_of = np.empty(len(ids), dtype=np.int32)
+        row_of = np.empty(len(ids), dtype=np.int64)
+        pending: dict[int, list[np.ndarray]] = {}
+        shard_rows = [int(rows) for rows in self._shard_rows]
+        names = list(self._shard_names)
+        for position, block in enumerate(blocks):
+            current = len(names) - 1
+            full = current >= 0 and shard_rows[current] > 0 and (
+                (shard_rows[current] + block.shape[0]) * row_bytes > self.shard_max_bytes
+            )
+            if current < 0 or full:
+                names.append(f"shard-{int(self._meta['generation']):04d}-{len(names):05d}.bin")
+                shard_rows.append(0)
+                current += 1
+            shard_of[position] = current
+            row_of[position] = shard_rows[current]
+            shard_rows[current] += block.shape[0]
+            pending.setdefault(current, []).append(block)
+        for shard, shard_blocks in pending.items():
+            path = self.directory / names[shard]
+            committed = int(self._shard_rows[shard]) * row_bytes if shard < len(self._shard_rows) else 0
+            with open(path, "r+b" if path.exists() else "w+b") as handle:
+                handle.truncate(committed)  # drop bytes a crashed writer left past the committed end
+                handle.seek(committed)
+                for block in shard_blocks:
+                    handle.write(np.ascontiguousarray(block).tobytes())
+                handle.flush()
+                os.fsync(handle.fileno())
+        fsync_directory(self.directory)
+        self._ids = np.concatenate([self._ids, ids])
+        self._shard = np.concatenate([self._shard, shard_of])
+        self._row = np.concatenate([self._row, row_of])
+        self._n_clip = np.concatenate([self._n_clip, clip_counts.astype(np.int32)])
+        self._n_frame = np.concatenate([self._n_frame, frame_counts.astype(np.int32)])
+        self._removed = np.concatenate([self._removed, np.zeros(len(ids), dtype=bool)])
+        self._shard_names = names
+        self._shard_rows = np.asarray(shard_rows, dtype=np.int64)
+        self._write_index()
+
+    def remove(self, video_ids: Any) -> None:
+        """Tombstone stored videos (their bytes stay until :meth:`compact`).
+
+        Raises:
+            ValueError: on ids that are not stored.
+        """
+        self._check_writable("remove")
+        ids = np.unique(np.asarray(video_ids, dtype=np.int64).reshape(-1))
+        if ids.size == 0:
+            return
+        with self._lock():
+            self.refresh()
+            entries = self._entries(ids)
+            self._removed[entries] = True
+            self._write_index()
+        self.refresh()
+
+    def compact(self) -> None:
+        """Rewrite the live blocks into a new shard generation and delete the old shard files.
+
+        The new shards are fsynced before the index switches to them, so a crash leaves either the old or the new
+        store readable (orphaned shard files of an interrupted compaction are deleted by the next one).
+        """
+        self._check_writable("compact")
+        with self._lock():
+            self.refresh()
+            live = np.sort(self._live_entries)  # keep the append order
+            blocks = []
+            for entry in live:
+                rows = int(self._n_clip[entry] + self._n_frame[entry])
+                mapped = self._maps[int(self._shard[entry])]
+                assert mapped is not None
+                blocks.append(np.asarray(mapped[self._row[entry] : self._row[entry] + rows]))
+            generation = int(self._meta["generation"]) + 1
+            state = self._empty_state(self.dim, self.normalized)
+            state["meta"]["generation"] = generation
+            ids, clips, frames = self._ids[live], self._n_clip[live], self._n_frame[live]
+            self._set_state(state)
+            self._maps = []
+            for stale in self.directory.glob(f"shard-{generation:04d}-*.bin"):
+                stale.unlink()  # left by an interrupted compaction
+            self._commit_blocks(ids, blocks, clips, frames)  # one index write: old or new store, never a mix
+            referenced = set(self._shard_names)
+            for path in self.directory.glob("shard-*.bin"):
+                if path.name not in referenced:
+                    path.unlink()  # the old generation (and orphans of crashed writers)
+            fsync_directory(self.directory)
+        self.refresh()
+        logger.info("compacted %s to generation %d (%d videos)", self.directory, generation, len(self))
