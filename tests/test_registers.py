@@ -10,13 +10,13 @@ import torch
 import torch.nn.functional as F
 
 from prvr.config import DiffusionConfig, RegisterConfig
+from prvr.losses import kl_standard_normal
 from prvr.nn.registers import (
     GeneralizedPooling,
     ProbabilisticVariationalSampler,
     RegisterCondition,
     RegisterDenoiser,
     RegisterGenerator,
-    kl_to_standard_normal,
     sinusoidal_embedding,
     textual_perturbation_targets,
 )
@@ -129,11 +129,11 @@ def test_pvs_outputs_sampling_and_kl() -> None:
     assert mu.shape == (3, D) and logvar.shape == (3, D)
     torch.testing.assert_close(mu.norm(dim=-1), torch.ones(3))
     assert torch.isfinite(logvar).all()
-    kl = kl_to_standard_normal(mu, logvar).detach()
+    kl = kl_standard_normal(mu, logvar).detach()
     expected = sum(-0.5 * (1 + lv - m**2 - math.exp(lv)) for m, lv in zip(mu.flatten().tolist(),
                                                                         logvar.flatten().tolist())) / 3
     assert float(kl) == pytest.approx(expected, rel=1e-5) and float(kl) >= 0
-    assert float(kl_to_standard_normal(torch.zeros(2, D), torch.zeros(2, D))) == 0.0
+    assert float(kl_standard_normal(torch.zeros(2, D), torch.zeros(2, D))) == 0.0
     copies = pvs.sample(mu, logvar, K, stochastic=False)
     assert copies.shape == (3, K, D) and torch.equal(copies, mu[:, None].expand(3, K, D))
     many = pvs.sample(mu, logvar, 20_000, stochastic=True, generator=torch.Generator().manual_seed(7))
@@ -227,7 +227,7 @@ def test_generator_shapes_eval_determinism_and_batch_independence() -> None:
     first = model(clips)
     assert first.registers.shape == (4, K, D) and first.condition.shape == (4, K, D)
     assert first.mu is not None and first.mu.shape == (4, D) and first.logvar is not None
-    assert torch.isfinite(kl_to_standard_normal(first.mu, first.logvar))
+    assert torch.isfinite(kl_standard_normal(first.mu, first.logvar))
     second = model(clips, generator=torch.Generator().manual_seed(123))
     assert torch.equal(first.registers, second.registers)
     alone = model(clips[2:3])

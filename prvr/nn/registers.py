@@ -29,7 +29,6 @@ __all__ = [
     "RegisterCondition",
     "GeneralizedPooling",
     "ProbabilisticVariationalSampler",
-    "kl_to_standard_normal",
     "textual_perturbation_targets",
     "RegisterDenoiser",
     "RegisterOutput",
@@ -229,19 +228,6 @@ class ProbabilisticVariationalSampler(nn.Module):
             return x_T
         eps = torch.randn(x_T.shape, generator=generator, device=mu.device, dtype=mu.dtype)  # (B, K, D)
         return x_T + torch.exp(0.5 * logvar)[:, None] * eps
-
-
-def kl_to_standard_normal(mu: Tensor, logvar: Tensor) -> Tensor:
-    """L_pvs = -0.5 sum(1 + logvar - mu^2 - exp(logvar)) / B, the KL of N(mu, diag exp(logvar)) to N(0, I).
-
-    Args:
-        mu: (B, D).
-        logvar: (B, D).
-
-    Returns:
-        0-d tensor.
-    """
-    return -0.5 * torch.sum(1.0 + logvar - mu.pow(2) - logvar.exp()) / mu.shape[0]
 
 
 def textual_perturbation_targets(
