@@ -287,5 +287,77 @@ def quickstart_command(out_dir: str, epochs: int, seed: int) -> None:
     click.echo(f"random ranking would give SumR {chance:.1f}; best epoch {result.best_epoch}")
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# index and search
+
+
+def _text_backbone(spec: str | None) -> dict[str, Any] | None:
+    """--text-backbone: 'minilm-l6' (the packaged all-MiniLM-L6-v2), a local model folder, or none."""
+    if spec is None or spec == "none":
+        return None
+    from prvr.text_encoders import TokenFeatureEncoder, find_minilm_l6_dir
+
+    path = find_minilm_l6_dir() if spec == "minilm-l6" else Path(spec)
+    if not Path(path).is_dir():
+        raise ValueError(f"--text-backbone {spec!r} is not a folder; give a local transformers model folder or "
+                         "'minilm-l6' (pip install -e '.[bench]')")
+    return {"id": TokenFeatureEncoder(path).encoder_id, "path": str(Path(path).resolve())}
+
+
+@main.command("build-index")
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False), help="best.pt / last.pt.")
+@click.option("--data", "root", required=True, type=click.Path(exists=True, file_okay=False), help="Data root.")
+@click.option("--collection", required=True, help="Collection name (folder under the data root).")
+@click.option("--split", default="test", show_default=True, help="Caption split whose videos are indexed.")
+@click.option("--out", "index_dir", required=True, type=click.Path(file_okay=False), help="Index directory.")
+@click.option("--video-feature", default=None, help="FeatureData/<name> (default: the checkpoint's).")
+@click.option("--text-feature", default=None, help="Query feature name (default: the checkpoint's).")
+@click.option("--factory", default=None, help="FAISS factory string (default: chosen by corpus size).")
+@click.option("--text-backbone", default=None,
+              help="Query text encoder recorded for `prvr query`: 'minilm-l6' or a local model folder.")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@_fail_cleanly
+def build_index_command(checkpoint: str, root: str, collection: str, split: str, index_dir: str,
+                        video_feature: str | None, text_feature: str | None, factory: str | None,
+                        text_backbone: str | None, batch_size: int, no_progress: bool) -> None:
+    """Encode a split's videos once and index their clip and frame tokens (a new generation, committed last)."""
+    from index.builder import build_index
+    from prvr.checkpoint import read_checkpoint
+
+    config = ExperimentConfig.from_json(read_checkpoint(checkpoint)["model_config"])
+    config = apply_overrides(config, list(_feature_overrides(video_feature, text_feature)))
+    corpus = _open_corpus(root, collection, split, config, expected_video_dim=config.model.video_dim)
+    result = build_index(checkpoint, corpus, index_dir, collection_name=collection, factory=factory,
+                         batch_size=batch_size, text_backbone=_text_backbone(text_backbone),
+                         progress=not no_progress)
+    click.echo(json.dumps({"index": str(index_dir), "generation": result.generation_id,
+                           "videos": result.num_videos, "new_videos": result.new_videos, "tokens": result.ntotal}))
+
+
+@main.command("query")
+@click.argument("text")
+@click.option("--index", "index_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Index directory written by `prvr build-index`.")
+@click.option("-k", "k", default=10, show_default=True, type=click.IntRange(min=1, max=10_000))
+@click.option("--candidates", default=None, type=click.IntRange(min=1), help="Videos re-ranked exactly.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_fail_cleanly
+def query_command(text: str, index_dir: str, k: int, candidates: int | None, as_json: bool) -> None:
+    """Rank the indexed videos for a sentence."""
+    from prvr.retriever import Retriever
+
+    if not text.strip():
+        raise ValueError("the query is empty; give a sentence such as \"a man is playing a guitar\"")
+    with Retriever.load(index_dir) as retriever:
+        results = retriever.search(text, k=k, n_candidates=candidates)
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(r) for r in results]))
+        return
+    click.echo(f"{'rank':>4}  {'score':>7}  video")
+    for rank, result in enumerate(results, start=1):
+        click.echo(f"{rank:>4}  {result.score:>7.4f}  {result.video_id}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -91,3 +91,24 @@ def test_annotations_command_on_real_files(runner) -> None:
     out = json.loads(run(runner, "data", "annotations", str(SHARED / "charades_sta" / "charades_sta_test.txt"),
                          "--format", "charades").output)
     assert out["queries"] == 3720
+
+
+def test_build_index_and_query_commands(runner, tmp_path) -> None:
+    data = tmp_path / "data"
+    run(runner, "data", "synth", "--out", str(data), "--train-videos", "12", "--val-videos", "6",
+        "--test-videos", "6")
+    run(runner, "train", "--data", str(data), "--collection", "synth", "--preset", "tiny", "--out",
+        str(tmp_path / "run"), "--set", "train.epochs=1", "--video-feature", "synth", "--text-feature", "synth",
+        "--no-progress")
+    index_dir = tmp_path / "index"
+    out = json.loads(run(runner, "build-index", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--data",
+                         str(data), "--collection", "synth", "--split", "test", "--out", str(index_dir),
+                         "--no-progress").output)
+    assert out["videos"] == 6 and out["generation"] == 1
+    assert list((index_dir / "models").glob("*.pt"))  # the checkpoint travels with the index
+    no_encoder = run(runner, "query", "a dog kicks a ball", "--index", str(index_dir), code=1)
+    assert "Error:" in no_encoder.output and "search_features" in no_encoder.output
+    empty = run(runner, "query", "   ", "--index", str(index_dir), code=1)
+    assert "empty" in empty.output
+    missing = run(runner, "query", "a dog", "--index", str(tmp_path), code=1)
+    assert "not an index directory" in missing.output

@@ -1,0 +1,382 @@
+"""The indexing facade: encode a corpus's videos once and commit them as a new, crash-safe index generation.
+
+Shape letters: V videos, B videos per batch, C clip tokens, F frame tokens, D hidden.
+
+Layout of an index directory::
+
+    index.db                          SQLite metadata (services.db): videos, models, generations (the commit point)
+    generations/gen-000001/
+        faiss/                        FaissTokenIndex.save (clip.faiss, frame.faiss, videos.npz, faiss_index.json)
+        tokens/                       TokenStore (bf16 shards + store.npz)
+        manifest.json                 IndexManifest
+    .build.lock                       held (fcntl) by the one running builder
+
+Each generation is a full snapshot: a build on top of an active generation copies its token store, loads its FAISS
+index writable, adds the videos it does not hold yet and saves everything into a fresh directory. Only after every
+file is fsynced does :meth:`services.db.Database.activate_generation` flip the active generation in one transaction,
+so a build killed at any point leaves the previous generation active and loadable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import math
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+from tqdm import tqdm
+
+from index.faiss_store import FaissTokenIndex, choose_factory, nlist_for
+from index.manifest import MANIFEST_NAME, IndexManifest, load_manifest, write_manifest
+from index.token_store import TokenStore
+from prvr.checkpoint import load_model
+from prvr.data.dataset import PRVRCorpus, iter_video_batches
+from prvr.fileio import atomic_path, file_sha256, fsync_directory
+from prvr.model import DreamPRVR
+from prvr.types import VideoTokens
+from services.db import Database, GenerationStatus, VideoRecord, open_database
+
+__all__ = [
+    "DB_NAME",
+    "GENERATIONS_DIR",
+    "FAISS_DIR",
+    "TOKENS_DIR",
+    "DEFAULT_N_CANDIDATES",
+    "BuildResult",
+    "build_index",
+    "generation_path",
+]
+
+logger = logging.getLogger(__name__)
+
+DB_NAME = "index.db"
+GENERATIONS_DIR = "generations"
+FAISS_DIR = "faiss"
+TOKENS_DIR = "tokens"
+MODELS_DIR = "models"  # checkpoints copied into the index, named by content hash
+LOCK_NAME = ".build.lock"
+DEFAULT_N_CANDIDATES = 200
+MAX_TRAIN_VIDEOS = 4096  # cap of the IVF / PQ training sample (videos encoded twice)
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What a build committed.
+
+    Attributes:
+        generation_id: the id of the now active generation.
+        directory: its directory (``out_dir/generations/gen-XXXXXX``).
+        num_videos: videos the generation holds.
+        new_videos: videos encoded by this build (the others came from the previous generation).
+        ntotal: FAISS tokens (clip + frame).
+        manifest: the written manifest.
+    """
+
+    generation_id: int
+    directory: Path
+    num_videos: int
+    new_videos: int
+    ntotal: int
+    manifest: IndexManifest
+
+
+def generation_path(index_dir: str | Path, directory_name: str) -> Path:
+    """The directory of the generation named ``directory_name`` inside ``index_dir``."""
+    return Path(index_dir) / GENERATIONS_DIR / directory_name
+
+
+@contextlib.contextmanager
+def _build_lock(index_dir: Path) -> Iterator[None]:
+    """Serialise builders of one index directory (an exclusive ``fcntl`` lock, released when the process dies)."""
+    with open(index_dir / LOCK_NAME, "a+") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(
+                f"another build holds {index_dir / LOCK_NAME}; wait for it to finish (one writer per index)"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _abandon_stale_builds(db: Database, index_dir: Path) -> None:
+    """Drop generations left ``building`` by crashed builds (safe: we hold the build lock) and their directories."""
+    for generation in db.generations(GenerationStatus.BUILDING):
+        name = db.abandon_generation(generation.id)
+        shutil.rmtree(generation_path(index_dir, name), ignore_errors=True)
+        logger.warning("removed generation %s left behind by an interrupted build", name)
+
+
+def _as_numpy(tokens: VideoTokens) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return (
+        tokens.clip.detach().float().cpu().numpy(),  # (B, C, D)
+        tokens.frame.detach().float().cpu().numpy(),  # (B, F, D)
+        tokens.frame_mask.detach().cpu().numpy().astype(bool),  # (B, F)
+    )
+
+
+def _video_duration(corpus: PRVRCorpus, video_id: str) -> float | None:
+    durations = [record.duration for record in corpus.captions_of(video_id) if record.duration is not None]
+    return float(durations[0]) if durations else None
+
+
+def _needs_training(factory: str) -> bool:
+    return not factory.endswith("Flat") or factory.startswith("IVF")
+
+
+def _train_sample(
+    model: DreamPRVR, corpus: PRVRCorpus, video_ids: Sequence[str], factory: str, batch_size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Encode an evenly spaced sample of videos for IVF / PQ training: ~max(64 x nlist, 65536) clip tokens."""
+    clips = corpus.config.clip_bins
+    wanted_tokens = max(64 * nlist_for(max(1, len(video_ids) * clips)), 1 << 16)
+    count = min(len(video_ids), MAX_TRAIN_VIDEOS, math.ceil(wanted_tokens / clips))
+    picks = np.unique(np.linspace(0, len(video_ids) - 1, count).round().astype(np.int64))
+    parts = [_as_numpy(model.encode_videos(batch)) for batch in
+             iter_video_batches(corpus, batch_size, [video_ids[i] for i in picks])]
+    max_frames = max(frame.shape[1] for _, frame, _ in parts)
+    clip = np.concatenate([c for c, _, _ in parts])  # (V_s, C, D)
+    frame = np.concatenate(
+        [np.pad(f, ((0, 0), (0, max_frames - f.shape[1]), (0, 0))) for _, f, _ in parts]
+    )  # (V_s, F_max, D)
+    mask = np.concatenate([np.pad(m, ((0, 0), (0, max_frames - m.shape[1]))) for _, _, m in parts])  # (V_s, F_max)
+    logger.info("training %s on %d sampled videos", factory, clip.shape[0])
+    return clip, frame, mask
+
+
+def build_index(
+    checkpoint: str | Path,
+    corpus: PRVRCorpus,
+    out_dir: str | Path,
+    *,
+    collection_name: str,
+    factory: str | None = None,
+    batch_size: int = 64,
+    text_backbone: dict[str, Any] | None = None,
+    n_candidates: int = DEFAULT_N_CANDIDATES,
+    candidates_per_video: int = 4,
+    progress: bool = True,
+) -> BuildResult:
+    """Encode the corpus's videos and commit them, with the active generation's videos, as a new generation.
+
+    Args:
+        checkpoint: a checkpoint written by ``prvr.checkpoint.save_checkpoint``.
+        corpus: the split whose videos are added (external id = video id).
+        out_dir: the index directory (created when missing).
+        collection_name: the collection name recorded in the manifest's data source.
+        factory: FAISS factory string for both token indexes; default ``choose_factory`` of each index's expected
+            token count (for a first build; later builds keep the previous generation's indexes).
+        batch_size: videos encoded per forward pass.
+        text_backbone: ``{"id": ..., "path": local model folder or None}`` of the query text encoder, recorded for
+            the Retriever; default: kept from the previous generation, else None.
+        n_candidates: default candidate videos per query, recorded in the manifest.
+        candidates_per_video: FAISS tokens fetched per candidate video (K' = this x n_candidates).
+        progress: show a tqdm bar.
+
+    Returns:
+        The :class:`BuildResult` of the activated generation.
+
+    Raises:
+        ValueError: on a checkpoint other than the active generation's, or corpus dims that do not fit the model.
+        RuntimeError: when another build of ``out_dir`` is running.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if n_candidates < 1 or candidates_per_video < 1:
+        raise ValueError(f"n_candidates and candidates_per_video must be >= 1, got {n_candidates}, "
+                         f"{candidates_per_video}")
+    if text_backbone is not None and "id" not in text_backbone:
+        raise ValueError(f"text_backbone must be {{'id': ..., 'path': ...}}, got {text_backbone!r}")
+    checkpoint = Path(checkpoint).resolve()
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist; pass the best.pt of a `prvr train` run")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _build_lock(out_dir):
+        stored, sha = _store_checkpoint(checkpoint, out_dir)  # hash the copy: training may replace best.pt meanwhile
+        model, config, _ = load_model(out_dir / stored)
+        if (corpus.video_dim, corpus.text_dim) != (config.model.video_dim, config.model.text_dim):
+            raise ValueError(
+                f"corpus {corpus.collection}/{corpus.split} has video/text dims {corpus.video_dim}/{corpus.text_dim} "
+                f"but the checkpoint expects {config.model.video_dim}/{config.model.text_dim}; use the features it "
+                "was trained on"
+            )
+        db = open_database(out_dir / DB_NAME)
+        try:
+            db.create_schema()
+            return _build_locked(
+                db, model, config, stored, sha, corpus, out_dir,
+                collection_name=collection_name, factory=factory, batch_size=batch_size,
+                text_backbone=text_backbone, n_candidates=n_candidates,
+                candidates_per_video=candidates_per_video, progress=progress,
+            )
+        finally:
+            db.close()
+
+
+def _store_checkpoint(checkpoint: Path, out_dir: Path) -> tuple[Path, str]:
+    """Copy the checkpoint into the index as ``models/<sha256[:16]>.pt`` so the index describes itself (a later
+    training run that overwrites best.pt cannot break search). The hash is taken of the copy, so a file replaced
+    during the copy cannot be recorded under another file's hash.
+
+    Returns:
+        (path relative to ``out_dir``, sha256 of the stored copy).
+    """
+    models = out_dir / MODELS_DIR
+    models.mkdir(parents=True, exist_ok=True)
+    with atomic_path(models / ".incoming.pt") as tmp:
+        shutil.copyfile(checkpoint, tmp)
+    incoming = models / ".incoming.pt"
+    sha = file_sha256(incoming)
+    relative = Path(MODELS_DIR) / f"{sha[:16]}.pt"
+    incoming.replace(out_dir / relative)
+    fsync_directory(models)
+    return relative, sha
+
+
+def _build_locked(
+    db: Database,
+    model: DreamPRVR,
+    config: Any,
+    checkpoint: Path,
+    sha: str,
+    corpus: PRVRCorpus,
+    out_dir: Path,
+    *,
+    collection_name: str,
+    factory: str | None,
+    batch_size: int,
+    text_backbone: dict[str, Any] | None,
+    n_candidates: int,
+    candidates_per_video: int,
+    progress: bool,
+) -> BuildResult:
+    previous = db.active_generation()
+    previous_dir: Path | None = None
+    if previous is not None:
+        previous_dir = generation_path(out_dir, previous.directory)
+        previous_manifest = load_manifest(previous_dir)
+        if previous_manifest.checkpoint_sha256 != sha:
+            raise ValueError(
+                f"{out_dir} holds tokens of checkpoint {previous_manifest.checkpoint_sha256[:12]}... "
+                f"({previous_manifest.checkpoint_path}), not of {checkpoint} ({sha[:12]}...): tokens of two models "
+                "cannot share an index; build into a new directory"
+            )
+        if text_backbone is None:
+            text_backbone = previous_manifest.text_backbone
+    _abandon_stale_builds(db, out_dir)
+
+    video_ids = corpus.video_ids
+    id_of = db.register_videos(
+        VideoRecord(external_id=vid, duration_s=_video_duration(corpus, vid)) for vid in video_ids
+    )
+    model_id = db.register_model(
+        config.name, sha, dim=config.model.hidden_size, config=json.loads(config.to_json())
+    )
+    dim = config.model.hidden_size
+    if previous_dir is not None:
+        index = FaissTokenIndex.load(previous_dir / FAISS_DIR, mmap=False)
+        members = db.generation_video_ids(previous.id)
+    else:
+        clip_factory = factory or choose_factory(len(video_ids) * corpus.config.clip_bins, dim)
+        frame_factory = factory or choose_factory(len(video_ids) * corpus.config.max_frames, dim)
+        index = FaissTokenIndex(
+            dim,
+            clip_weight=config.model.clip_weight,
+            frame_weight=config.model.frame_weight,
+            factory=clip_factory,
+            frame_factory=frame_factory,
+            candidates_per_video=candidates_per_video,
+            seed=config.seed,
+            use_gpu=False,
+        )
+        members = []
+    new_ids = [vid for vid in video_ids if id_of[vid] not in index]
+    described = index.describe()
+    factories = {kind: str(described[kind]["factory"] or "auto") for kind in ("clip", "frame")}
+    generation_id = db.begin_generation(
+        model_id=model_id,
+        factories=factories,
+        faiss_version=faiss.__version__,
+        params={"n_candidates": n_candidates, "candidates_per_video": index.candidates_per_video},
+        video_ids=sorted(set(members) | {id_of[vid] for vid in video_ids}),
+    )
+    generation = db.get_generation(generation_id)
+    assert generation is not None
+    gen_dir = generation_path(out_dir, generation.directory)
+    shutil.rmtree(gen_dir, ignore_errors=True)
+    gen_dir.mkdir(parents=True)
+    if previous_dir is not None:
+        shutil.copytree(previous_dir / TOKENS_DIR, gen_dir / TOKENS_DIR)
+        store = TokenStore(gen_dir / TOKENS_DIR, dim)
+    else:
+        store = TokenStore(gen_dir / TOKENS_DIR, dim, normalize=True)
+        if new_ids and any(_needs_training(f) for f in (factories["clip"], factories["frame"])):
+            index.train(*_train_sample(model, corpus, new_ids, factories["clip"], batch_size))
+
+    clip_tokens = frame_tokens = 0
+    batches = iter_video_batches(corpus, batch_size, new_ids) if new_ids else iter(())
+    for batch in tqdm(batches, total=math.ceil(len(new_ids) / batch_size), desc="index videos",
+                      disable=not progress, unit="batch"):
+        clip, frame, mask = _as_numpy(model.encode_videos(batch))
+        ids = np.array([id_of[vid] for vid in batch.video_ids], dtype=np.int64)  # (B,)
+        index.add(ids, clip, frame, mask)
+        store.append(ids, clip, frame, mask)
+        clip_tokens += clip.shape[0] * clip.shape[1]
+        frame_tokens += int(mask.sum())
+
+    index.save(gen_dir / FAISS_DIR)
+    manifest = IndexManifest(
+        experiment_config=config.to_json(),
+        checkpoint_path=str(checkpoint),
+        checkpoint_sha256=sha,
+        text_backbone=dict(text_backbone) if text_backbone is not None else None,
+        data_source={
+            "root": str(Path(corpus.root).resolve()),
+            "collection": collection_name,
+            "split": corpus.split,
+            "video_feature": corpus.config.video_feature,
+            "text_feature": corpus.config.text_feature,
+        },
+        counts={
+            "videos": index.num_videos,
+            "new_videos": len(new_ids),
+            "new_clip_tokens": clip_tokens,
+            "new_frame_tokens": frame_tokens,
+            "ntotal": index.ntotal,
+        },
+        faiss=index.describe(),
+        search_defaults={"n_candidates": n_candidates, "candidates_per_video": index.candidates_per_video},
+        generation=generation.directory,
+    )
+    write_manifest(manifest, gen_dir)
+    fsync_directory(gen_dir)
+    fsync_directory(gen_dir.parent)
+    files = _generation_files(gen_dir)
+    db.activate_generation(generation_id, ntotal=index.ntotal, files=files)  # the commit point
+    logger.info("index generation %s active: %d videos (%d new), %d tokens", generation.directory,
+                index.num_videos, len(new_ids), index.ntotal)
+    return BuildResult(generation_id, gen_dir, index.num_videos, len(new_ids), index.ntotal, manifest)
+
+
+def _generation_files(gen_dir: Path) -> dict[str, dict[str, Any]]:
+    """Size and sha256 of the FAISS files (from their sidecar, no re-read) and of the manifest."""
+    sidecar = json.loads((gen_dir / FAISS_DIR / "faiss_index.json").read_text(encoding="utf-8"))
+    files = {
+        f"{FAISS_DIR}/{entry['file']}": {"size": int(entry["bytes"]), "sha256": entry["sha256"]}
+        for entry in sidecar["files"].values()
+    }
+    manifest = gen_dir / MANIFEST_NAME
+    files[MANIFEST_NAME] = {"size": manifest.stat().st_size, "sha256": file_sha256(manifest)}
+    return files
+

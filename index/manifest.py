@@ -1,0 +1,131 @@
+"""The self-describing manifest of one index generation: model, checkpoint hash, data source, counts, FAISS setup."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from prvr.fileio import atomic_path
+
+__all__ = ["MANIFEST_NAME", "MANIFEST_FORMAT_VERSION", "IndexManifest", "load_manifest", "write_manifest"]
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT_VERSION = 1
+
+
+def _utc_now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class IndexManifest:
+    """What one generation directory holds and how it was made (``manifest.json``).
+
+    Attributes:
+        experiment_config: the checkpoint's embedded ``ExperimentConfig`` as JSON text.
+        checkpoint_path: the checkpoint the tokens were encoded with: relative to the index directory (the builder
+            copies it to models/<sha256[:16]>.pt), or absolute.
+        checkpoint_sha256: its sha256 (64 hex chars); a Retriever refuses any other checkpoint.
+        text_backbone: ``{"id": encoder id or name, "path": local model folder or None}``, or None when unknown.
+        data_source: ``{"root", "collection", "split", "video_feature", "text_feature"}`` of the last added corpus.
+        counts: ``{"videos", "new_videos", "clip_tokens", "frame_tokens", "ntotal"}``.
+        faiss: ``FaissTokenIndex.describe()`` of the saved index.
+        search_defaults: ``{"n_candidates", "candidates_per_video"}``.
+        generation: the generation directory name (``gen-000001``).
+        created_at: ISO-8601 UTC time of the build.
+        format_version: manifest layout version.
+    """
+
+    experiment_config: str
+    checkpoint_path: str
+    checkpoint_sha256: str
+    text_backbone: dict[str, Any] | None
+    data_source: dict[str, Any]
+    counts: dict[str, int]
+    faiss: dict[str, Any]
+    search_defaults: dict[str, Any]
+    generation: str
+    created_at: str = field(default_factory=_utc_now_iso)
+    format_version: int = MANIFEST_FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        sha = self.checkpoint_sha256
+        if not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            raise ValueError(f"checkpoint_sha256 must be 64 lowercase hex characters, got {sha!r}")
+        if self.text_backbone is not None and "id" not in self.text_backbone:
+            raise ValueError(f"text_backbone must hold an 'id' (and a 'path' or None), got {self.text_backbone!r}")
+
+    def to_json(self) -> str:
+        """The manifest as indented, key-sorted JSON text."""
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> IndexManifest:
+        """Build a manifest from parsed JSON; unknown or missing keys raise ValueError."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING}
+        unknown, missing = sorted(set(data) - names), sorted(required - set(data))
+        if unknown or missing:
+            raise ValueError(f"manifest keys do not match this code: unknown {unknown}, missing {missing}")
+        return cls(**data)
+
+
+def write_manifest(manifest: IndexManifest, directory: str | Path) -> Path:
+    """Write ``directory/manifest.json`` crash-safely (temp file, fsync, rename, directory fsync).
+
+    Args:
+        manifest: the manifest.
+        directory: an existing generation directory.
+
+    Returns:
+        The path written.
+    """
+    path = Path(directory) / MANIFEST_NAME
+    with atomic_path(path) as tmp:
+        tmp.write_text(manifest.to_json(), encoding="utf-8")
+    return path
+
+
+def load_manifest(directory: str | Path) -> IndexManifest:
+    """Read ``directory/manifest.json``.
+
+    Args:
+        directory: a generation directory written by ``index.builder.build_index``.
+
+    Returns:
+        The manifest.
+
+    Raises:
+        FileNotFoundError: when the directory or its manifest is missing.
+        ValueError: when the manifest is corrupted or of another format version.
+    """
+    path = Path(directory) / MANIFEST_NAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: {directory} is not a complete index generation (interrupted build?); "
+            "rebuild with `prvr build-index` or activate another generation"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); rebuild this index generation") from error
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}; rebuild this index generation")
+    version = data.get("format_version")
+    if version != MANIFEST_FORMAT_VERSION:
+        raise ValueError(
+            f"{path} has format_version {version!r}, this code reads {MANIFEST_FORMAT_VERSION}; "
+            "rebuild the index with this version of prvr"
+        )
+    try:
+        return IndexManifest.from_dict(data)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path} is corrupted ({error}); rebuild this index generation") from error
