@@ -25,7 +25,7 @@ from prvr.config import ExperimentConfig, TrainConfig
 from prvr.data.dataset import PRVRCorpus, iter_query_batches, iter_video_batches, make_train_loader
 from prvr.fileio import atomic_path
 from prvr.losses import Criterion
-from prvr.metrics.retrieval import ranks_from_scores, recall_metrics
+from prvr.metrics.retrieval import chunked_ranks, recall_metrics
 from prvr.model import DreamPRVR
 from prvr.types import VideoTokens
 
@@ -189,17 +189,17 @@ def rank_corpus(
     Only (query_chunk, V) scores exist at a time, and only ``video_chunk`` videos' tokens are on the model's device.
     """
     device = model.device
-    target_tensor = torch.as_tensor(targets, dtype=torch.long)
-    ranks = []
-    for q_start in range(0, queries.shape[0], query_chunk):
-        q = queries[q_start : q_start + query_chunk].to(device)  # (nq, D)
-        columns = []
-        for v_start in range(0, len(tokens), video_chunk):
-            part = _slice_tokens(tokens, v_start, v_start + video_chunk).to(device)
-            columns.append(model.score(q, part)["total"].float().cpu())  # (nq, v)
-        scores = torch.cat(columns, dim=1)  # (nq, V)
-        ranks.append(ranks_from_scores(scores, target_tensor[q_start : q_start + query_chunk]))
-    return torch.cat(ranks).numpy()
+
+    def score_rows(q: Tensor) -> Tensor:  # (nq, D) -> (nq, V), one video chunk on the device at a time
+        q = q.to(device)
+        columns = [
+            model.score(q, _slice_tokens(tokens, start, start + video_chunk).to(device))["total"].float().cpu()
+            for start in range(0, len(tokens), video_chunk)
+        ]
+        return torch.cat(columns, dim=1)
+
+    ranks = chunked_ranks(queries, score_rows, torch.as_tensor(targets, dtype=torch.long), chunk=query_chunk)
+    return ranks.numpy()
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
@@ -218,7 +218,7 @@ def evaluate(
 ) -> dict[str, float]:
     """R@1/5/10/100, SumR, median and mean rank of text-to-video retrieval over the whole corpus."""
     start = time.perf_counter()
-    tokens = encode_corpus(model, corpus, batch_size=max(1, config.eval_video_chunk // 4), progress=progress)
+    tokens = encode_corpus(model, corpus, batch_size=config.batch_videos, progress=progress)
     encoded = time.perf_counter()
     queries, targets = encode_corpus_queries(model, corpus, batch_size=config.eval_query_chunk)
     ranks = rank_corpus(

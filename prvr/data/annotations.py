@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from prvr.data.captions import read_captions, read_text_lines
+from prvr.data.captions import iter_jsonl, read_captions, read_text_lines
 from prvr.types import QueryRecord
 
 __all__ = [
@@ -126,18 +126,6 @@ def _check_unique(records: list[QueryRecord], path: Path) -> None:
         seen.add(record.query_id)
 
 
-def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
-    """Yield ("<path>, line <n>", parsed object) for every non-blank line."""
-    for number, line in read_text_lines(path, "annotation file"):
-        if not line.strip():
-            continue
-        where = f"{path}, line {number}"
-        try:
-            yield where, json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{where}: not valid JSON ({error.msg} at column {error.colno})") from None
-
-
 def _load_json(path: Path) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"annotation file {path} does not exist")
@@ -200,7 +188,7 @@ def read_tvr_jsonl(
     repairs = _WindowRepairs()
     records: list[QueryRecord] = []
     skipped = 0
-    for where, obj in _iter_jsonl(path):
+    for where, obj in iter_jsonl(path, "annotation file"):
         _require(obj, ("desc_id", "desc"), where)
         query_id = _query_id(obj["desc_id"], where, "desc_id")
         text = _text(obj["desc"], where, "desc")
@@ -241,7 +229,7 @@ def read_tvr_query_texts(path: str | os.PathLike[str]) -> dict[str, str]:
     """
     path = Path(path)
     texts: dict[str, str] = {}
-    for where, obj in _iter_jsonl(path):
+    for where, obj in iter_jsonl(path, "annotation file"):
         _require(obj, ("desc_id", "desc"), where)
         query_id = _query_id(obj["desc_id"], where, "desc_id")
         if query_id in texts:
@@ -402,7 +390,7 @@ def read_qvhighlights_jsonl(path: str | os.PathLike[str]) -> list[QueryRecord]:
     path = Path(path)
     repairs = _WindowRepairs()
     records: list[QueryRecord] = []
-    for where, obj in _iter_jsonl(path):
+    for where, obj in iter_jsonl(path, "annotation file"):
         _require(obj, ("qid", "query", "vid", "duration"), where)
         query_id = _query_id(obj["qid"], where, "qid")
         text = _text(obj["query"], where, "query")
@@ -445,7 +433,7 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     if name.endswith(".txt"):
         return "charades"
     if name.endswith(".jsonl"):
-        for where, obj in _iter_jsonl(path):
+        for where, obj in iter_jsonl(path, "annotation file"):
             if isinstance(obj, dict) and "desc_id" in obj:
                 return "tvr"
             if isinstance(obj, dict) and "qid" in obj:

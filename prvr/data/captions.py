@@ -14,11 +14,13 @@ import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from prvr.fileio import atomic_path
 from prvr.types import QueryRecord
 
 __all__ = [
+    "iter_jsonl",
     "CAPTION_LAYOUT",
     "Windows",
     "read_text_lines",
@@ -79,6 +81,19 @@ def read_text_lines(path: str | os.PathLike[str], what: str = "file") -> Iterato
                 f"re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
             ) from None
         yield number, line.rstrip("\r")
+
+
+def iter_jsonl(path: str | os.PathLike[str], what: str = "file") -> Iterator[tuple[str, Any]]:
+    """Yield ("<path>, line <n>", parsed object) for every non-blank line of a UTF-8 JSONL file."""
+    for number, line in read_text_lines(path, what):
+        if not line.strip():
+            continue
+        where = f"{path}, line {number}"
+        try:
+            yield where, json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{where}: not valid JSON ({error.msg} at column {error.colno}); each line must be one "
+                             "JSON object") from None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -277,15 +292,8 @@ def read_moments(path: str | os.PathLike[str]) -> dict[str, tuple[Windows, float
             f"<root>/<collection>/TextData/<collection><split>.moments.jsonl"
         )
     moments: dict[str, tuple[Windows, float | None]] = {}
-    first_line: dict[str, int] = {}
-    for number, line in read_text_lines(path, "moments file"):
-        if not line.strip():
-            continue
-        where = f"{path}, line {number}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{where}: not valid JSON ({error.msg}); each line must be one JSON object") from None
+    first_seen: dict[str, str] = {}
+    for where, obj in iter_jsonl(path, "moments file"):
         if not isinstance(obj, dict):
             raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
         missing = [key for key in ("cap_id", "video_id", "windows") if key not in obj]
@@ -298,9 +306,9 @@ def read_moments(path: str | os.PathLike[str]) -> dict[str, tuple[Windows, float
         if "#" in cap_id and cap_id.split("#", 1)[0] != video_id:
             raise ValueError(f"{where}: cap id {cap_id!r} belongs to video {cap_id.split('#', 1)[0]!r}, "
                              f"not {video_id!r}; fix the video_id")
-        if cap_id in first_line:
-            raise ValueError(f"{where}: duplicate cap id {cap_id!r} (first on line {first_line[cap_id]})")
-        first_line[cap_id] = number
+        if cap_id in first_seen:
+            raise ValueError(f"{where}: duplicate cap id {cap_id!r} (first at {first_seen[cap_id]})")
+        first_seen[cap_id] = where
         moments[cap_id] = (_parse_windows(obj["windows"], where), _parse_duration(obj.get("duration"), where))
     return moments
 
