@@ -6,11 +6,14 @@ Shape letters: B videos, C clip tokens, F frame tokens, K registers, L text toke
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
 
 import torch
 from torch import Tensor
 
-__all__ = ["QueryRecord", "VideoBatch", "QueryBatch", "VideoTokens"]
+__all__ = ["QueryRecord", "VideoBatch", "QueryBatch", "VideoTokens", "Moment", "Localization", "MomentLocalizer"]
 
 
 @dataclass(frozen=True)
@@ -107,3 +110,51 @@ class VideoTokens:
 
     def __len__(self) -> int:
         return self.clip.shape[0]
+
+
+@dataclass(frozen=True)
+class Moment:
+    """One predicted span inside a video, in seconds, with ``0 <= start_sec <= end_sec <= duration``.
+
+    Attributes:
+        start_sec: start of the span.
+        end_sec: end of the span.
+        score: the localiser's confidence (foreground probability), in [0, 1].
+    """
+
+    start_sec: float
+    end_sec: float
+    score: float
+
+
+@dataclass(frozen=True)
+class Localization:
+    """What a moment localiser says about one (query, video) pair.
+
+    Attributes:
+        moments: spans sorted by score, best first.
+        relevance: (F,) per-frame relevance of the video to the query (for display and highlight scores).
+    """
+
+    moments: tuple[Moment, ...]
+    relevance: np.ndarray
+
+
+class MomentLocalizer(Protocol):
+    """Finds where in a video a query happens, from what the index stores (no backbone pass over the video)."""
+
+    def localize(
+        self, query_tokens: np.ndarray, frame_tokens: np.ndarray, duration: float, *, num_moments: int = 5
+    ) -> Localization:
+        """Localise one query in one video.
+
+        Args:
+            query_tokens: (L, D_text) float32 text-backbone token features of the query (unpadded).
+            frame_tokens: (F, D) float32 frame tokens of the video, as stored in the index.
+            duration: the video's duration in seconds (> 0).
+            num_moments: how many spans to return at most.
+
+        Returns:
+            The moments (seconds, clamped to [0, duration], best first) and the per-frame relevance curve.
+        """
+        ...
