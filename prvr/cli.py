@@ -359,5 +359,9 @@ def query_command(text: str, index_dir: str, k: int, candidates: int | None, as_
         click.echo(f"{rank:>4}  {result.score:>7.4f}  {result.video_id}")
 
 
+from prvr.commands.serve_cli import serve_command  # noqa: E402  (a command in its own module)
+
+main.add_command(serve_command)
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

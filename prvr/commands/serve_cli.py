@@ -1,0 +1,53 @@
+"""`prvr serve`: the search service (HTTP API + web page) over one index directory, with uvicorn."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from prvr.cli import _fail_cleanly
+
+__all__ = ["serve_command"]
+
+
+@click.command("serve")
+@click.option("--index", "index_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Index directory written by `prvr build-index`.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; anything but loopback needs an API key.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(min=0, max=65535),
+              help="TCP port (0: any free port).")
+@click.option("--api-key-env", default=None, metavar="NAME",
+              help="Environment variable holding the API key (clients send it as X-API-Key). Unset: no key.")
+@click.option("--max-k", default=100, show_default=True, type=click.IntRange(min=1), help="Most results per query.")
+@click.option("--max-query-chars", default=512, show_default=True, type=click.IntRange(min=1),
+              help="Longest accepted query.")
+@click.option("--poll-interval", default=2.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds between checks for a new index generation (0: never).")
+@click.option("--query-log", is_flag=True, help="Record every query in the index database (off: privacy).")
+@_fail_cleanly
+def serve_command(index_dir: str, host: str, port: int, api_key_env: str | None, max_k: int, max_query_chars: int,
+                  poll_interval: float, query_log: bool) -> None:
+    """Serve search, video metadata and media, and the web page at http://HOST:PORT/."""
+    import logging
+
+    import uvicorn
+
+    from services.app import ServiceSettings, check_bind, create_app
+
+    api_key = None
+    if api_key_env is not None:
+        api_key = os.environ.get(api_key_env) or None
+        if api_key is None:
+            raise ValueError(f"--api-key-env {api_key_env}: the environment variable {api_key_env} is unset or "
+                             f"empty; export {api_key_env}=<a long random key> first")
+    check_bind(host, api_key)
+    settings = ServiceSettings(index_dir=index_dir, api_key=api_key, max_k=max_k, max_query_chars=max_query_chars,
+                               poll_interval_s=poll_interval, query_log=query_log)
+    if logging.getLogger("services").getEffectiveLevel() > logging.INFO:
+        logging.getLogger("services").setLevel(logging.INFO)  # request lines are the server's output
+    app = create_app(settings)
+    click.echo(f"serving {index_dir} on http://{host}:{port}/ (API docs at /docs)", err=True)
+    # our middleware logs every request; uvicorn's access log would repeat it
+    uvicorn.run(app, host=host, port=port, access_log=False, log_config=None, timeout_graceful_shutdown=5)
