@@ -20,6 +20,7 @@ so a build killed at any point leaves the previous generation active and loadabl
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import logging
@@ -35,7 +36,7 @@ import numpy as np
 from tqdm import tqdm
 
 from index.faiss_store import FaissTokenIndex, choose_factory, nlist_for
-from index.manifest import MANIFEST_NAME, IndexManifest, load_manifest, write_manifest
+from index.manifest import MANIFEST_NAME, IndexManifest, _utc_now_iso, load_manifest, write_manifest
 from index.token_store import TokenStore
 from prvr.checkpoint import load_model
 from prvr.data.dataset import PRVRCorpus, iter_video_batches
@@ -53,6 +54,8 @@ __all__ = [
     "BuildResult",
     "build_index",
     "generation_path",
+    "remove_videos",
+    "rewrite_manifest",
 ]
 
 logger = logging.getLogger(__name__)
@@ -163,8 +166,9 @@ def build_index(
     factory: str | None = None,
     batch_size: int = 64,
     text_backbone: dict[str, Any] | None = None,
-    n_candidates: int = DEFAULT_N_CANDIDATES,
+    n_candidates: int | None = None,
     candidates_per_video: int = 4,
+    moment_checkpoint: str | Path | None = None,
     progress: bool = True,
 ) -> BuildResult:
     """Encode the corpus's videos and commit them, with the active generation's videos, as a new generation.
@@ -179,8 +183,11 @@ def build_index(
         batch_size: videos encoded per forward pass.
         text_backbone: ``{"id": ..., "path": local model folder or None}`` of the query text encoder, recorded for
             the Retriever; default: kept from the previous generation, else None.
-        n_candidates: default candidate videos per query, recorded in the manifest.
+        n_candidates: default candidate videos per query, recorded in the manifest; default: the previous
+            generation's search defaults (calibrated ones included), else ``DEFAULT_N_CANDIDATES``.
         candidates_per_video: FAISS tokens fetched per candidate video (K' = this x n_candidates).
+        moment_checkpoint: a moment-localiser checkpoint (``prvr.moments.localizer.load_localizer`` reads it),
+            copied into the index under its sha256 and recorded in the manifest; default: the previous generation's.
         progress: show a tqdm bar.
 
     Returns:
@@ -192,7 +199,7 @@ def build_index(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if n_candidates < 1 or candidates_per_video < 1:
+    if (n_candidates is not None and n_candidates < 1) or candidates_per_video < 1:
         raise ValueError(f"n_candidates and candidates_per_video must be >= 1, got {n_candidates}, "
                          f"{candidates_per_video}")
     if text_backbone is not None and "id" not in text_backbone:
@@ -200,10 +207,17 @@ def build_index(
     checkpoint = Path(checkpoint).resolve()
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist; pass the best.pt of a `prvr train` run")
+    if moment_checkpoint is not None and not Path(moment_checkpoint).is_file():
+        raise FileNotFoundError(f"moment checkpoint {moment_checkpoint} does not exist; pass the file written by the "
+                                "moment localiser's training")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with _build_lock(out_dir):
         stored, sha = _store_checkpoint(checkpoint, out_dir)  # hash the copy: training may replace best.pt meanwhile
+        moments: dict[str, Any] | None = None
+        if moment_checkpoint is not None:
+            moment_path, moment_sha = _store_checkpoint(Path(moment_checkpoint).resolve(), out_dir)
+            moments = {"path": str(moment_path), "sha256": moment_sha}
         model, config, _ = load_model(out_dir / stored)
         if (corpus.video_dim, corpus.text_dim) != (config.model.video_dim, config.model.text_dim):
             raise ValueError(
@@ -218,7 +232,7 @@ def build_index(
                 db, model, config, stored, sha, corpus, out_dir,
                 collection_name=collection_name, factory=factory, batch_size=batch_size,
                 text_backbone=text_backbone, n_candidates=n_candidates,
-                candidates_per_video=candidates_per_video, progress=progress,
+                candidates_per_video=candidates_per_video, moment_checkpoint=moments, progress=progress,
             )
         finally:
             db.close()
@@ -238,7 +252,7 @@ def _store_checkpoint(checkpoint: Path, out_dir: Path) -> tuple[Path, str]:
         shutil.copyfile(checkpoint, tmp)
     incoming = models / ".incoming.pt"
     sha = file_sha256(incoming)
-    relative = Path(MODELS_DIR) / f"{sha[:16]}.pt"
+    relative = Path(MODELS_DIR) / f"{sha[:16]}{checkpoint.suffix or '.pt'}"
     incoming.replace(out_dir / relative)
     fsync_directory(models)
     return relative, sha
@@ -257,12 +271,15 @@ def _build_locked(
     factory: str | None,
     batch_size: int,
     text_backbone: dict[str, Any] | None,
-    n_candidates: int,
+    n_candidates: int | None,
     candidates_per_video: int,
+    moment_checkpoint: dict[str, Any] | None,
     progress: bool,
 ) -> BuildResult:
     previous = db.active_generation()
     previous_dir: Path | None = None
+    search_defaults: dict[str, Any] = {"n_candidates": n_candidates or DEFAULT_N_CANDIDATES}
+    calibration: dict[str, Any] | None = None
     if previous is not None:
         previous_dir = generation_path(out_dir, previous.directory)
         previous_manifest = load_manifest(previous_dir)
@@ -274,6 +291,12 @@ def _build_locked(
             )
         if text_backbone is None:
             text_backbone = previous_manifest.text_backbone
+        if moment_checkpoint is None:
+            moment_checkpoint = previous_manifest.moment_checkpoint
+        if n_candidates is None:
+            # keep calibrated settings; the corpus grew, so `prvr index calibrate` again is advised
+            search_defaults = dict(previous_manifest.search_defaults)
+            calibration = previous_manifest.calibration
     _abandon_stale_builds(db, out_dir)
 
     video_ids = corpus.video_ids
@@ -308,7 +331,7 @@ def _build_locked(
         model_id=model_id,
         factories=factories,
         faiss_version=faiss.__version__,
-        params={"n_candidates": n_candidates, "candidates_per_video": index.candidates_per_video},
+        params={**search_defaults, "candidates_per_video": index.candidates_per_video},
         video_ids=sorted(set(members) | {id_of[vid] for vid in video_ids}),
     )
     generation = db.get_generation(generation_id)
@@ -335,38 +358,141 @@ def _build_locked(
         clip_tokens += clip.shape[0] * clip.shape[1]
         frame_tokens += int(mask.sum())
 
-    index.save(gen_dir / FAISS_DIR)
+    data_source = {
+        "root": str(Path(corpus.root).resolve()),
+        "collection": collection_name,
+        "split": corpus.split,
+        "video_feature": corpus.config.video_feature,
+        "text_feature": corpus.config.text_feature,
+    }
+    counts = {"new_videos": len(new_ids), "new_clip_tokens": clip_tokens, "new_frame_tokens": frame_tokens}
     manifest = IndexManifest(
         experiment_config=config.to_json(),
         checkpoint_path=str(checkpoint),
         checkpoint_sha256=sha,
         text_backbone=dict(text_backbone) if text_backbone is not None else None,
-        data_source={
-            "root": str(Path(corpus.root).resolve()),
-            "collection": collection_name,
-            "split": corpus.split,
-            "video_feature": corpus.config.video_feature,
-            "text_feature": corpus.config.text_feature,
-        },
-        counts={
-            "videos": index.num_videos,
-            "new_videos": len(new_ids),
-            "new_clip_tokens": clip_tokens,
-            "new_frame_tokens": frame_tokens,
-            "ntotal": index.ntotal,
-        },
-        faiss=index.describe(),
-        search_defaults={"n_candidates": n_candidates, "candidates_per_video": index.candidates_per_video},
+        data_source=data_source,
+        counts={},
+        faiss={},
+        search_defaults={**search_defaults, "candidates_per_video": index.candidates_per_video},
         generation=generation.directory,
+        moment_checkpoint=moment_checkpoint,
+        calibration=calibration,
+    )
+    manifest = _commit_generation(db, generation_id, gen_dir, index, manifest, counts)
+    logger.info("index generation %s active: %d videos (%d new), %d tokens", generation.directory,
+                index.num_videos, len(new_ids), index.ntotal)
+    return BuildResult(generation_id, gen_dir, index.num_videos, len(new_ids), index.ntotal, manifest)
+
+
+def _commit_generation(
+    db: Database,
+    generation_id: int,
+    gen_dir: Path,
+    index: FaissTokenIndex,
+    manifest: IndexManifest,
+    counts: dict[str, int],
+) -> IndexManifest:
+    """Save the FAISS index and the manifest into ``gen_dir``, fsync everything, then activate (the commit point)."""
+    index.save(gen_dir / FAISS_DIR)
+    manifest = dataclasses.replace(
+        manifest,
+        counts={"videos": index.num_videos, **counts, "ntotal": index.ntotal},
+        faiss=index.describe(),
     )
     write_manifest(manifest, gen_dir)
     fsync_directory(gen_dir)
     fsync_directory(gen_dir.parent)
-    files = _generation_files(gen_dir)
-    db.activate_generation(generation_id, ntotal=index.ntotal, files=files)  # the commit point
-    logger.info("index generation %s active: %d videos (%d new), %d tokens", generation.directory,
-                index.num_videos, len(new_ids), index.ntotal)
-    return BuildResult(generation_id, gen_dir, index.num_videos, len(new_ids), index.ntotal, manifest)
+    db.activate_generation(generation_id, ntotal=index.ntotal, files=_generation_files(gen_dir))
+    return manifest
+
+
+def _resolve_members(db: Database, generation_id: int, external_ids: Sequence[str]) -> list[int]:
+    """Surrogate ids of external ids that the generation holds; ValueError naming the unknown ones."""
+    members = set(db.generation_video_ids(generation_id))
+    ids: list[int] = []
+    unknown: list[str] = []
+    for external_id in dict.fromkeys(external_ids):
+        video = db.get_video(external_id)
+        if video is None or video.deleted_at is not None or video.id not in members:
+            unknown.append(external_id)
+        else:
+            ids.append(int(video.id))
+    if unknown:
+        raise ValueError(
+            f"video ids {unknown[:10]}{' ...' if len(unknown) > 10 else ''} are not in the active index generation "
+            "(never added, or already removed); see `prvr index info`"
+        )
+    return ids
+
+
+def remove_videos(index_dir: str | Path, external_ids: Sequence[str], *, compact: bool = True) -> BuildResult:
+    """Remove videos from the index as a new generation, without re-encoding anything.
+
+    The new generation starts from copies of the active one (FAISS ``remove_ids``, token-store tombstones, compacted
+    when ``compact``), is fsynced and only then activated; the removed videos are soft-deleted in the database after
+    the commit (their rows stay, the previous generation stays usable for rollback).
+
+    Args:
+        index_dir: an index directory with an active generation.
+        external_ids: the external ids of the videos to remove (at least one).
+        compact: rewrite the token store without the removed blocks (reclaims their bytes).
+
+    Returns:
+        The :class:`BuildResult` of the activated generation (``new_videos`` is 0).
+
+    Raises:
+        ValueError: on an empty list or ids the active generation does not hold.
+        RuntimeError: when the index has no active generation or another writer holds it.
+    """
+    if isinstance(external_ids, str):
+        raise ValueError(f"pass a list of video ids, not the string {external_ids!r}")
+    external_ids = list(external_ids)
+    if not external_ids:
+        raise ValueError("no video ids to remove; pass at least one")
+    index_dir = Path(index_dir)
+    if not (index_dir / DB_NAME).is_file():
+        raise FileNotFoundError(f"{index_dir / DB_NAME} not found: {index_dir} is not an index directory")
+    with _build_lock(index_dir):
+        db = open_database(index_dir / DB_NAME)
+        try:
+            previous = db.active_generation()
+            if previous is None:
+                raise RuntimeError(f"{index_dir} has no active generation; build one with `prvr build-index`")
+            previous_dir = generation_path(index_dir, previous.directory)
+            previous_manifest = load_manifest(previous_dir)
+            ids = _resolve_members(db, previous.id, external_ids)
+            _abandon_stale_builds(db, index_dir)
+            index = FaissTokenIndex.load(previous_dir / FAISS_DIR, mmap=False, use_gpu=False)
+            index.remove(np.asarray(ids, dtype=np.int64))
+            removed = set(ids)
+            members = [vid for vid in db.generation_video_ids(previous.id) if vid not in removed]
+            generation_id = db.begin_generation(
+                model_id=previous.model_id,
+                factories=dict(previous.factories),
+                faiss_version=faiss.__version__,
+                params=dict(previous.params),
+                video_ids=members,
+            )
+            generation = db.get_generation(generation_id)
+            assert generation is not None
+            gen_dir = generation_path(index_dir, generation.directory)
+            shutil.rmtree(gen_dir, ignore_errors=True)
+            gen_dir.mkdir(parents=True)
+            shutil.copytree(previous_dir / TOKENS_DIR, gen_dir / TOKENS_DIR)
+            store = TokenStore(gen_dir / TOKENS_DIR)
+            store.remove(np.asarray(ids, dtype=np.int64))
+            if compact:
+                store.compact()
+            manifest = dataclasses.replace(previous_manifest, generation=generation.directory,
+                                           created_at=_utc_now_iso())
+            counts = {"new_videos": 0, "removed_videos": len(ids)}
+            manifest = _commit_generation(db, generation_id, gen_dir, index, manifest, counts)
+            db.soft_delete(external_ids)
+        finally:
+            db.close()
+    logger.info("index generation %s active: %d videos (%d removed)", generation.directory, index.num_videos, len(ids))
+    return BuildResult(generation_id, gen_dir, index.num_videos, 0, index.ntotal, manifest)
 
 
 def _generation_files(gen_dir: Path) -> dict[str, dict[str, Any]]:
@@ -380,3 +506,33 @@ def _generation_files(gen_dir: Path) -> dict[str, dict[str, Any]]:
     files[MANIFEST_NAME] = {"size": manifest.stat().st_size, "sha256": file_sha256(manifest)}
     return files
 
+
+
+def rewrite_manifest(index_dir: str | Path, manifest: IndexManifest) -> Path:
+    """Replace the active generation's manifest (atomic write) and refresh its recorded file hashes.
+
+    Only search settings may change this way (``prvr index calibrate``): the tokens, indexes and checkpoint of a
+    generation are immutable, so any other change is refused.
+
+    Raises:
+        ValueError: when ``manifest`` differs from the active one in anything but ``search_defaults`` /
+            ``calibration``.
+    """
+    index_dir = Path(index_dir)
+    with _build_lock(index_dir):
+        db = open_database(index_dir / DB_NAME)
+        try:
+            active = db.active_generation()
+            if active is None:
+                raise RuntimeError(f"{index_dir} has no active generation; build one with `prvr build-index`")
+            gen_dir = generation_path(index_dir, active.directory)
+            current = load_manifest(gen_dir)
+            mutable = {"search_defaults": None, "calibration": None}
+            if dataclasses.replace(current, **mutable) != dataclasses.replace(manifest, **mutable):
+                raise ValueError("only search_defaults and calibration of an active manifest may be rewritten; "
+                                 "build a new generation for anything else")
+            path = write_manifest(manifest, gen_dir)
+            db.activate_generation(active.id, files=_generation_files(gen_dir))
+        finally:
+            db.close()
+    return path

@@ -486,6 +486,25 @@ class FaissTokenIndex:
 
     # ----------------------------------------------------------------------------------------- search parameters
 
+    @property
+    def search_parameters(self) -> dict[str, Any]:
+        """Snapshot of the search knobs: the explicit ``nprobe`` / ``ef_search`` (None = the index default) and each
+        index's effective values, for :meth:`restore_search_parameters`."""
+        parts = {kind: (part.describe()["nprobe"], part.describe()["ef_search"]) for kind, part in self._parts.items()}
+        return {"nprobe": self._nprobe, "ef_search": self._ef_search, "parts": parts}
+
+    def restore_search_parameters(self, parameters: dict[str, Any]) -> None:
+        """Undo ``set_nprobe`` / ``set_ef_search``: apply a :attr:`search_parameters` snapshot."""
+        self._nprobe = parameters.get("nprobe")
+        self._ef_search = parameters.get("ef_search")
+        for kind, (nprobe, ef_search) in parameters.get("parts", {}).items():
+            part = self._parts[kind]
+            if nprobe is not None:
+                part.set_nprobe(int(nprobe))
+            if ef_search is not None:
+                part.set_ef_search(int(ef_search))
+            part.gpu_index = None
+
     def set_nprobe(self, nprobe: int) -> None:
         """Set the IVF lists probed per query (the calibration knob). Raises ValueError on non-IVF indexes."""
         if int(nprobe) < 1:

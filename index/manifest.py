@@ -39,6 +39,10 @@ class IndexManifest:
         faiss: ``FaissTokenIndex.describe()`` of the saved index.
         search_defaults: ``{"n_candidates", "candidates_per_video"}``.
         generation: the generation directory name (``gen-000001``).
+        moment_checkpoint: ``{"path": relative to the index directory, "sha256": ...}`` of the moment localiser
+            checkpoint copied into the index (``build-index --moment-checkpoint``), or None.
+        calibration: what ``prvr index calibrate`` measured and chose (``{"target", "k", "chosen", "grid", ...}``),
+            or None; the chosen search parameters are also written into ``search_defaults``.
         created_at: ISO-8601 UTC time of the build.
         format_version: manifest layout version.
     """
@@ -52,6 +56,8 @@ class IndexManifest:
     faiss: dict[str, Any]
     search_defaults: dict[str, Any]
     generation: str
+    moment_checkpoint: dict[str, Any] | None = None
+    calibration: dict[str, Any] | None = None
     created_at: str = field(default_factory=_utc_now_iso)
     format_version: int = MANIFEST_FORMAT_VERSION
 
@@ -61,6 +67,8 @@ class IndexManifest:
             raise ValueError(f"checkpoint_sha256 must be 64 lowercase hex characters, got {sha!r}")
         if self.text_backbone is not None and "id" not in self.text_backbone:
             raise ValueError(f"text_backbone must hold an 'id' (and a 'path' or None), got {self.text_backbone!r}")
+        if self.moment_checkpoint is not None and not {"path", "sha256"} <= set(self.moment_checkpoint):
+            raise ValueError(f"moment_checkpoint must hold 'path' and 'sha256', got {self.moment_checkpoint!r}")
 
     def to_json(self) -> str:
         """The manifest as indented, key-sorted JSON text."""

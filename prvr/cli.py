@@ -315,12 +315,17 @@ def _text_backbone(spec: str | None) -> dict[str, Any] | None:
 @click.option("--factory", default=None, help="FAISS factory string (default: chosen by corpus size).")
 @click.option("--text-backbone", default=None,
               help="Query text encoder recorded for `prvr query`: 'minilm-l6' or a local model folder.")
+@click.option("--moment-checkpoint", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Moment localiser checkpoint, copied into the index; `prvr query` then shows moments.")
+@click.option("--candidates", default=None, type=click.IntRange(min=1),
+              help="Default candidate videos per query (default 200, or the previous generation's).")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @_fail_cleanly
 def build_index_command(checkpoint: str, root: str, collection: str, split: str, index_dir: str,
                         video_feature: str | None, text_feature: str | None, factory: str | None,
-                        text_backbone: str | None, batch_size: int, no_progress: bool) -> None:
+                        text_backbone: str | None, moment_checkpoint: str | None, candidates: int | None,
+                        batch_size: int, no_progress: bool) -> None:
     """Encode a split's videos once and index their clip and frame tokens (a new generation, committed last)."""
     from index.builder import build_index
     from prvr.checkpoint import read_checkpoint
@@ -330,7 +335,7 @@ def build_index_command(checkpoint: str, root: str, collection: str, split: str,
     corpus = _open_corpus(root, collection, split, config, expected_video_dim=config.model.video_dim)
     result = build_index(checkpoint, corpus, index_dir, collection_name=collection, factory=factory,
                          batch_size=batch_size, text_backbone=_text_backbone(text_backbone),
-                         progress=not no_progress)
+                         n_candidates=candidates, moment_checkpoint=moment_checkpoint, progress=not no_progress)
     click.echo(json.dumps({"index": str(index_dir), "generation": result.generation_id,
                            "videos": result.num_videos, "new_videos": result.new_videos, "tokens": result.ntotal}))
 
@@ -341,27 +346,37 @@ def build_index_command(checkpoint: str, root: str, collection: str, split: str,
               help="Index directory written by `prvr build-index`.")
 @click.option("-k", "k", default=10, show_default=True, type=click.IntRange(min=1, max=10_000))
 @click.option("--candidates", default=None, type=click.IntRange(min=1), help="Videos re-ranked exactly.")
+@click.option("--no-moments", is_flag=True, help="Skip moment localisation (faster; no moment model needed).")
+@click.option("--moments", "num_moments", default=3, show_default=True, type=click.IntRange(min=1),
+              help="Moments shown per video.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @_fail_cleanly
-def query_command(text: str, index_dir: str, k: int, candidates: int | None, as_json: bool) -> None:
-    """Rank the indexed videos for a sentence."""
+def query_command(text: str, index_dir: str, k: int, candidates: int | None, no_moments: bool, num_moments: int,
+                  as_json: bool) -> None:
+    """Rank the indexed videos for a sentence (with their top moments when the index has a moment model)."""
     from prvr.retriever import Retriever
 
     if not text.strip():
         raise ValueError("the query is empty; give a sentence such as \"a man is playing a guitar\"")
     with Retriever.load(index_dir) as retriever:
-        results = retriever.search(text, k=k, n_candidates=candidates)
+        results = retriever.search(text, k=k, n_candidates=candidates, localize=not no_moments,
+                                   num_moments=num_moments)
+        show_moments = retriever.has_localizer and not no_moments
     if as_json:
         click.echo(json.dumps([dataclasses.asdict(r) for r in results]))
         return
-    click.echo(f"{'rank':>4}  {'score':>7}  video")
+    click.echo(f"{'rank':>4}  {'score':>7}  {'video':<24}" + ("  moments (start-end s, score)" if show_moments else ""))
     for rank, result in enumerate(results, start=1):
-        click.echo(f"{rank:>4}  {result.score:>7.4f}  {result.video_id}")
+        line = f"{rank:>4}  {result.score:>7.4f}  {result.video_id:<24}"
+        if show_moments:
+            spans = ", ".join(f"{m.start_sec:.1f}-{m.end_sec:.1f} ({m.score:.2f})" for m in result.moments)
+            line += "  " + (spans or "(no duration known)" if result.duration is None else spans or "-")
+        click.echo(line.rstrip())
 
 
-from prvr.commands.serve_cli import serve_command  # noqa: E402  (a command in its own module)
+from prvr.commands.index_cli import index_group  # noqa: E402  (after main: the module imports prvr.cli lazily)
 
-main.add_command(serve_command)
+main.add_command(index_group)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -1,39 +1,46 @@
 """The search facade: load the active index generation and answer text queries with ranked external video ids.
 
-Shape letters: Nq queries, L text tokens, D_text text feature width, D hidden, N candidates.
+Shape letters: Nq queries, L text tokens, D_text text feature width, D hidden, N candidates, F frames.
 
 Two stages (spec/index.md 6.1): FAISS token search -> candidate videos, then the exact DreamPRVR score of each
-candidate from the bf16 token store. With an exact (Flat) index and ``n_candidates`` >= the number of videos the
-result equals a brute-force ranking of the whole corpus (up to bf16 rounding of the stored tokens).
+candidate from the bf16 token store (``index.search.search_topk``). On an exact (Flat) index the candidate search is
+widened until the top-k is provably the brute-force top-k; approximate indexes use their calibrated nprobe /
+efSearch and candidate count (``prvr index calibrate``). When a moment localiser is attached, each result also
+carries its top moments in seconds.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
 from index.builder import DB_NAME, FAISS_DIR, TOKENS_DIR, generation_path
 from index.faiss_store import FaissTokenIndex
 from index.manifest import IndexManifest, load_manifest
-from index.rerank import exact_rerank
+from index.search import search_topk
 from index.token_store import TokenStore
 from prvr.checkpoint import load_model
 from prvr.config import ExperimentConfig
 from prvr.data.preprocess import collate_queries, preprocess_query
 from prvr.fileio import file_sha256
 from prvr.model import DreamPRVR
-from prvr.types import QueryBatch
+from prvr.types import Moment, MomentLocalizer, QueryBatch
 from services.db import Database, open_database
 
 __all__ = ["SearchResult", "Retriever"]
 
 logger = logging.getLogger(__name__)
+
+
+LOCALIZER_MODULE = "prvr.moments.localizer"
+DEFAULT_NUM_MOMENTS = 5
 
 
 @dataclass(frozen=True)
@@ -43,12 +50,17 @@ class SearchResult:
     Attributes:
         video_id: the external video id.
         score: the exact DreamPRVR score ``w_c * max clip cos + w_f * max frame cos``.
-        moments: predicted moments inside the video (empty until a localizer is attached).
+        moments: predicted moments inside the video, best first (empty without a localiser, with
+            ``localize=False``, or when the video's duration is unknown).
+        relevance: the localiser's (F,) per-frame relevance curve, only with ``search(..., relevance=True)``.
+        duration: the video's duration in seconds from the index database, None when unknown.
     """
 
     video_id: str
     score: float
-    moments: tuple = ()
+    moments: tuple[Moment, ...] = ()
+    relevance: tuple[float, ...] | None = None
+    duration: float | None = None
 
 
 def _check_k(k: int, n_candidates: int) -> None:
@@ -73,6 +85,9 @@ class Retriever:
         faiss_index: the generation's FAISS token index.
         store: the generation's token store.
         text_encoder: an object with ``encode(texts).tokens`` (``prvr.text_encoders.TokenFeatureEncoder``), or None.
+        localizer: a :class:`~prvr.types.MomentLocalizer`, or None.
+        moment_checkpoint: a localiser checkpoint loaded on first use (through
+            ``prvr.moments.localizer.load_localizer``) when ``localizer`` is None.
     """
 
     def __init__(
@@ -85,6 +100,8 @@ class Retriever:
         faiss_index: FaissTokenIndex,
         store: TokenStore,
         text_encoder: Any | None = None,
+        localizer: MomentLocalizer | None = None,
+        moment_checkpoint: Path | None = None,
     ) -> None:
         self.db = db
         self.generation_id = generation_id
@@ -94,7 +111,12 @@ class Retriever:
         self.faiss_index = faiss_index
         self.store = store
         self.text_encoder = text_encoder
-        self._lock = threading.Lock()
+        self._localizer = localizer
+        self._moment_checkpoint = moment_checkpoint
+        self._lock = threading.Lock()  # the torch model and text encoder
+        self._localizer_lock = threading.Lock()
+        self._search_lock = threading.Lock() if faiss_index.use_gpu is True else None  # GPU indexes: one caller
+        self._warned_durations: set[str] = set()
         if text_encoder is not None:
             self._check_text_encoder(text_encoder)
 
@@ -107,6 +129,7 @@ class Retriever:
         *,
         checkpoint: str | Path | None = None,
         text_encoder: Any | None = None,
+        localizer: MomentLocalizer | None = None,
         device: str = "cpu",
     ) -> Retriever:
         """Open the active generation of an index directory written by ``index.builder.build_index``.
@@ -116,7 +139,12 @@ class Retriever:
             checkpoint: the model checkpoint; default the path recorded in the manifest. Its sha256 must match.
             text_encoder: the query text encoder; default a ``TokenFeatureEncoder`` of the manifest's text backbone
                 path when it has one, else None (then only :meth:`search_features` works).
+            localizer: a moment localiser; default the one of the manifest's moment checkpoint (loaded on first use
+                through ``prvr.moments.localizer.load_localizer``), else none (results carry no moments).
             device: torch device of the query encoder.
+
+        The manifest's ``search_defaults`` (``n_candidates`` and, after ``prvr index calibrate``, ``nprobe`` /
+        ``ef_search``) are applied to the FAISS index.
 
         Returns:
             The Retriever.
@@ -124,7 +152,7 @@ class Retriever:
         Raises:
             FileNotFoundError: when ``index_dir`` holds no index database or a file is missing.
             RuntimeError: when no generation is active yet.
-            ValueError: when the checkpoint is not the one the index was built with.
+            ValueError: when the checkpoint (or the moment checkpoint) is not the one the index was built with.
         """
         index_dir = Path(index_dir)
         db_path = index_dir / DB_NAME
@@ -154,13 +182,18 @@ class Retriever:
                 )
             model, config, _ = load_model(checkpoint_path, device=device)
             faiss_index = FaissTokenIndex.load(gen_dir / FAISS_DIR, mmap=True, use_gpu=False)
+            _apply_search_defaults(faiss_index, manifest)
             store = TokenStore(gen_dir / TOKENS_DIR, read_only=True)
+            moment_checkpoint = None
+            if localizer is None and manifest.moment_checkpoint is not None:
+                moment_checkpoint = _checked_moment_checkpoint(index_dir, gen_dir, manifest)
             if text_encoder is None and manifest.text_backbone is not None and manifest.text_backbone.get("path"):
                 from prvr.text_encoders import TokenFeatureEncoder
 
                 text_encoder = TokenFeatureEncoder(manifest.text_backbone["path"],
                                                    max_tokens=config.data.max_query_tokens)
-            retriever = cls(db, generation.id, manifest, model, config, faiss_index, store, text_encoder)
+            retriever = cls(db, generation.id, manifest, model, config, faiss_index, store, text_encoder,
+                            localizer=localizer, moment_checkpoint=moment_checkpoint)
         except BaseException:
             db.close()
             raise
@@ -190,17 +223,67 @@ class Retriever:
         """Videos in the served generation."""
         return self.faiss_index.num_videos
 
+    @property
+    def has_localizer(self) -> bool:
+        """True when results can carry moments (a localiser is attached or the manifest names one)."""
+        return self._localizer is not None or self._moment_checkpoint is not None
+
+    def localizer(self) -> MomentLocalizer | None:
+        """The moment localiser, loading the manifest's moment checkpoint on first use; None when there is none.
+
+        Raises:
+            RuntimeError: when the index names a moment checkpoint but ``prvr.moments.localizer`` is not available.
+        """
+        if self._localizer is not None or self._moment_checkpoint is None:
+            return self._localizer
+        with self._localizer_lock:
+            if self._localizer is None:
+                try:
+                    module = importlib.import_module(LOCALIZER_MODULE)
+                except ImportError as error:
+                    raise RuntimeError(
+                        f"this index has a moment checkpoint ({self._moment_checkpoint}) but {LOCALIZER_MODULE} "
+                        f"cannot be imported ({error}); install a prvr version with the moment localiser, or search "
+                        "with localize=False (`prvr query --no-moments`)"
+                    ) from error
+                load = getattr(module, "load_localizer", None)
+                if load is None:
+                    raise RuntimeError(f"{LOCALIZER_MODULE} has no load_localizer(path); update prvr, or search "
+                                       "with localize=False (`prvr query --no-moments`)")
+                self._localizer = load(self._moment_checkpoint)
+                logger.info("moment localiser loaded from %s", self._moment_checkpoint)
+        return self._localizer
+
     # -------------------------------------------------------------------------------------------------- search
 
+    @overload
+    def search(self, query: str, k: int = ..., *, n_candidates: int | None = ..., localize: bool = ...,
+               relevance: bool = ..., num_moments: int = ...) -> list[SearchResult]: ...
+
+    @overload
+    def search(self, query: Sequence[str], k: int = ..., *, n_candidates: int | None = ..., localize: bool = ...,
+               relevance: bool = ..., num_moments: int = ...) -> list[list[SearchResult]]: ...
+
     def search(
-        self, query: str | Sequence[str], k: int = 10, *, n_candidates: int | None = None
+        self,
+        query: str | Sequence[str],
+        k: int = 10,
+        *,
+        n_candidates: int | None = None,
+        localize: bool = True,
+        relevance: bool = False,
+        num_moments: int = DEFAULT_NUM_MOMENTS,
     ) -> list[SearchResult] | list[list[SearchResult]]:
-        """Rank videos for one text query or a list of them.
+        """Rank videos for one text query or a list of them (a list is encoded in one call, searched in one batch).
 
         Args:
             query: a sentence, or a list of sentences.
             k: results per query.
-            n_candidates: candidate videos re-ranked exactly (default: the manifest's search default, 200).
+            n_candidates: candidate videos re-ranked exactly (default: the manifest's search default); on an exact
+                index only the first round's count (widened until the top-k is provably exact).
+            localize: add moments to each result when a localiser is available.
+            relevance: also return the localiser's per-frame relevance curve of each result.
+            num_moments: moments per result at most.
 
         Returns:
             For a string, up to k :class:`SearchResult` best first; for a list, one such list per sentence.
@@ -226,49 +309,141 @@ class Retriever:
             )
         with self._lock:
             encoded = self.text_encoder.encode([text.strip() for text in texts])
+        raw = [np.asarray(tokens, dtype=np.float32) for tokens in encoded.tokens]  # Nq x (L_i, D_text)
         max_tokens = self.config.data.max_query_tokens
-        arrays = [preprocess_query(tokens, max_tokens) for tokens in encoded.tokens]  # Nq x (L_i, D_text)
+        arrays = [preprocess_query(tokens, max_tokens) for tokens in raw]  # Nq x (L_i, D_text)
         batch = collate_queries(arrays, [f"q{i}" for i in range(len(arrays))])
-        results = self.search_features(batch, k, n_candidates=n_candidates)
+        results = self.search_features(batch, k, n_candidates=n_candidates, localize=localize, relevance=relevance,
+                                       num_moments=num_moments, query_tokens=raw)
         return results[0] if single else results
 
     def search_features(
-        self, tokens: QueryBatch, k: int = 10, n_candidates: int | None = None
+        self,
+        tokens: QueryBatch,
+        k: int = 10,
+        n_candidates: int | None = None,
+        *,
+        localize: bool = True,
+        relevance: bool = False,
+        num_moments: int = DEFAULT_NUM_MOMENTS,
+        query_tokens: Sequence[np.ndarray] | None = None,
     ) -> list[list[SearchResult]]:
         """Rank videos for queries given as preprocessed token features.
 
         Args:
             tokens: a QueryBatch of Nq queries: tokens (Nq, L, D_text) L2-normalised, mask (Nq, L).
             k: results per query.
-            n_candidates: candidate videos re-ranked exactly (at least k are taken).
+            n_candidates: candidate videos re-ranked exactly in the first round (at least k are taken).
+            localize: add moments to each result when a localiser is available.
+            relevance: also return the per-frame relevance curves.
+            num_moments: moments per result at most.
+            query_tokens: Nq (L_i, D_text) float32 token features given to the localiser (what the text encoder
+                produced); default the unpadded rows of ``tokens``.
 
         Returns:
             Nq lists of up to k :class:`SearchResult`, best first (ties by increasing internal id).
         """
         n_candidates = self._default_candidates(n_candidates)
         _check_k(k, n_candidates)
+        if isinstance(num_moments, bool) or not isinstance(num_moments, int) or num_moments < 1:
+            raise ValueError(f"num_moments must be a positive int, got {num_moments!r}")
         if len(tokens) == 0:
             raise ValueError("empty query batch (Nq = 0); pass at least one query")
         if tokens.tokens.dim() != 3 or tokens.tokens.shape[2] != self.config.model.text_dim:
             raise ValueError(
                 f"query tokens must be (Nq, L, D_text = {self.config.model.text_dim}), got {tuple(tokens.tokens.shape)}"
             )
+        if query_tokens is not None and len(query_tokens) != len(tokens):
+            raise ValueError(f"query_tokens has {len(query_tokens)} entries for {len(tokens)} queries")
         with self._lock:
             vectors = self.model.encode_queries(tokens).float().cpu().numpy()  # (Nq, D)
-            candidates = self.faiss_index.search(vectors, max(int(n_candidates), int(k)))
-            ranked = exact_rerank(
-                vectors,
-                candidates,
-                self.store,
-                clip_weight=self.config.model.clip_weight,
-                frame_weight=self.config.model.frame_weight,
-                k=int(k),
-            )
-        flat_ids = [video_id for row in ranked for video_id, _ in row]
-        external = iter(self.db.external_ids(flat_ids)) if flat_ids else iter(())
-        return [[SearchResult(next(external), float(score)) for _, score in row] for row in ranked]
+        ranked = self.search_vectors(vectors, int(k), int(n_candidates))
+        flat_ids = [int(video_id) for row in ranked for video_id in row.video_ids]
+        external = self.db.external_ids(flat_ids) if flat_ids else []
+        durations = self.db.video_durations(flat_ids) if flat_ids else []
+        localizer = self.localizer() if localize else None
+        results: list[list[SearchResult]] = []
+        position = 0
+        for query_row, row in enumerate(ranked):
+            found = []
+            for video_id, score in zip(row.video_ids.tolist(), row.scores.tolist()):
+                name, duration = external[position], durations[position]
+                position += 1
+                result = SearchResult(name, float(score), duration=duration)
+                if localizer is not None:
+                    if query_tokens is not None:
+                        text = np.asarray(query_tokens[query_row], dtype=np.float32)
+                    else:
+                        text = tokens.tokens[query_row][tokens.mask[query_row]].float().cpu().numpy()  # (L, D_text)
+                    result = self._localize(localizer, result, video_id, text, relevance, num_moments)
+                found.append(result)
+            results.append(found)
+        return results
+
+    def search_vectors(self, vectors: np.ndarray, k: int, n_candidates: int | None = None) -> list[Any]:
+        """Stage 1 + 2 on (Nq, D) query vectors: ``index.search.RankedVideos`` per query (internal ids)."""
+        n_candidates = self._default_candidates(n_candidates)
+        _check_k(k, n_candidates)
+        lock = self._search_lock
+        if lock is not None:
+            lock.acquire()
+        try:
+            return search_topk(self.faiss_index, self.store, vectors, int(k), int(n_candidates),
+                               clip_weight=self.config.model.clip_weight,
+                               frame_weight=self.config.model.frame_weight)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _localize(
+        self,
+        localizer: MomentLocalizer,
+        result: SearchResult,
+        video_id: int,
+        query_tokens: np.ndarray,
+        relevance: bool,
+        num_moments: int,
+    ) -> SearchResult:
+        """``result`` with the localiser's moments (and relevance curve) for its video."""
+        if result.duration is None or not result.duration > 0:
+            if result.video_id not in self._warned_durations:
+                self._warned_durations.add(result.video_id)
+                logger.warning("video %s has no known duration in the index database: no moments for it (register "
+                               "its duration to get moments)", result.video_id)
+            return result
+        stored = self.store.get([video_id])
+        frames = stored.frame[0][stored.frame_mask[0]].numpy().astype(np.float32, copy=False)  # (F, D)
+        with self._localizer_lock:
+            found = localizer.localize(query_tokens, frames, float(result.duration), num_moments=num_moments)
+        moments = tuple(found.moments)[:num_moments]
+        curve = tuple(float(x) for x in np.asarray(found.relevance).reshape(-1)) if relevance else None
+        return SearchResult(result.video_id, result.score, moments, curve, result.duration)
 
     def _default_candidates(self, n_candidates: int | None) -> int:
         if n_candidates is not None:
             return n_candidates
         return int(self.manifest.search_defaults.get("n_candidates", 200))
+
+
+def _apply_search_defaults(faiss_index: FaissTokenIndex, manifest: IndexManifest) -> None:
+    """Set the calibrated nprobe / efSearch of the manifest on the loaded index."""
+    defaults = manifest.search_defaults
+    if defaults.get("nprobe") is not None:
+        faiss_index.set_nprobe(int(defaults["nprobe"]))
+    if defaults.get("ef_search") is not None:
+        faiss_index.set_ef_search(int(defaults["ef_search"]))
+
+
+def _checked_moment_checkpoint(index_dir: Path, gen_dir: Path, manifest: IndexManifest) -> Path:
+    """The manifest's moment checkpoint, verified against its recorded sha256."""
+    assert manifest.moment_checkpoint is not None
+    path = index_dir / manifest.moment_checkpoint["path"]
+    if not path.is_file():
+        raise FileNotFoundError(f"moment checkpoint {path} (recorded in {gen_dir}/manifest.json) does not exist; "
+                                "rebuild the index with --moment-checkpoint, or pass localizer= to Retriever.load")
+    sha = file_sha256(path)
+    if sha != manifest.moment_checkpoint["sha256"]:
+        raise ValueError(f"moment checkpoint {path} has sha256 {sha[:12]}... but the manifest records "
+                         f"{manifest.moment_checkpoint['sha256'][:12]}...; the file was replaced: rebuild the index "
+                         "with --moment-checkpoint")
+    return path

@@ -771,6 +771,23 @@ class Database:
             )
         return [mapping[video_id] for video_id in id_list]
 
+    def video_durations(self, ids: Iterable[int]) -> list[float | None]:
+        """Durations in seconds of surrogate video ids (None where unknown), order and repeats preserved.
+
+        Raises:
+            ValueError: on ids that are not in the table.
+        """
+        id_list = _as_ids(ids)
+        unique_ids = list(dict.fromkeys(id_list))
+        mapping: dict[int, float | None] = {}
+        with self.session(readonly=True) as session:
+            for chunk in _chunks(unique_ids):
+                mapping.update(session.execute(select(Video.id, Video.duration_s).where(Video.id.in_(chunk))).all())
+        missing = [video_id for video_id in unique_ids if video_id not in mapping]
+        if missing:
+            raise ValueError(f"unknown video ids {missing[:10]}: the index and the database disagree")
+        return [mapping[video_id] for video_id in id_list]
+
     def soft_delete(self, external_ids: Iterable[str]) -> list[int]:
         """Mark live videos ``deleted`` (their rows and ids stay; remove them from the index and token store).
 

@@ -1,0 +1,244 @@
+"""`prvr index info|add|remove|calibrate`: inspect and maintain an index directory written by `prvr build-index`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+__all__ = ["index_group"]
+
+
+def _fail_cleanly(function: Any) -> Any:
+    from prvr.cli import _fail_cleanly as wrap  # the CLI's one error policy (exit code 1 with the message)
+
+    return wrap(function)
+
+
+def _active(index_dir: Path) -> tuple[Any, Any, Path]:
+    """(database, active generation, its directory); the caller closes the database."""
+    from index.builder import DB_NAME, generation_path
+    from services.db import open_database
+
+    if not (index_dir / DB_NAME).is_file():
+        raise FileNotFoundError(f"{index_dir / DB_NAME} not found: {index_dir} is not an index directory; build one "
+                                "with `prvr build-index`")
+    db = open_database(index_dir / DB_NAME)
+    generation = db.active_generation()
+    if generation is None:
+        db.close()
+        raise RuntimeError(f"{index_dir} has no active generation (no build finished); run `prvr build-index`")
+    return db, generation, generation_path(index_dir, generation.directory)
+
+
+@click.group("index")
+def index_group() -> None:
+    """Inspect and maintain an index: info, add, remove, calibrate (each change is a new generation)."""
+
+
+@index_group.command("info")
+@click.argument("index_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_fail_cleanly
+def info_command(index_dir: str, as_json: bool) -> None:
+    """Generations, counts, FAISS factories, nprobe and the active manifest."""
+    from index.manifest import load_manifest
+
+    db, active, gen_dir = _active(Path(index_dir))
+    try:
+        generations = [
+            {"id": g.id, "directory": g.directory, "status": g.status.value, "videos": g.num_videos,
+             "ntotal": g.ntotal, "created_at": g.created_at.isoformat(timespec="seconds")}
+            for g in db.generations()
+        ]
+        statuses = {status.value: count for status, count in db.count_by_status().items()}
+    finally:
+        db.close()
+    manifest = load_manifest(gen_dir)
+    info = {
+        "index": str(index_dir),
+        "active": active.directory,
+        "generations": generations,
+        "video_status": statuses,
+        "counts": manifest.counts,
+        "factories": {kind: manifest.faiss[kind]["factory"] for kind in ("clip", "frame")},
+        "nlist": {kind: manifest.faiss[kind]["nlist"] for kind in ("clip", "frame")},
+        "search_defaults": manifest.search_defaults,
+        "manifest": json.loads(manifest.to_json()),
+    }
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"index {index_dir}: active generation {active.directory}")
+    click.echo(f"{'id':>4}  {'directory':<12} {'status':<9} {'videos':>8} {'tokens':>10}  created")
+    for g in generations:
+        click.echo(f"{g['id']:>4}  {g['directory']:<12} {g['status']:<9} {g['videos']:>8} {g['ntotal']:>10}  "
+                   f"{g['created_at']}")
+    click.echo(f"factories: clip {info['factories']['clip']}, frame {info['factories']['frame']}; "
+               f"nlist {info['nlist']['clip']} / {info['nlist']['frame']}")
+    click.echo(f"search defaults: {json.dumps(manifest.search_defaults, sort_keys=True)}")
+    source = manifest.data_source
+    click.echo(f"checkpoint {manifest.checkpoint_path} ({manifest.checkpoint_sha256[:12]}...); last data "
+               f"{source.get('collection')}/{source.get('split')}")
+    moments = manifest.moment_checkpoint
+    click.echo(f"moment checkpoint: {moments['path'] + ' (' + moments['sha256'][:12] + '...)' if moments else 'none'}")
+    if manifest.calibration:
+        calibration = manifest.calibration
+        click.echo(f"calibrated: recall@{calibration['k']} {calibration['chosen']['recall']:.4f} (target "
+                   f"{calibration['target']}, {calibration['num_queries']} {calibration['query_source']} queries)")
+    click.echo(f"video status: {json.dumps(statuses, sort_keys=True)}")
+
+
+@index_group.command("add")
+@click.argument("index_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--data", "root", required=True, type=click.Path(exists=True, file_okay=False), help="Data root.")
+@click.option("--collection", required=True, help="Collection name (folder under the data root).")
+@click.option("--split", required=True, help="Caption split whose videos are added.")
+@click.option("--video-feature", default=None, help="FeatureData/<name> (default: the checkpoint's).")
+@click.option("--text-feature", default=None, help="Query feature name (default: the checkpoint's).")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@_fail_cleanly
+def add_command(index_dir: str, root: str, collection: str, split: str, video_feature: str | None,
+                text_feature: str | None, batch_size: int, no_progress: bool) -> None:
+    """Add a split's videos (those not indexed yet) as a new generation, with the index's own checkpoint."""
+    from index.builder import build_index
+    from index.manifest import load_manifest
+    from prvr.checkpoint import read_checkpoint
+    from prvr.cli import _feature_overrides, _open_corpus
+    from prvr.config import ExperimentConfig, apply_overrides
+
+    db, _, gen_dir = _active(Path(index_dir))
+    db.close()
+    manifest = load_manifest(gen_dir)
+    checkpoint = Path(index_dir) / manifest.checkpoint_path
+    config = ExperimentConfig.from_json(read_checkpoint(checkpoint)["model_config"])
+    config = apply_overrides(config, list(_feature_overrides(video_feature, text_feature)))
+    corpus = _open_corpus(root, collection, split, config, expected_video_dim=config.model.video_dim)
+    result = build_index(checkpoint, corpus, index_dir, collection_name=collection, batch_size=batch_size,
+                         progress=not no_progress)
+    click.echo(json.dumps({"index": str(index_dir), "generation": result.generation_id,
+                           "videos": result.num_videos, "new_videos": result.new_videos, "tokens": result.ntotal}))
+
+
+@index_group.command("remove")
+@click.argument("index_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("video_ids", nargs=-1)
+@click.option("--from-file", "id_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A text file with one video id per line (added to VIDEO_IDS).")
+@click.option("--no-compact", is_flag=True, help="Keep the removed videos' bytes in the token store.")
+@_fail_cleanly
+def remove_command(index_dir: str, video_ids: tuple[str, ...], id_file: str | None, no_compact: bool) -> None:
+    """Remove videos by external id as a new generation (the previous one stays for rollback)."""
+    from index.builder import remove_videos
+
+    ids = list(video_ids)
+    if id_file:
+        ids += [line.strip() for line in Path(id_file).read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not ids:
+        raise ValueError("no video ids given; pass them as arguments or with --from-file")
+    result = remove_videos(index_dir, ids, compact=not no_compact)
+    click.echo(json.dumps({"index": str(index_dir), "generation": result.generation_id, "removed": len(set(ids)),
+                           "videos": result.num_videos, "tokens": result.ntotal}))
+
+
+def _int_list(text: str | None, name: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"{name} must be comma-separated integers such as 50,100,200, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise ValueError(f"{name} needs positive integers, got {text!r}")
+    return values
+
+
+@index_group.command("calibrate")
+@click.argument("index_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--target", default=0.99, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="Video-level recall@K to reach.")
+@click.option("-k", "k", default=10, show_default=True, type=click.IntRange(min=1), help="K of recall@K.")
+@click.option("--queries", "num_queries", default=200, show_default=True, type=click.IntRange(min=1),
+              help="Queries measured (a sample of the split's queries, or held-out tokens).")
+@click.option("--data", "root", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Data root of real query features (else held-out stored tokens are the queries).")
+@click.option("--collection", default=None, help="Collection of the query features.")
+@click.option("--split", default=None, help="Caption split of the query features.")
+@click.option("--candidates", "candidates_grid", default=None,
+              help="Comma-separated candidate counts to try (default 25,50,100,200,400,800).")
+@click.option("--knob-grid", default=None, help="Comma-separated nprobe (IVF) / efSearch (HNSW) values to try "
+              "(default powers of two).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Query sampling seed.")
+@click.option("--dry-run", is_flag=True, help="Measure and print, but do not store the choice.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_fail_cleanly
+def calibrate_command(index_dir: str, target: float, k: int, num_queries: int, root: str | None,
+                      collection: str | None, split: str | None, candidates_grid: str | None, knob_grid: str | None,
+                      seed: int, dry_run: bool, as_json: bool) -> None:
+    """Measure recall@K against exact search over a grid; store the cheapest setting reaching --target."""
+    import numpy as np
+
+    from index.builder import rewrite_manifest
+    from index.calibrate import DEFAULT_CANDIDATE_GRID, calibrate, heldout_token_queries
+    from prvr.retriever import Retriever
+
+    if (root is None) != (collection is None) or (root is not None and split is None):
+        raise ValueError("real query features need --data, --collection and --split together; omit all three to "
+                         "calibrate on held-out stored tokens")
+    grid_n = _int_list(candidates_grid, "--candidates") or list(DEFAULT_CANDIDATE_GRID)
+    grid_knob = _int_list(knob_grid, "--knob-grid")
+    with Retriever.load(index_dir, localizer=None) as retriever:
+        if root is not None:
+            queries, source = _real_queries(retriever, root, str(collection), str(split), num_queries, seed)
+        else:
+            queries = heldout_token_queries(retriever.store, num_queries, seed=seed)
+            source = "heldout_tokens"
+        weights = {"clip_weight": retriever.config.model.clip_weight,
+                   "frame_weight": retriever.config.model.frame_weight}
+        result = calibrate(retriever.faiss_index, retriever.store, np.asarray(queries, dtype=np.float32), k=k,
+                           target=target, n_candidates_grid=grid_n, knob_grid=grid_knob, query_source=source,
+                           **weights)
+        manifest = retriever.manifest
+    if not dry_run:
+        defaults = {key: value for key, value in manifest.search_defaults.items()
+                    if key not in ("nprobe", "ef_search")}
+        defaults.update(result.search_defaults())
+        rewrite_manifest(index_dir, dataclasses.replace(manifest, search_defaults=defaults,
+                                                        calibration=result.to_dict()))
+    if as_json:
+        click.echo(json.dumps({**result.to_dict(), "stored": not dry_run}, indent=2))
+        return
+    knob = result.knob
+    header = f"{knob or '':>9}  {'candidates':>10}  {'recall@' + str(k):>9}  {'ms/query':>8}  {'cost':>12}"
+    click.echo(header)
+    for entry in result.grid:
+        mark = " <- chosen" if entry == result.chosen else ""
+        click.echo(f"{entry.get(knob, '') if knob else '':>9}  {entry['n_candidates']:>10}  {entry['recall']:>9.4f}  "
+                   f"{entry['ms_per_query']:>8.2f}  {entry['cost']:>12.0f}{mark}")
+    verdict = "reached" if result.reached else "NOT reached (most accurate setting kept)"
+    click.echo(f"target recall@{k} {target}: {verdict}; {result.num_queries} {result.query_source} queries; "
+               f"{'stored in the manifest' if not dry_run else 'dry run, nothing stored'}")
+
+
+def _real_queries(retriever: Any, root: str, collection: str, split: str, num_queries: int,
+                  seed: int) -> tuple[Any, str]:
+    """Encoded query vectors (Nq, D) of a sample of a split's captions."""
+    import numpy as np
+
+    from prvr.cli import _open_corpus
+    from prvr.data.dataset import iter_query_batches
+
+    config = retriever.config
+    corpus = _open_corpus(root, collection, split, config, expected_text_dim=config.model.text_dim)
+    vectors = []
+    for batch, _ in iter_query_batches(corpus, 256):
+        vectors.append(retriever.model.encode_queries(batch).float().cpu().numpy())  # (B, D)
+    everything = np.concatenate(vectors)  # (Nq_all, D)
+    if everything.shape[0] > num_queries:
+        rows = np.sort(np.random.default_rng(seed).choice(everything.shape[0], num_queries, replace=False))
+        everything = everything[rows]
+    return everything, f"{collection}/{split}"
