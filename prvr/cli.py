@@ -375,8 +375,10 @@ def query_command(text: str, index_dir: str, k: int, candidates: int | None, no_
 
 
 from prvr.commands.index_cli import index_group  # noqa: E402  (after main: the module imports prvr.cli lazily)
+from prvr.commands.serve_cli import serve_command  # noqa: E402  (a command in its own module)
 
 main.add_command(index_group)
+main.add_command(serve_command)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
