@@ -193,3 +193,62 @@ def test_ivf_factory_builds_and_searches(setup, tmp_path) -> None:
     with Retriever.load(tmp_path / "ivf") as retriever:
         rows = _all_results(retriever, test, 3)
     assert all(len(row) == 3 for row in rows)
+
+
+def test_add_then_remove_restores_previous_results(setup, tmp_path) -> None:
+    import shutil
+
+    from index.builder import remove_videos
+
+    out = tmp_path / "index"
+    shutil.copytree(setup["out"], out)
+    val = setup["val"]
+    with Retriever.load(out) as retriever:
+        before = _all_results(retriever, val, 30)
+    test = PRVRCorpus(setup["tmp"] / "data", "synth", "test", setup["config"].data)
+    grown = build_index(setup["ckpt"], test, out, collection_name="synth", batch_size=16, progress=False)
+    assert grown.num_videos == 42
+    with pytest.raises(ValueError, match="not in the active index generation"):
+        remove_videos(out, ["no-such-video", test.video_ids[0]])
+    with pytest.raises(ValueError, match="no video ids"):
+        remove_videos(out, [])
+    result = remove_videos(out, test.video_ids)
+    assert result.num_videos == 30 and result.new_videos == 0
+    assert result.manifest.counts["removed_videos"] == 12
+    with Retriever.load(out) as retriever:
+        after = _all_results(retriever, val, 30)
+        assert retriever.store.describe()["tombstones"] == 0  # compacted
+    assert [[v for v, _ in row] for row in after] == [[v for v, _ in row] for row in before]
+    np.testing.assert_allclose([[s for _, s in row] for row in after], [[s for _, s in row] for row in before],
+                               atol=1e-6)
+    with open_database(out / DB_NAME) as db:
+        assert len(db.generations(GenerationStatus.RETIRED)) == 2  # the previous generations stay for rollback
+        assert db.get_video(test.video_ids[0]).status.value == "deleted"
+    with pytest.raises(ValueError, match="not in the active index generation"):
+        remove_videos(out, [test.video_ids[0]])  # already removed
+    # re-adding the removed split registers the videos again under new ids
+    again = build_index(setup["ckpt"], test, out, collection_name="synth", batch_size=16, progress=False)
+    assert again.num_videos == 42 and again.new_videos == 12
+
+
+def test_rewrite_manifest_only_changes_search_settings(setup, tmp_path) -> None:
+    import shutil
+
+    from index.builder import rewrite_manifest
+
+    out = tmp_path / "index"
+    shutil.copytree(setup["out"], out)
+    manifest = load_manifest(generation_path(out, "gen-000001"))
+    changed = dataclasses.replace(manifest, search_defaults={**manifest.search_defaults, "n_candidates": 7},
+                                  calibration={"target": 0.9})
+    rewrite_manifest(out, changed)
+    assert load_manifest(generation_path(out, "gen-000001")).search_defaults["n_candidates"] == 7
+    with open_database(out / DB_NAME) as db:  # the recorded hash follows the new file
+        from prvr.fileio import file_sha256
+
+        recorded = db.active_generation().files["manifest.json"]["sha256"]
+        assert recorded == file_sha256(generation_path(out, "gen-000001") / "manifest.json")
+    with pytest.raises(ValueError, match="only search_defaults"):
+        rewrite_manifest(out, dataclasses.replace(changed, checkpoint_sha256="0" * 64))
+    with Retriever.load(out) as retriever:
+        assert retriever._default_candidates(None) == 7

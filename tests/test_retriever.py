@@ -18,6 +18,7 @@ from prvr.retriever import Retriever, SearchResult
 from prvr.text_encoders import TokenFeatureEncoder
 
 TEXT_DIM = 48
+HIDDEN = 64  # the tiny preset's hidden size
 WORDS = ["a", "the", "dog", "kicks", "ball", "man", "runs", "cat", "jumps", "over", "fence", "##s", "plays"]
 
 
@@ -122,3 +123,175 @@ def test_concurrent_searches_match_sequential(index_dir, bert_dir) -> None:
     assert len(results) == 2 * 3 * len(texts)
     for (_, _, i), found in results.items():
         assert found == sequential[i]
+
+
+# ------------------------------------------------------------------------------------------------------- moments
+
+LOCALIZER_SOURCE = '''
+"""A real, simple moment localiser for tests: cosine of each frame with the projected mean query token, moments =
+the best disjoint contiguous spans of above-average relevance."""
+import json
+
+import numpy as np
+
+from prvr.types import Localization, Moment
+
+
+class CosineSpanLocalizer:
+    def __init__(self, text_dim, dim, seed=0):
+        rng = np.random.default_rng(seed)
+        self.projection = (rng.standard_normal((text_dim, dim)) / np.sqrt(text_dim)).astype(np.float32)
+        self.calls = 0
+
+    def localize(self, query_tokens, frame_tokens, duration, *, num_moments=5):
+        assert query_tokens.dtype == np.float32 and frame_tokens.dtype == np.float32
+        self.calls += 1
+        q = query_tokens.mean(axis=0) @ self.projection  # (D,)
+        q = q / max(float(np.linalg.norm(q)), 1e-12)
+        frames = frame_tokens / np.maximum(np.linalg.norm(frame_tokens, axis=1, keepdims=True), 1e-12)
+        relevance = (frames @ q).astype(np.float32)  # (F,)
+        centred = relevance - relevance.mean()
+        spans = []
+        for start in range(len(relevance)):
+            total = 0.0
+            for end in range(start, len(relevance)):
+                total += float(centred[end])
+                spans.append((total, start, end))
+        spans.sort(key=lambda span: (-span[0], span[1], span[2]))
+        chosen = []
+        for total, start, end in spans:
+            if all(end < s or start > e for _, s, e in chosen):
+                chosen.append((total, start, end))
+            if len(chosen) == num_moments:
+                break
+        step = duration / len(relevance)
+        moments = tuple(Moment(start * step, min(duration, (end + 1) * step), float(1 / (1 + np.exp(-total))))
+                        for total, start, end in chosen)
+        return Localization(moments, relevance)
+
+
+def load_localizer(path):
+    with open(path, encoding="utf-8") as handle:
+        config = json.load(handle)
+    return CosineSpanLocalizer(config["text_dim"], config["dim"], config["seed"])
+'''
+
+
+@pytest.fixture(scope="module")
+def localizer_module(tmp_path_factory):
+    import importlib
+    import sys
+
+    folder = tmp_path_factory.mktemp("localizer_module")
+    (folder / "cosine_span_localizer.py").write_text(LOCALIZER_SOURCE)
+    sys.path.insert(0, str(folder))
+    try:
+        yield importlib.import_module("cosine_span_localizer")
+    finally:
+        sys.path.remove(str(folder))
+
+
+def _check_moments(result, duration: float) -> None:
+    assert result.duration == pytest.approx(duration)
+    assert result.moments, "a video with a known duration gets moments"
+    scores = [m.score for m in result.moments]
+    assert scores == sorted(scores, reverse=True)
+    for moment in result.moments:
+        assert 0.0 <= moment.start_sec < moment.end_sec <= duration + 1e-9
+
+
+def test_results_carry_moments_of_the_attached_localizer(index_dir, bert_dir, localizer_module, caplog) -> None:
+    import numpy as np
+
+    from services.db import Video
+
+    corpus = index_dir["corpus"]
+    durations = {vid: next(r.duration for r in corpus.captions_of(vid)) for vid in corpus.video_ids}
+    encoder = TokenFeatureEncoder(bert_dir)
+    localizer = localizer_module.CosineSpanLocalizer(TEXT_DIM, HIDDEN, seed=3)
+    with Retriever.load(index_dir["dir"], text_encoder=encoder, localizer=localizer) as retriever:
+        assert retriever.has_localizer
+        results = retriever.search("a dog kicks a ball", k=3, relevance=True, num_moments=2)
+        plain = retriever.search("a dog kicks a ball", k=3, localize=False)
+        assert [r.video_id for r in plain] == [r.video_id for r in results]
+        assert all(r.moments == () and r.relevance is None for r in plain)
+        query_tokens = encoder.encode(["a dog kicks a ball"]).tokens[0].astype(np.float32)  # what search passed
+        for result in results:
+            _check_moments(result, durations[result.video_id])
+            assert len(result.moments) <= 2
+            internal = retriever.db.get_video(result.video_id).id
+            stored = retriever.store.get([internal])
+            frames = stored.frame[0][stored.frame_mask[0]].numpy()
+            expected = localizer.localize(query_tokens, frames, durations[result.video_id], num_moments=2)
+            assert result.moments == expected.moments
+            assert result.relevance == pytest.approx(tuple(expected.relevance.tolist()))
+        # a video whose duration is unknown gets no moments, a log line, and no crash
+        target = results[0].video_id
+        with retriever.db.session() as session:
+            session.query(Video).filter(Video.external_id == target).update({"duration_s": None})
+        with caplog.at_level("WARNING", logger="prvr.retriever"):
+            again = retriever.search("a dog kicks a ball", k=3)
+        assert again[0].video_id == target and again[0].moments == () and again[0].duration is None
+        assert any("no known duration" in record.message for record in caplog.records)
+        assert all(r.moments for r in again[1:])
+        with retriever.db.session() as session:
+            session.query(Video).filter(Video.external_id == target).update({"duration_s": durations[target]})
+
+
+def test_batched_search_encodes_once(index_dir, bert_dir) -> None:
+    encoder = TokenFeatureEncoder(bert_dir)
+    calls = []
+    original = encoder.encode
+
+    def counting(texts):
+        calls.append(list(texts))
+        return original(texts)
+
+    encoder.encode = counting
+    texts = ["a dog kicks a ball", "the man runs", "a cat plays"]
+    with Retriever.load(index_dir["dir"], text_encoder=encoder) as retriever:
+        batch = retriever.search(texts, k=4)
+        assert len(calls) == 1 and calls[0] == texts
+        single = [retriever.search(text, k=4) for text in texts]
+    for row, alone in zip(batch, single):
+        assert [r.video_id for r in row] == [r.video_id for r in alone]
+        assert [r.score for r in row] == pytest.approx([r.score for r in alone], abs=1e-5)
+
+
+def test_moment_checkpoint_in_the_manifest_is_loaded_lazily(index_dir, bert_dir, localizer_module, monkeypatch,
+                                                            tmp_path) -> None:
+    import json
+
+    import prvr.retriever as retriever_module
+    from index.builder import build_index
+
+    moment_file = tmp_path / "moments.json"
+    moment_file.write_text(json.dumps({"text_dim": TEXT_DIM, "dim": HIDDEN, "seed": 0}))
+    out = tmp_path / "index"
+    tmp = index_dir["tmp"]
+    build_index(tmp / "model.pt", index_dir["corpus"], out, collection_name="synth", moment_checkpoint=moment_file,
+                progress=False)
+    from index.manifest import load_manifest
+    from services.db import open_database
+
+    with open_database(out / "index.db") as db:
+        manifest = load_manifest(out / "generations" / db.active_generation().directory)
+    stored = out / manifest.moment_checkpoint["path"]
+    assert stored.is_file() and stored.read_bytes() == moment_file.read_bytes()
+    monkeypatch.setattr(retriever_module, "LOCALIZER_MODULE", "cosine_span_localizer")
+    # the manifest records the hash of the copy: a replaced copy is refused
+    original = stored.read_bytes()
+    stored.write_text(json.dumps({"text_dim": TEXT_DIM, "dim": HIDDEN, "seed": 1}))
+    with pytest.raises(ValueError, match="sha256"):
+        Retriever.load(out, text_encoder=TokenFeatureEncoder(bert_dir))
+    stored.write_bytes(original)
+    with Retriever.load(out, text_encoder=TokenFeatureEncoder(bert_dir)) as retriever:
+        assert retriever.has_localizer and retriever._localizer is None  # not loaded before the first search
+        results = retriever.search("a man runs", k=2)
+        assert retriever._localizer is not None and all(r.moments for r in results)
+        assert retriever.search("a man runs", k=2, localize=False)[0].moments == ()
+    monkeypatch.setattr(retriever_module, "LOCALIZER_MODULE", "prvr_no_such_localizer_module")
+    with Retriever.load(out, text_encoder=TokenFeatureEncoder(bert_dir)) as retriever:
+        with pytest.raises(RuntimeError, match="cannot be imported"):
+            retriever.search("a man runs", k=2)
+        assert retriever.search("a man runs", k=2, localize=False)  # --no-moments still works
