@@ -7,12 +7,14 @@ carry what the localiser says, whatever it is).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import http.client
 import shutil
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -462,11 +464,11 @@ def test_poller_swaps_in_the_background(built, tmp_path) -> None:
 # ------------------------------------------------------------------------------------------------ a live server
 
 
-def test_live_server_concurrent_searches(built) -> None:
-    import httpx
+@contextlib.contextmanager
+def serve_in_thread(app) -> Iterator[str]:
+    """Run ``app`` with uvicorn on a free loopback port in a thread; yields its base URL."""
     import uvicorn
 
-    app = create_app(ServiceSettings(index_dir=built["dir"], poll_interval_s=0), loader=load_with_localizer)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -476,27 +478,44 @@ def test_live_server_concurrent_searches(built) -> None:
     thread.start()
     try:
         deadline = time.monotonic() + 30
-        while not server.started and time.monotonic() < deadline:
+        while not server.started and thread.is_alive() and time.monotonic() < deadline:
             time.sleep(0.02)
         assert server.started, "the server did not start"
-        base = f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+    assert not thread.is_alive(), "the server did not stop"
+
+
+def test_live_server_concurrent_searches(built) -> None:
+    import httpx
+
+    app = create_app(ServiceSettings(index_dir=built["dir"], poll_interval_s=0), loader=load_with_localizer)
+    with serve_in_thread(app) as base:
         texts = ["a dog kicks a ball", "the man runs", "a cat plays", "the dog jumps over a fence"]
-        expected = {text: [h["video_id"] for h in httpx.get(f"{base}/search", params={"q": text, "k": 4}).json()[
-            "results"]] for text in texts}
+        expected = {}
+        for text in texts:
+            answer = httpx.get(f"{base}/search", params={"q": text, "k": 4}).json()
+            expected[text] = [hit["video_id"] for hit in answer["results"]]
         failures: list[str] = []
         done: list[int] = []
 
         def worker(offset: int) -> None:
-            with httpx.Client(base_url=base, timeout=30) as http:
-                for round_ in range(3):
-                    text = texts[(offset + round_) % len(texts)]
-                    response = http.get("/search", params={"q": text, "k": 4})
-                    if response.status_code != 200:
-                        failures.append(f"{response.status_code} {response.text}")
-                    elif [h["video_id"] for h in response.json()["results"]] != expected[text]:
-                        failures.append(f"different ranking for {text!r}")
-                    else:
-                        done.append(1)
+            try:
+                with httpx.Client(base_url=base, timeout=30) as session:
+                    for round_ in range(3):
+                        text = texts[(offset + round_) % len(texts)]
+                        response = session.get("/search", params={"q": text, "k": 4})
+                        if response.status_code != 200:
+                            failures.append(f"{response.status_code} {response.text}")
+                        elif [h["video_id"] for h in response.json()["results"]] != expected[text]:
+                            failures.append(f"different ranking for {text!r}")
+                        else:
+                            done.append(1)
+            except Exception as error:  # surfaced below
+                failures.append(repr(error))
 
         threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
         for t in threads:
@@ -505,16 +524,14 @@ def test_live_server_concurrent_searches(built) -> None:
             t.join()
         assert not failures, failures
         assert len(done) == 18
-        # a raw request line: no client-side normalisation of "../"
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        for path in ("/videos/../../../../etc/passwd/media", "/static/../../../../etc/passwd", "/static/%2e%2e/app.py"):
+        # raw request lines: no client-side normalisation of "../"
+        host, port = base.removeprefix("http://").split(":")
+        connection = http.client.HTTPConnection(host, int(port), timeout=10)
+        for path in ("/videos/../../../../etc/passwd/media", "/static/../../../../etc/passwd", "/static/%2e%2e/app.py",
+                     "/static/..%2fapp.py"):
             connection.request("GET", path)
             response = connection.getresponse()
             payload = response.read()
             assert response.status == 404, path
             assert b"root:" not in payload and b"create_app" not in payload
         connection.close()
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-    assert not thread.is_alive()

@@ -13,11 +13,15 @@ function apiHeaders() {
   return key ? { "X-API-Key": key } : {};
 }
 
-function formatTime(seconds) {
+function formatTime(seconds, precise = false) {
+  // m:ss, with tenths when precise and the time is not a whole second
   const total = Math.max(0, seconds);
-  const minutes = Math.floor(total / 60);
-  const rest = total - minutes * 60;
-  return `${minutes}:${rest < 10 ? "0" : ""}${rest.toFixed(1)}`;
+  const tenths = Math.round(total * 10) / 10;
+  const whole = precise && Math.abs(tenths - Math.round(tenths)) > 1e-6 ? tenths : Math.round(total);
+  const minutes = Math.floor(whole / 60);
+  const rest = whole - minutes * 60;
+  const text = Number.isInteger(rest) ? String(rest) : rest.toFixed(1);
+  return `${minutes}:${rest < 10 ? "0" : ""}${text}`;
 }
 
 function el(tag, className, text) {
@@ -84,7 +88,7 @@ function buildTimeline(hit, seek) {
     const rect = svg("rect", { class: best ? "moment best" : "moment", x: x.toFixed(1), y: 2, width: width.toFixed(1),
       height: VIEW_H - 4, rx: 3, "vector-effect": "non-scaling-stroke" });
     const title = svg("title", {});
-    title.textContent = `${formatTime(moment.start_sec)} – ${formatTime(moment.end_sec)} · confidence ${moment.score.toFixed(2)}`;
+    title.textContent = `${formatTime(moment.start_sec, true)} – ${formatTime(moment.end_sec, true)} · confidence ${moment.score.toFixed(2)}`;
     rect.appendChild(title);
     rect.addEventListener("click", (event) => { event.stopPropagation(); seek(moment.start_sec, moment.end_sec); });
     root.appendChild(rect);
@@ -117,11 +121,11 @@ function buildCard(hit) {
   head.appendChild(el("span", "video-id", hit.video_id));
   const meta = el("span", "meta");
   const score = el("span", "", "score ");
-  score.appendChild(el("b", "", hit.score.toFixed(4)));
+  score.appendChild(el("b", "", hit.score.toFixed(3)));
   meta.appendChild(score);
   if (hit.duration !== null) {
-    const length = el("span", "", "length ");
-    length.appendChild(el("b", "", formatTime(hit.duration)));
+    const length = el("span", "", "duration ");
+    length.appendChild(el("b", "", formatTime(hit.duration, true)));
     meta.appendChild(length);
   }
   head.appendChild(meta);
@@ -145,7 +149,7 @@ function buildCard(hit) {
     const chips = el("div", "moments");
     hit.moments.forEach((moment, i) => {
       const chip = el("button", hit.media_url ? "chip" : "chip static",
-        `${i === 0 ? "★ " : ""}${formatTime(moment.start_sec)} – ${formatTime(moment.end_sec)} · ${moment.score.toFixed(2)}`);
+        `${i === 0 ? "★ " : ""}${formatTime(moment.start_sec, true)} – ${formatTime(moment.end_sec, true)} · ${moment.score.toFixed(2)}`);
       chip.type = "button";
       chip.title = hit.media_url ? "play this moment" : "no local video file for this result";
       chip.addEventListener("click", () => seek(moment.start_sec, moment.end_sec));
