@@ -380,5 +380,9 @@ from prvr.commands.serve_cli import serve_command  # noqa: E402  (a command in i
 main.add_command(index_group)
 main.add_command(serve_command)
 
+from prvr.commands.extract_cli import extract_command  # noqa: E402  (own module)
+
+main.add_command(extract_command)
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -1,0 +1,426 @@
+"""Extract frame-backbone features from a folder of video files into the standard PRVR layout, resumably.
+
+Shape letters: n features of one video, K frames per feature, D feature dimension.
+
+Output (``<root>`` is ``--out``)::
+
+    <root>/<collection>/FeatureData/<feature_name>/feature.hdf5   one dataset per video id: (n, D) float32
+    <root>/<collection>/FeatureData/<feature_name>/videos.jsonl   one line per video: source, duration, fps, status
+    <root>/<collection>/FeatureData/<feature_name>/failures.json  the videos that failed and why
+    <root>/<collection>/FeatureData/<feature_name>/cache/         per-video entries (prvr.features.cache)
+
+``feature.hdf5`` records the backbone id and the sampling settings as root attributes, and each dataset its
+video's duration. A video id is the file's stem; when two files share a stem the later ones (in sorted path order)
+get ``-2``, ``-3``, ... Each video is hashed, looked up in the cache and only decoded and encoded on a miss; a file
+that cannot be decoded is recorded as failed with the reason and the others go on. The three files are written
+atomically at the end and describe exactly the videos of this run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from prvr.data.features import validate_features
+from prvr.features.backbones import ImageBackbone, backbone_ids_match, feature_file_backbone
+from prvr.features.cache import FeatureCache, cache_key
+from prvr.features.frames import SamplingConfig, VideoDecodeError, VideoFrameSampler, VideoInfo
+from prvr.fileio import atomic_path, file_sha256
+
+__all__ = [
+    "VIDEO_SUFFIXES",
+    "FEATURE_FILE",
+    "SIDECAR_FILE",
+    "FAILURES_FILE",
+    "VideoResult",
+    "ExtractionResult",
+    "find_videos",
+    "assign_video_ids",
+    "feature_name_for",
+    "feature_folder",
+    "encode_video",
+    "extract_videos",
+    "read_sidecar",
+]
+
+logger = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = frozenset(
+    {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".flv", ".wmv", ".3gp",
+     ".ogv", ".gif"}
+)
+FEATURE_FILE = "feature.hdf5"
+SIDECAR_FILE = "videos.jsonl"
+FAILURES_FILE = "failures.json"
+CACHE_DIR = "cache"
+
+
+@dataclass(frozen=True)
+class VideoResult:
+    """What happened to one video file.
+
+    Attributes:
+        video_id: its id in the feature file (the file stem, de-duplicated).
+        source: the absolute path of the file.
+        status: ``ok`` or ``failed``.
+        reason: why it failed (None when ok).
+        cached: the features came from the cache (no decoding, no backbone call).
+        content_sha256: the file's sha256 (None when it could not be read).
+        duration_sec, fps, frame_count, num_features, width, height, rotation, codec: see
+            :class:`prvr.features.frames.VideoInfo` (None when failed).
+    """
+
+    video_id: str
+    source: str
+    status: str
+    reason: str | None = None
+    cached: bool = False
+    content_sha256: str | None = None
+    duration_sec: float | None = None
+    fps: float | None = None
+    frame_count: int | None = None
+    num_features: int | None = None
+    width: int | None = None
+    height: int | None = None
+    rotation: int | None = None
+    codec: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ExtractionResult:
+    """The outcome of :func:`extract_videos`.
+
+    Attributes:
+        folder: ``<root>/<collection>/FeatureData/<feature_name>``.
+        feature_file: its ``feature.hdf5`` (absent when no video succeeded).
+        feature_name: the FeatureData name (``DataConfig.video_feature``).
+        backbone_id: the frame backbone's id.
+        videos: one result per input file, in input order.
+        backbone_calls: ``encode_images`` calls made (0 when everything came from the cache).
+    """
+
+    folder: Path
+    feature_file: Path
+    feature_name: str
+    backbone_id: str
+    videos: list[VideoResult]
+    backbone_calls: int
+
+    @property
+    def succeeded(self) -> list[VideoResult]:
+        return [video for video in self.videos if video.ok]
+
+    @property
+    def failed(self) -> list[VideoResult]:
+        return [video for video in self.videos if not video.ok]
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-ready summary (counts, paths, failures)."""
+        return {
+            "features": str(self.feature_file) if self.succeeded else None,
+            "feature_name": self.feature_name,
+            "backbone": self.backbone_id,
+            "videos": len(self.videos),
+            "ok": len(self.succeeded),
+            "from_cache": sum(video.cached for video in self.succeeded),
+            "failed": len(self.failed),
+            "failures": [{"video_id": v.video_id, "source": v.source, "reason": v.reason} for v in self.failed],
+        }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# inputs
+
+
+def find_videos(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """The video files of a folder (recursively, by suffix: :data:`VIDEO_SUFFIXES`), or the given files.
+
+    Args:
+        source: a folder, one file, or a list of files / folders.
+
+    Returns:
+        Absolute paths, folders' files in sorted order.
+
+    Raises:
+        FileNotFoundError: a path does not exist, or a folder holds no video file.
+    """
+    sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+    paths: list[Path] = []
+    for item in sources:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
+            if not found:
+                raise FileNotFoundError(
+                    f"{path} holds no video files (looked for {', '.join(sorted(VIDEO_SUFFIXES))}, recursively)"
+                )
+            paths.extend(found)
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise FileNotFoundError(f"{path} does not exist; give a folder of videos or video files")
+    return [p.resolve() for p in paths]
+
+
+def assign_video_ids(paths: Iterable[Path]) -> list[str]:
+    """One id per path: the stem, with ``-2``, ``-3`` ... appended to later paths whose stem is taken.
+
+    >>> assign_video_ids([Path("a/x.mp4"), Path("b/x.mp4"), Path("x-2.avi"), Path("c/x.mkv")])
+    ['x', 'x-3', 'x-2', 'x-4']
+    """
+    paths = list(paths)
+    stems = [path.stem for path in paths]
+    taken = set(stems)  # a file literally named x-2 keeps its id
+    ids: list[str] = []
+    used: set[str] = set()
+    for stem in stems:
+        candidate, number = stem, 1
+        while candidate in used or (candidate != stem and candidate in taken):
+            number += 1
+            candidate = f"{stem}-{number}"
+        used.add(candidate)
+        ids.append(candidate)
+    return ids
+
+
+def feature_name_for(backbone_id: str) -> str:
+    """A FeatureData folder name for a backbone id: its model name in lowercase snake case.
+
+    >>> feature_name_for("clip:openai/clip-vit-base-patch32@0123456789ab")
+    'clip_vit_base_patch32'
+    """
+    head = backbone_id.rpartition("@")[0] or backbone_id
+    name = head.partition(":")[2] or head
+    name = name.rstrip("/").rpartition("/")[2]
+    slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+    return slug or "features"
+
+
+def feature_folder(root: str | os.PathLike[str], collection: str, feature_name: str) -> Path:
+    """``<root>/<collection>/FeatureData/<feature_name>``."""
+    return Path(root) / collection / "FeatureData" / feature_name
+
+
+def read_sidecar(folder: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The per-video records of an extracted feature folder (``videos.jsonl``), in extraction order."""
+    path = Path(folder) / SIDECAR_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; run `prvr extract` to create the feature folder")
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number} is not JSON ({error}); re-run `prvr extract`") from None
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# one video
+
+
+def encode_video(path: str | os.PathLike[str], backbone: ImageBackbone, sampling: SamplingConfig, *,
+                 threads: int = 0) -> tuple[np.ndarray, VideoInfo, int]:
+    """Decode, sample and encode one video, holding at most ``backbone.batch_size`` frames at a time.
+
+    Args:
+        path: the video file.
+        backbone: the frame backbone.
+        sampling: the sampling settings (K = ``frames_per_feature`` frames are averaged per feature).
+        threads: decoder threads (0: FFmpeg's choice).
+
+    Returns:
+        ``(features, info, calls)``: (n, D) float32, the decoding facts, and the number of backbone calls.
+
+    Raises:
+        VideoDecodeError: the file yields no usable frames.
+    """
+    sampler = VideoFrameSampler(path, sampling, threads=threads)
+    pending: list[np.ndarray] = []
+    parts: list[np.ndarray] = []
+    calls = 0
+    for frame in sampler:
+        pending.append(frame.image)
+        if len(pending) == backbone.batch_size:
+            parts.append(backbone.encode_images(pending))  # (B, D)
+            calls += 1
+            pending = []
+    if pending:
+        parts.append(backbone.encode_images(pending))
+        calls += 1
+    info = sampler.info
+    assert info is not None  # the iteration finished
+    k = sampling.frames_per_feature
+    per_frame = np.concatenate(parts)  # (n * K, D)
+    if per_frame.shape[0] != info.num_features * k:
+        raise RuntimeError(f"{path}: sampled {per_frame.shape[0]} frames for {info.num_features} features x {k}")
+    features = per_frame.reshape(info.num_features, k, -1).mean(axis=1)  # (n, D)
+    return validate_features(features, source=str(path), key="features"), info, calls
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# a folder
+
+
+def _check_existing(feature_file: Path, backbone_id: str, sampling: SamplingConfig) -> None:
+    if not feature_file.is_file():
+        return
+    found = feature_file_backbone(feature_file)
+    if found is not None and not backbone_ids_match(found, backbone_id):
+        raise ValueError(
+            f"{feature_file} holds features of backbone {found!r}, not {backbone_id!r}; extract into another --out "
+            "or --name (features of two backbones cannot share a file)"
+        )
+    with h5py.File(feature_file, "r") as handle:
+        stored = handle.attrs.get("sampling")
+    if stored is not None and json.loads(stored) != sampling.to_dict():
+        raise ValueError(
+            f"{feature_file} was extracted with sampling {stored}, not {json.dumps(sampling.to_dict())}; "
+            "extract into another --out or --name, or use the same --fps / --frames-per-feature"
+        )
+
+
+def _write_feature_file(path: Path, cache: FeatureCache, entries: Sequence[tuple[str, str, VideoResult]],
+                        attrs: dict[str, Any]) -> None:
+    """Write ``feature.hdf5`` from cache entries (one video in memory at a time), atomically."""
+    dim: int | None = None
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as handle:
+            for video_id, key, result in entries:
+                cached = cache.get(key)
+                if cached is None:
+                    raise RuntimeError(f"cache entry of {result.source} vanished while writing {path}; re-run")
+                if dim is not None and cached.features.shape[1] != dim:
+                    raise RuntimeError(f"{result.source}: dimension {cached.features.shape[1]} != {dim}")
+                dim = cached.features.shape[1]
+                dataset = handle.create_dataset(video_id, data=cached.features)
+                dataset.attrs["duration_sec"] = float(result.duration_sec or 0.0)
+            for name, value in attrs.items():
+                handle.attrs[name] = value
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def extract_videos(
+    videos: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    out_root: str | os.PathLike[str],
+    backbone: ImageBackbone,
+    *,
+    collection: str = "videos",
+    feature_name: str | None = None,
+    sampling: SamplingConfig | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    threads: int = 0,
+    progress: bool = True,
+) -> ExtractionResult:
+    """Extract the features of every video file into ``<out_root>/<collection>/FeatureData/<feature_name>``.
+
+    Args:
+        videos: a folder of videos (searched recursively), a file, or a list of them.
+        out_root: the data root to write into.
+        backbone: the frame backbone (see :func:`prvr.features.backbones.load_image_backbone`).
+        collection: the collection folder name.
+        feature_name: the FeatureData name (default: from the backbone, e.g. ``clip_vit_base_patch32``).
+        sampling: frame sampling (default: 1 feature per second, 1 frame per feature).
+        cache_dir: the feature cache (default: ``cache/`` inside the feature folder).
+        threads: decoder threads per video (0: FFmpeg's choice).
+        progress: show a tqdm bar over the videos.
+
+    Returns:
+        The :class:`ExtractionResult`; failed videos are listed there and in ``failures.json``.
+
+    Raises:
+        FileNotFoundError: no video files.
+        ValueError: the feature folder already holds features of another backbone or sampling.
+    """
+    sampling = sampling or SamplingConfig()
+    paths = find_videos(videos)
+    video_ids = assign_video_ids(paths)
+    if not collection or "/" in collection or collection in (".", ".."):
+        raise ValueError(f"collection must be a plain folder name, got {collection!r}")
+    name = feature_name or feature_name_for(backbone.backbone_id)
+    if "/" in name or name in (".", ".."):
+        raise ValueError(f"feature name must be a plain folder name, got {name!r}")
+    folder = feature_folder(out_root, collection, name)
+    folder.mkdir(parents=True, exist_ok=True)
+    feature_file = folder / FEATURE_FILE
+    _check_existing(feature_file, backbone.backbone_id, sampling)
+    cache = FeatureCache(cache_dir if cache_dir is not None else folder / CACHE_DIR)
+
+    results: list[VideoResult] = []
+    entries: list[tuple[str, str, VideoResult]] = []
+    calls = 0
+    bar = tqdm(zip(paths, video_ids), total=len(paths), desc="extract", unit="video", disable=not progress)
+    for path, video_id in bar:
+        bar.set_postfix_str(path.name[-40:], refresh=False)
+        try:
+            digest = file_sha256(path)
+        except OSError as error:
+            results.append(VideoResult(video_id, str(path), "failed", reason=f"cannot read the file ({error})"))
+            continue
+        key = cache_key(digest, backbone.backbone_id, sampling)
+        cached = cache.get(key)
+        if cached is not None:
+            result = VideoResult(video_id, str(path), "ok", cached=True, content_sha256=digest,
+                                 **_info_fields(cached.metadata))
+        else:
+            try:
+                features, info, used = encode_video(path, backbone, sampling, threads=threads)
+            except VideoDecodeError as error:
+                logger.warning("skipping %s: %s", path, error)
+                results.append(VideoResult(video_id, str(path), "failed", reason=str(error), content_sha256=digest))
+                continue
+            calls += used
+            metadata = {**info.to_dict(), "backbone": backbone.backbone_id, "sampling": sampling.to_dict()}
+            cache.put(key, features, metadata)
+            result = VideoResult(video_id, str(path), "ok", content_sha256=digest, **_info_fields(metadata))
+        results.append(result)
+        entries.append((video_id, key, result))
+    bar.close()
+
+    attrs = {
+        "backbone": backbone.backbone_id,
+        "sampling": json.dumps(sampling.to_dict(), sort_keys=True),
+        "feature_fps": float(sampling.fps),
+        "frames_per_feature": int(sampling.frames_per_feature),
+        "created_by": "prvr extract",
+    }
+    if entries:
+        _write_feature_file(feature_file, cache, entries, attrs)
+    else:
+        feature_file.unlink(missing_ok=True)  # an empty feature file has no dimension; the loaders would refuse it
+    _write_text(folder / SIDECAR_FILE, "".join(json.dumps(r.to_dict(), sort_keys=True) + "\n" for r in results))
+    failures = {"backbone": backbone.backbone_id,
+                "failed": [{"video_id": r.video_id, "source": r.source, "reason": r.reason}
+                           for r in results if not r.ok]}
+    _write_text(folder / FAILURES_FILE, json.dumps(failures, indent=2) + "\n")
+    result = ExtractionResult(folder, feature_file, name, backbone.backbone_id, results, calls)
+    logger.info("extracted %d of %d videos into %s (%d from the cache, %d failed)", len(result.succeeded),
+                len(results), folder, sum(r.cached for r in result.succeeded), len(result.failed))
+    return result
+
+
+def _info_fields(metadata: dict[str, Any]) -> dict[str, Any]:
+    keys = ("duration_sec", "fps", "frame_count", "num_features", "width", "height", "rotation", "codec")
+    return {key: metadata.get(key) for key in keys}
