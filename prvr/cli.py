@@ -376,9 +376,12 @@ def query_command(text: str, index_dir: str, k: int, candidates: int | None, no_
 
 from prvr.commands.index_cli import index_group  # noqa: E402  (after main: the module imports prvr.cli lazily)
 from prvr.commands.serve_cli import serve_command  # noqa: E402  (a command in its own module)
+from prvr.commands.moments_cli import localize_command, train_moments_command  # noqa: E402  (own module)
 
 main.add_command(index_group)
 main.add_command(serve_command)
+main.add_command(train_moments_command)
+main.add_command(localize_command)
 
 from prvr.commands.extract_cli import extract_command  # noqa: E402  (own module)
 

@@ -1,0 +1,54 @@
+"""Training-free span baselines: the best contiguous span of a per-frame curve.
+
+Shape letters: F frames.
+
+The best contiguous span of a curve s is the run of frames [i, j] maximising sum_{k=i..j} (s_k - mean(s)) (the
+maximum-sum subarray of the mean-centred curve, Kadane's algorithm): the frames "above the per-video mean", merged
+where short dips do not outweigh them. Applied to the denoiser's relevance curve it is the relevance baseline; applied
+to the zero-shot cosine between frames and the pooled query it is the zero-shot floor of the benchmark spec.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["best_contiguous_span", "best_contiguous_span_seconds"]
+
+
+def best_contiguous_span(curve: np.ndarray) -> tuple[int, int]:
+    """The frames [first, last] (inclusive) of the maximum-sum run of ``curve - curve.mean()``.
+
+    A constant curve (nothing above its mean) gives the whole video. Ties keep the earliest, then shortest, run.
+
+    >>> best_contiguous_span(np.array([0.1, 0.9, 0.8, 0.3, 0.7, 0.0]))
+    (1, 4)
+
+    Args:
+        curve: (F,) finite values, F >= 1.
+
+    Returns:
+        ``(first, last)`` frame indices.
+    """
+    values = np.asarray(curve, dtype=np.float64)
+    if values.ndim != 1 or values.size == 0 or not np.isfinite(values).all():
+        raise ValueError(f"curve must be a non-empty finite (F,) array, got shape {values.shape}")
+    centred = values - values.mean()
+    if np.allclose(centred, 0.0):
+        return 0, values.size - 1
+    best, best_range = -np.inf, (0, 0)
+    running, start = 0.0, 0
+    for index, value in enumerate(centred):
+        if running <= 0.0:
+            running, start = value, index
+        else:
+            running += value
+        if running > best:
+            best, best_range = running, (start, index)
+    return best_range
+
+
+def best_contiguous_span_seconds(curve: np.ndarray, duration: float) -> tuple[float, float]:
+    """:func:`best_contiguous_span` in seconds: frame i covers [i / F, (i + 1) / F] of the duration."""
+    first, last = best_contiguous_span(curve)
+    count = len(curve)
+    return first / count * duration, min((last + 1) / count, 1.0) * duration

@@ -1,0 +1,219 @@
+"""Moment localisation at search time: DDIM over random spans, then sort, to seconds, clamp, optional NMS.
+
+Shape letters: B batch of (query, video) pairs, K videos of one query, Q sampled spans, F frames, L query tokens,
+D_v video width, D_t text width.
+
+:class:`DiffusionMomentLocalizer` implements the :class:`prvr.types.MomentLocalizer` protocol from what the index
+stores (the query's token features and the video's frame tokens), and :meth:`~DiffusionMomentLocalizer.localize_many`
+runs one query over its top-K videos as one batch (the condition of the query is built once per video, the sampler
+runs all K x Q spans together). :func:`load_localizer` rebuilds it from a moment checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from prvr.data.preprocess import frame_tokens as preprocess_frames
+from prvr.data.preprocess import preprocess_query
+from prvr.moments.config import MomentConfig
+from prvr.moments.denoiser import MomentDenoiser, SpanDiffusion
+from prvr.moments.spans import span_cw_to_se, temporal_nms
+from prvr.types import Localization, Moment
+
+__all__ = ["DiffusionMomentLocalizer", "load_localizer", "read_moment_checkpoint", "pad_batch"]
+
+MOMENT_FORMAT_VERSION = 1
+
+
+def pad_batch(arrays: Sequence[np.ndarray], device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+    """Zero-pad (len_i, D) float arrays to (N, max len, D) with a (N, max len) bool mask (True on real rows)."""
+    longest = max(int(a.shape[0]) for a in arrays)
+    width = int(arrays[0].shape[1])
+    padded = np.zeros((len(arrays), longest, width), dtype=np.float32)
+    mask = np.zeros((len(arrays), longest), dtype=bool)
+    for row, array in enumerate(arrays):
+        padded[row, : array.shape[0]] = array
+        mask[row, : array.shape[0]] = True
+    return torch.from_numpy(padded).to(device), torch.from_numpy(mask).to(device)
+
+
+def read_moment_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a moment checkpoint dict safely (``weights_only=True``) with clear errors for missing / foreign files."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"moment checkpoint {path} does not exist; pass the best.pt or last.pt of a "
+                                "`prvr train-moments` run")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch raises several types for truncated / foreign files
+        raise ValueError(f"moment checkpoint {path} cannot be read ({type(error).__name__}: {error}); it may be "
+                         "truncated: re-run `prvr train-moments` or point at another file") from error
+    if not isinstance(payload, dict) or "moment_config" not in payload or "model" not in payload:
+        raise ValueError(f"{path} is not a moment checkpoint (no embedded moment_config); pass a file written by "
+                         "`prvr train-moments` (a retrieval checkpoint of `prvr train` is a different thing)")
+    return payload
+
+
+class DiffusionMomentLocalizer:
+    """A trained :class:`MomentDenoiser` + :class:`SpanDiffusion`, with input checks and post-processing.
+
+    Args:
+        model: the denoiser (put in eval mode here).
+        config: its config (sampling defaults: ``num_spans``, ``sampling_steps``, ``nms_threshold``, ``seed``).
+        device: where the network runs.
+    """
+
+    def __init__(self, model: MomentDenoiser, config: MomentConfig, device: str | torch.device = "cpu") -> None:
+        self.config = config
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.diffusion = SpanDiffusion(config)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # tensor level
+
+    @torch.no_grad()
+    def predict(self, video: Tensor, video_mask: Tensor, text: Tensor, text_mask: Tensor, *,
+                num_spans: int | None = None, steps: int | None = None,
+                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Sample spans for B preprocessed (query, video) pairs.
+
+        Args:
+            video: (B, F, D_v) frame tokens, zero-padded; video_mask (B, F).
+            text: (B, L, D_t) query tokens, zero-padded; text_mask (B, L).
+            num_spans: Q (default ``config.num_spans``).
+            steps: DDIM steps (default ``config.sampling_steps``).
+            generator: seeds the sampler (default: a generator seeded with ``config.seed``).
+
+        Returns:
+            ``(spans_cw (B, Q, 2) in [0, 1], p_fg (B, Q), relevance (B, F) in [0, 1])``.
+        """
+        num_spans = self.config.num_spans if num_spans is None else int(num_spans)
+        steps = self.config.sampling_steps if steps is None else int(steps)
+        if num_spans < 1:
+            raise ValueError(f"num_spans must be >= 1, got {num_spans}")
+        if not 1 <= steps <= self.config.diffusion_steps:
+            raise ValueError(f"steps must lie in [1, {self.config.diffusion_steps}], got {steps}")
+        if generator is None:
+            generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
+        condition = self.model.encode(video.to(self.device), video_mask.to(self.device), text.to(self.device),
+                                      text_mask.to(self.device))
+        spans_cw, logits = self.diffusion.sample(self.model, condition, num_spans, steps, generator)
+        p_fg = logits.softmax(-1)[..., 0]  # (B, Q)
+        relevance = condition.relevance.sigmoid() * condition.mask  # (B, F)
+        return spans_cw, p_fg, relevance
+
+    # ------------------------------------------------------------------------------------------------------------
+    # numpy level (the MomentLocalizer protocol)
+
+    def _check_query(self, query_tokens: np.ndarray) -> np.ndarray:
+        query = np.asarray(query_tokens)
+        if query.ndim != 2 or query.shape[0] == 0:
+            raise ValueError(f"query_tokens must be a non-empty (L, D_text) array, got shape {query.shape}; an "
+                             "empty query has nothing to localise: give a sentence")
+        if query.shape[1] != self.config.text_dim:
+            raise ValueError(f"query_tokens have width {query.shape[1]} but the localiser was trained on "
+                             f"{self.config.text_dim}; encode the query with the same text backbone")
+        if not np.isfinite(query).all():
+            raise ValueError("query_tokens contain NaN or inf; re-encode the query")
+        return preprocess_query(query, self.config.data.max_query_tokens)
+
+    def _check_video(self, frames: np.ndarray, duration: float) -> np.ndarray:
+        video = np.asarray(frames)
+        if video.ndim != 2 or video.shape[0] == 0:
+            raise ValueError(f"frame_tokens must be a non-empty (F, D) array, got shape {video.shape}")
+        if video.shape[1] != self.config.video_dim:
+            raise ValueError(f"frame_tokens have width {video.shape[1]} but the localiser was trained on "
+                             f"{self.config.video_dim} ({self.config.condition!r} condition); pass the tokens of "
+                             "the same index / feature")
+        if not np.isfinite(video).all():
+            raise ValueError("frame_tokens contain NaN or inf; re-encode the video")
+        if not (isinstance(duration, (int, float, np.floating, np.integer)) and math.isfinite(float(duration))
+                and float(duration) > 0):
+            raise ValueError(f"duration must be a finite number of seconds > 0, got {duration!r}; read it from the "
+                             "video's metadata")
+        if self.config.condition == "frames":
+            return preprocess_frames(video, self.config.data.max_frames).astype(np.float32, copy=False)
+        return video.astype(np.float32, copy=False)
+
+    def _postprocess(self, spans_cw: Tensor, p_fg: Tensor, relevance: np.ndarray, duration: float,
+                     num_moments: int) -> Localization:
+        """(Q, 2), (Q,) of one pair -> moments in seconds, best first, clamped, NMS'd, at most ``num_moments``."""
+        spans_se = span_cw_to_se(spans_cw.float()).clamp(0.0, 1.0)  # (Q, 2)
+        order = torch.sort(p_fg, descending=True, stable=True).indices  # (Q,)
+        if self.config.nms_threshold is not None:
+            order = temporal_nms(spans_se, p_fg, self.config.nms_threshold)
+        order = order[:num_moments]
+        seconds = (spans_se[order].double() * float(duration)).clamp(0.0, float(duration))  # (K, 2)
+        moments = tuple(Moment(float(s), float(e), float(p)) for (s, e), p in zip(seconds.tolist(), p_fg[order]))
+        return Localization(moments, relevance.astype(np.float32))
+
+    def localize(self, query_tokens: np.ndarray, frame_tokens: np.ndarray, duration: float, *,
+                 num_moments: int = 5, num_spans: int | None = None, steps: int | None = None) -> Localization:
+        """Localise one query in one video (the :class:`prvr.types.MomentLocalizer` protocol).
+
+        Args:
+            query_tokens: (L, D_t) float32 token features of the query.
+            frame_tokens: (F, D_v) float32 frame tokens of the video (F >= 1).
+            duration: seconds, finite and > 0.
+            num_moments: at most this many spans are returned.
+            num_spans: spans sampled (default ``config.num_spans``; raised to ``num_moments`` when smaller).
+            steps: DDIM steps (default ``config.sampling_steps``).
+
+        Returns:
+            Moments best first (seconds within [0, duration]) and the (F,) relevance curve in [0, 1].
+        """
+        return self.localize_many(query_tokens, [frame_tokens], [duration], num_moments=num_moments,
+                                  num_spans=num_spans, steps=steps)[0]
+
+    def localize_many(self, query_tokens: np.ndarray, videos: Sequence[np.ndarray], durations: Sequence[float], *,
+                      num_moments: int = 5, num_spans: int | None = None,
+                      steps: int | None = None) -> list[Localization]:
+        """One query over K videos (e.g. its top-K retrieved videos) in one batch.
+
+        Args:
+            query_tokens: (L, D_t) token features of the query.
+            videos: K arrays (F_k, D_v) of frame tokens.
+            durations: K durations in seconds.
+            num_moments, num_spans, steps: as in :meth:`localize`.
+
+        Returns:
+            K localisations, in the order of ``videos``.
+        """
+        if num_moments < 1:
+            raise ValueError(f"num_moments must be >= 1, got {num_moments}")
+        if len(videos) != len(durations):
+            raise ValueError(f"{len(videos)} videos but {len(durations)} durations")
+        if not videos:
+            return []
+        query = self._check_query(query_tokens)
+        frames = [self._check_video(video, duration) for video, duration in zip(videos, durations)]
+        num_spans = max(self.config.num_spans if num_spans is None else int(num_spans), num_moments)
+        video, video_mask = pad_batch(frames, self.device)  # (K, F, D_v), (K, F)
+        text, text_mask = pad_batch([query] * len(frames), self.device)  # (K, L, D_t), (K, L)
+        spans_cw, p_fg, relevance = self.predict(video, video_mask, text, text_mask, num_spans=num_spans,
+                                                 steps=steps)
+        relevance_np = relevance.cpu().numpy()
+        return [self._postprocess(spans_cw[k].cpu(), p_fg[k].cpu(), relevance_np[k, : frames[k].shape[0]],
+                                  float(durations[k]), num_moments) for k in range(len(frames))]
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> DiffusionMomentLocalizer:
+        """Rebuild the localiser from a moment checkpoint's embedded config and weights."""
+        payload = read_moment_checkpoint(path)
+        config = MomentConfig.from_json(payload["moment_config"])
+        model = MomentDenoiser(config)
+        model.load_state_dict(payload["model"])
+        return cls(model, config, device)
+
+
+def load_localizer(path: str | Path, device: str = "cpu") -> DiffusionMomentLocalizer:
+    """The localiser saved in a moment checkpoint (best.pt / last.pt of `prvr train-moments`)."""
+    return DiffusionMomentLocalizer.from_checkpoint(path, device)

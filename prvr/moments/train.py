@@ -1,0 +1,387 @@
+"""Training of the moment denoiser on any split with timestamps (the ``<collection><split>.moments.jsonl`` sidecar).
+
+Shape letters: B batch of (query, video) pairs, Q training proposals, F frames, L query tokens.
+
+The video side is either the raw frame features of the layout (``condition="frames"``) or the frame tokens of a
+trained DreamPRVR checkpoint (``condition="retrieval"``: what the index stores, the search-time condition; encoded
+once per video and kept in RAM). One step: build the condition, corrupt the padded ground truth at one random t per
+sample, denoise, Hungarian-match every layer, L_set + L_sim as a weighted sum by name, AdamW, gradient clipping.
+Each epoch ends with R1@0.3/0.5/0.7 and mAP on the validation split and writes ``last.pt`` (and ``best.pt`` when
+R1@0.5 + R1@0.7 improved); ``resume=True`` continues from ``last.pt``. The batch order and the noise of an epoch are
+pure functions of (seed, epoch), so a resumed run replays the same epochs as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from prvr.checkpoint import atomic_torch_save, load_model
+from prvr.data.dataset import PRVRCorpus, iter_video_batches
+from prvr.metrics.moments import moment_metrics
+from prvr.moments.condition import frame_labels, similarity_losses
+from prvr.moments.config import MomentConfig, load_moment_preset
+from prvr.moments.criterion import SetCriterion, weighted_sum
+from prvr.moments.denoiser import MomentDenoiser, SpanDiffusion
+from prvr.moments.localizer import (
+    MOMENT_FORMAT_VERSION,
+    DiffusionMomentLocalizer,
+    pad_batch,
+    read_moment_checkpoint,
+)
+from prvr.moments.matcher import HungarianMatcher
+from prvr.moments.spans import span_se_to_cw
+from prvr.types import QueryRecord
+
+__all__ = ["MomentData", "MomentTrainResult", "frame_source", "train_moments", "evaluate_moments",
+           "predict_split", "save_moment_checkpoint", "train_step_proposals"]
+
+logger = logging.getLogger(__name__)
+
+FrameSource = Callable[[str], np.ndarray]  # video id -> (F, D_v) frame tokens
+
+
+@dataclass(frozen=True)
+class MomentBatch:
+    """B (query, video) pairs ready for the network.
+
+    Attributes:
+        video: (B, F, D_v); video_mask: (B, F).
+        text: (B, L, D_t); text_mask: (B, L).
+        targets_cw: B tensors (G_b, 2) of normalised (centre, width) ground truth.
+        windows_se: B tensors (G_b, 2) of normalised (start, end) ground truth.
+        same_query_video: (B,) bool, True where the rolled-by-one query (the contrastive negative) is about the same
+            video (those rows get no contrastive term).
+    """
+
+    video: Tensor
+    video_mask: Tensor
+    text: Tensor
+    text_mask: Tensor
+    targets_cw: list[Tensor]
+    windows_se: list[Tensor]
+    same_query_video: Tensor
+
+
+class MomentData:
+    """The (query, video) pairs of one split that have timestamps and a positive duration.
+
+    Args:
+        corpus: the split (its moments sidecar fills windows and durations).
+        frames_of: video id -> (F, D_v) frame tokens (see :func:`frame_source`).
+        max_queries: keep only the first N usable queries (quick runs); None keeps all.
+    """
+
+    def __init__(self, corpus: PRVRCorpus, frames_of: FrameSource, max_queries: int | None = None) -> None:
+        usable = [r for r in corpus.queries if r.windows and r.duration is not None and r.duration > 0]
+        if not usable:
+            raise ValueError(f"{corpus.caption_file}: no query has timestamps and a duration; moment training needs "
+                             f"the sidecar {corpus.moments_file} (cap_id, video_id, windows, duration per line)")
+        skipped = len(corpus.queries) - len(usable)
+        if skipped:
+            logger.warning("%s: %d of %d queries have no timestamps or duration and are left out", corpus.split,
+                           skipped, len(corpus.queries))
+        self.corpus = corpus
+        self.frames_of = frames_of
+        self.records: list[QueryRecord] = usable[:max_queries] if max_queries else usable
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def windows_se(self, record: QueryRecord) -> Tensor:
+        """(G, 2) normalised (start, end) windows of a record, clamped to [0, 1], start <= end."""
+        duration = float(record.duration or 1.0)
+        windows = torch.tensor(record.windows, dtype=torch.float32) / duration  # (G, 2)
+        windows = windows.clamp(0.0, 1.0)
+        return torch.stack([windows.min(1).values, windows.max(1).values], dim=1)
+
+    def batch(self, indices: Sequence[int]) -> MomentBatch:
+        """The :class:`MomentBatch` of the records at ``indices``."""
+        records = [self.records[i] for i in indices]
+        video, video_mask = pad_batch([self.frames_of(r.video_id) for r in records])
+        text, text_mask = pad_batch([self.corpus.query_tokens(r.query_id) for r in records])
+        windows = [self.windows_se(r) for r in records]
+        video_ids = [r.video_id for r in records]
+        same = torch.tensor([a == b for a, b in zip(video_ids, video_ids[1:] + video_ids[:1])])
+        return MomentBatch(video, video_mask, text, text_mask, [span_se_to_cw(w) for w in windows], windows, same)
+
+    def ground_truth(self) -> list[dict[str, Any]]:
+        """QVHighlights-format ground truth (``qid``, ``relevant_windows`` in seconds) of the records."""
+        return [{"qid": r.query_id, "relevant_windows": [list(w) for w in r.windows], "duration": r.duration}
+                for r in self.records]
+
+
+def frame_source(corpus: PRVRCorpus, retrieval_checkpoint: str | Path | None = None, *,
+                 batch_size: int = 64, progress: bool = False) -> FrameSource:
+    """Video id -> frame tokens: the raw preprocessed frames, or the retrieval model's frame tokens (cached).
+
+    Args:
+        corpus: the split whose videos are read.
+        retrieval_checkpoint: a DreamPRVR checkpoint; its frame tokens (what the index stores) are computed once
+            for every video of the corpus. None = raw frame features.
+        batch_size: videos per encoder batch.
+        progress: show a progress bar while encoding.
+    """
+    if retrieval_checkpoint is None:
+        return lambda video_id: corpus.video(video_id)[1]
+    model, _, _ = load_model(retrieval_checkpoint)
+    cache: dict[str, np.ndarray] = {}
+    batches = iter_video_batches(corpus, batch_size)
+    total = math.ceil(len(corpus.video_ids) / batch_size)
+    with torch.no_grad():
+        for batch in tqdm(batches, total=total, desc=f"frame tokens {corpus.split}", disable=not progress):
+            tokens = model.encode_videos(batch.to(model.device))
+            frames = tokens.frame.float().cpu().numpy()  # (B, F, D)
+            lengths = tokens.frame_mask.sum(1).cpu().numpy()  # (B,)
+            for row, video_id in enumerate(batch.video_ids):
+                cache[video_id] = np.ascontiguousarray(frames[row, : int(lengths[row])])
+    return cache.__getitem__
+
+
+def train_step_proposals(config: MomentConfig, epoch: int) -> int:
+    """Training proposals of an epoch: ``train_proposals``, or DiffusionVMR's growth from 1 to it over the epochs."""
+    if not config.progressive_proposals:
+        return config.train_proposals
+    fraction = epoch / max(config.epochs - 1, 1)
+    return max(1, min(config.train_proposals, 1 + round((config.train_proposals - 1) * fraction)))
+
+
+def _epoch_generator(seed: int, epoch: int, purpose: int) -> torch.Generator:
+    state = np.random.SeedSequence([seed & 0xFFFFFFFF, epoch, purpose]).generate_state(1)
+    return torch.Generator().manual_seed(int(state[0]))
+
+
+def _losses(model: MomentDenoiser, diffusion: SpanDiffusion, criterion: SetCriterion, config: MomentConfig,
+            batch: MomentBatch, num_proposals: int, generator: torch.Generator) -> dict[str, Tensor]:
+    condition = model.encode(batch.video, batch.video_mask, batch.text, batch.text_mask)
+    x_start = diffusion.training_targets(batch.targets_cw, num_proposals, generator)  # (B, Q, 2)
+    t = torch.randint(0, config.diffusion_steps, (x_start.shape[0],), generator=generator)  # (B,)
+    noisy = diffusion.corrupt(x_start, t, generator)  # (B, Q, 2)
+    output = model(noisy, t, condition)
+    losses = criterion(output.spans, output.logits, batch.targets_cw)
+    negative = None
+    if config.loss_weights.get("sim_nce", 0.0) and batch.video.shape[0] > 1:
+        rolled_text = torch.roll(batch.text, -1, 0)  # (B, L, D_t): each video with the next pair's query
+        rolled_mask = torch.roll(batch.text_mask, -1, 0)
+        negative = model.encode(batch.video, batch.video_mask, rolled_text, rolled_mask).relevance  # (B, F)
+    labels = frame_labels(batch.windows_se, batch.video_mask)  # (B, F)
+    sim = similarity_losses(condition.relevance, labels, condition.mask, negative,
+                            negative_valid=~batch.same_query_video, margin=config.sim_margin,
+                            temperature=config.sim_temperature, generator=generator)
+    losses.update(sim)
+    return losses
+
+
+@torch.no_grad()
+def predict_split(localizer: DiffusionMomentLocalizer, data: MomentData, *, num_spans: int | None = None,
+                  steps: int | None = None, batch_size: int = 64, num_moments: int = 10,
+                  progress: bool = False) -> list[dict[str, Any]]:
+    """QVHighlights-format predictions of every record: ``qid``, ``pred_relevant_windows`` [[s, e, p], ...] (best
+    first, seconds) and ``relevance`` (the (F,) curve, as a list). The sampler is seeded per batch from the config
+    seed and the batch position, so the predictions do not depend on anything else."""
+    predictions: list[dict[str, Any]] = []
+    starts = range(0, len(data), batch_size)
+    for start in tqdm(starts, desc="localise", disable=not progress):
+        indices = list(range(start, min(start + batch_size, len(data))))
+        batch = data.batch(indices)
+        generator = torch.Generator().manual_seed(localizer.config.seed * 1_000_003 + start)
+        spans_cw, p_fg, relevance = localizer.predict(batch.video, batch.video_mask, batch.text, batch.text_mask,
+                                                      num_spans=num_spans, steps=steps, generator=generator)
+        lengths = batch.video_mask.sum(1).tolist()
+        for row, index in enumerate(indices):
+            record = data.records[index]
+            result = localizer._postprocess(spans_cw[row], p_fg[row], relevance[row, : lengths[row]].numpy(),
+                                            float(record.duration or 0.0), num_moments)
+            predictions.append({"qid": record.query_id,
+                                "pred_relevant_windows": [[m.start_sec, m.end_sec, m.score] for m in result.moments],
+                                "relevance": result.relevance.tolist()})
+    return predictions
+
+
+def evaluate_moments(localizer: DiffusionMomentLocalizer, data: MomentData, **kwargs: Any) -> dict[str, float]:
+    """R1@0.3/0.5/0.7, mAP@0.5/0.75 and mAP avg (percent) of the localiser on ``data`` (kwargs: predict_split's)."""
+    predictions = predict_split(localizer, data, **kwargs)
+    metrics = moment_metrics([{"qid": p["qid"], "pred_relevant_windows": p["pred_relevant_windows"]}
+                              for p in predictions], data.ground_truth())
+    keep = ("R1@0.3", "R1@0.5", "R1@0.7", "mAP@0.5", "mAP@0.75", "mAP")
+    return {key: metrics[key] for key in keep}
+
+
+def save_moment_checkpoint(path: str | Path, *, model: MomentDenoiser, config: MomentConfig, epoch: int,
+                           state: dict[str, Any] | None = None) -> None:
+    """Write weights, the full MomentConfig (JSON, key ``moment_config``) and optional resume state, atomically."""
+    payload: dict[str, Any] = {"format_version": MOMENT_FORMAT_VERSION, "moment_config": config.to_json(indent=None),
+                               "model": model.state_dict(), "epoch": epoch}
+    if state:
+        payload.update(state)
+    atomic_torch_save(payload, path)
+
+
+@dataclass(frozen=True)
+class MomentTrainResult:
+    """What :func:`train_moments` returns: the checkpoint paths, the best epoch (1-based) and its val metrics."""
+
+    best_path: Path
+    last_path: Path
+    best_epoch: int
+    best_metrics: dict[str, float]
+    epochs_run: int
+    history: list[dict[str, Any]]
+
+
+def _selection_score(metrics: dict[str, float]) -> float:
+    return metrics["R1@0.5"] + metrics["R1@0.7"]
+
+
+def train_moments(
+    root: str | Path,
+    collection: str,
+    out_dir: str | Path,
+    config: MomentConfig | None = None,
+    *,
+    preset: str = "cpu",
+    train_split: str = "train",
+    val_split: str = "val",
+    retrieval_checkpoint: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = False,
+    max_train_queries: int | None = None,
+    max_val_queries: int | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> MomentTrainResult:
+    """Train a moment denoiser on a standard-layout collection with a moments sidecar; write best.pt / last.pt.
+
+    Args:
+        root: data root (``root/collection/...``).
+        collection: collection name.
+        out_dir: run folder (created); gets ``best.pt``, ``last.pt`` and ``history.jsonl``-like records via
+            ``on_epoch``.
+        config: the MomentConfig (default: the preset ``preset``). ``video_dim`` / ``text_dim`` / ``condition`` /
+            ``data`` are taken from the data and the retrieval checkpoint.
+        preset: moment preset used when ``config`` is None ("tiny" trains a few hundred videos in seconds).
+        train_split: caption split to train on.
+        val_split: caption split for the per-epoch metrics and the best checkpoint.
+        retrieval_checkpoint: a DreamPRVR checkpoint whose frame tokens condition the denoiser (as at search time);
+            None = raw frame features.
+        resume: continue from ``out_dir/last.pt`` (same config).
+        progress: show tqdm bars.
+        max_train_queries: use only the first N training queries (quick runs).
+        max_val_queries: evaluate on the first N validation queries only.
+        on_epoch: called with each epoch's record (epoch, losses, val metrics, seconds).
+
+    Returns:
+        The :class:`MomentTrainResult`.
+    """
+    out_dir = Path(out_dir)
+    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    resumed: dict[str, Any] | None = None
+    if resume:
+        resumed = read_moment_checkpoint(last_path)
+        config = MomentConfig.from_json(resumed["moment_config"])
+    elif config is None:
+        config = load_moment_preset(preset)
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    data_config = config.data
+    if retrieval_checkpoint is not None:
+        _, retrieval_config, _ = load_model(retrieval_checkpoint)
+        data_config = retrieval_config.data
+    elif config.condition == "retrieval":
+        raise ValueError("this config conditions on retrieval frame tokens (condition='retrieval'); pass the "
+                         "DreamPRVR checkpoint with retrieval_checkpoint / --retrieval-checkpoint")
+    train_corpus = PRVRCorpus(root, collection, train_split, data_config)
+    val_corpus = PRVRCorpus(root, collection, val_split, data_config, expected_video_dim=train_corpus.video_dim,
+                            expected_text_dim=train_corpus.text_dim)
+    train_frames = frame_source(train_corpus, retrieval_checkpoint, progress=progress)
+    val_frames = frame_source(val_corpus, retrieval_checkpoint, progress=progress)
+    train_data = MomentData(train_corpus, train_frames, max_train_queries)
+    val_data = MomentData(val_corpus, val_frames, max_val_queries)
+    video_dim = int(train_data.frames_of(train_data.records[0].video_id).shape[1])
+    derived = dict(data=data_config, video_dim=video_dim, text_dim=train_corpus.text_dim,
+                   condition="retrieval" if retrieval_checkpoint is not None else "frames")
+    if resumed is not None:
+        mismatched = {k: v for k, v in derived.items() if getattr(config, k) != v}
+        if mismatched:
+            raise ValueError(f"cannot resume {last_path}: its config differs from this run's data in "
+                             f"{sorted(mismatched)}; pass the same data and retrieval checkpoint, or start afresh")
+    config = dataclasses.replace(config, **derived)
+
+    torch.manual_seed(config.seed)
+    model = MomentDenoiser(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    diffusion = SpanDiffusion(config)
+    criterion = SetCriterion(HungarianMatcher(config.cost_l1, config.cost_giou, config.cost_class),
+                             config.background_weight)
+    history: list[dict[str, Any]] = []
+    start_epoch, best_epoch, best_score, best_metrics, stale = 0, 0, -math.inf, {}, 0
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        start_epoch = int(resumed["epoch"])
+        history = list(resumed.get("history", []))
+        best_epoch, best_score = int(resumed["best_epoch"]), float(resumed["best_score"])
+        best_metrics, stale = dict(resumed.get("best_metrics", {})), int(resumed.get("stale", 0))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    localizer = DiffusionMomentLocalizer(model, config)
+
+    epoch = start_epoch
+    for epoch in range(start_epoch, config.epochs):
+        if stale >= config.patience:
+            break
+        started = time.perf_counter()
+        model.train()
+        order = np.random.default_rng([config.seed, epoch]).permutation(len(train_data))
+        generator = _epoch_generator(config.seed, epoch, 0)
+        num_proposals = train_step_proposals(config, epoch)
+        totals: dict[str, float] = {}
+        steps = 0
+        batches = range(0, len(order), config.batch_size)
+        for start in tqdm(batches, desc=f"epoch {epoch + 1}", disable=not progress, leave=False):
+            batch = train_data.batch(order[start : start + config.batch_size].tolist())
+            losses = _losses(model, diffusion, criterion, config, batch, num_proposals, generator)
+            loss = weighted_sum(losses, config.loss_weights)
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"the moment loss became {loss.item()} at epoch {epoch + 1}; lower lr "
+                                   f"({config.lr}) or grad_clip ({config.grad_clip})")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            steps += 1
+            totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())
+            for key, value in losses.items():
+                totals[key] = totals.get(key, 0.0) + float(value.detach())
+        train_seconds = time.perf_counter() - started
+        model.eval()
+        metrics = evaluate_moments(localizer, val_data, batch_size=config.eval_batch_size, progress=progress)
+        record = {"epoch": epoch + 1, "proposals": num_proposals,
+                  "train": {key: value / max(steps, 1) for key, value in totals.items()},
+                  "val": metrics, "train_s": round(train_seconds, 2),
+                  "eval_s": round(time.perf_counter() - started - train_seconds, 2)}
+        history.append(record)
+        score = _selection_score(metrics)
+        if score > best_score:
+            best_score, best_epoch, best_metrics, stale = score, epoch + 1, metrics, 0
+            save_moment_checkpoint(best_path, model=model, config=config, epoch=epoch + 1)
+        else:
+            stale += 1
+        save_moment_checkpoint(last_path, model=model, config=config, epoch=epoch + 1, state={
+            "optimizer": optimizer.state_dict(), "history": history, "best_epoch": best_epoch,
+            "best_score": best_score, "best_metrics": best_metrics, "stale": stale,
+            "retrieval_checkpoint": str(retrieval_checkpoint) if retrieval_checkpoint is not None else ""})
+        if on_epoch is not None:
+            on_epoch(record)
+    if not best_path.is_file():
+        raise RuntimeError(f"no epoch ran (epochs={config.epochs}, resumed at {start_epoch}); raise epochs")
+    return MomentTrainResult(best_path, last_path, best_epoch, best_metrics, len(history), history)
