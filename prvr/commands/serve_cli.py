@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import click
 
@@ -43,7 +44,7 @@ def serve_command(index_dir: str, host: str, port: int, api_key_env: str | None,
             raise ValueError(f"--api-key-env {api_key_env}: the environment variable {api_key_env} is unset or "
                              f"empty; export {api_key_env}=<a long random key> first")
     check_bind(host, api_key)
-    settings = ServiceSettings(index_dir=index_dir, api_key=api_key, max_k=max_k, max_query_chars=max_query_chars,
+    settings = ServiceSettings(index_dir=Path(index_dir), api_key=api_key, max_k=max_k, max_query_chars=max_query_chars,
                                poll_interval_s=poll_interval, query_log=query_log)
     if logging.getLogger("services").getEffectiveLevel() > logging.INFO:
         logging.getLogger("services").setLevel(logging.INFO)  # request lines are the server's output
