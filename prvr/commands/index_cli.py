@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,16 @@ __all__ = ["index_group"]
 
 
 def _fail_cleanly(function: Any) -> Any:
-    from prvr.cli import _fail_cleanly as wrap  # the CLI's one error policy (exit code 1 with the message)
+    """The CLI's one error policy (prvr.cli._fail_cleanly: exit code 1 with the message), imported at call time so
+    that this module never imports prvr.cli while prvr.cli imports it."""
 
-    return wrap(function)
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from prvr.cli import _fail_cleanly as wrap
+
+        return wrap(function)(*args, **kwargs)
+
+    return wrapper
 
 
 def _active(index_dir: Path) -> tuple[Any, Any, Path]:
@@ -66,6 +74,8 @@ def info_command(index_dir: str, as_json: bool) -> None:
         "counts": manifest.counts,
         "factories": {kind: manifest.faiss[kind]["factory"] for kind in ("clip", "frame")},
         "nlist": {kind: manifest.faiss[kind]["nlist"] for kind in ("clip", "frame")},
+        "nprobe": {kind: manifest.search_defaults.get("nprobe", manifest.faiss[kind]["nprobe"])
+                   if manifest.faiss[kind]["nlist"] else None for kind in ("clip", "frame")},
         "search_defaults": manifest.search_defaults,
         "manifest": json.loads(manifest.to_json()),
     }
@@ -78,7 +88,8 @@ def info_command(index_dir: str, as_json: bool) -> None:
         click.echo(f"{g['id']:>4}  {g['directory']:<12} {g['status']:<9} {g['videos']:>8} {g['ntotal']:>10}  "
                    f"{g['created_at']}")
     click.echo(f"factories: clip {info['factories']['clip']}, frame {info['factories']['frame']}; "
-               f"nlist {info['nlist']['clip']} / {info['nlist']['frame']}")
+               f"nlist {info['nlist']['clip']} / {info['nlist']['frame']}, nprobe {info['nprobe']['clip']} / "
+               f"{info['nprobe']['frame']}")
     click.echo(f"search defaults: {json.dumps(manifest.search_defaults, sort_keys=True)}")
     source = manifest.data_source
     click.echo(f"checkpoint {manifest.checkpoint_path} ({manifest.checkpoint_sha256[:12]}...); last data "
