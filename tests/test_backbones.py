@@ -197,7 +197,7 @@ def test_model_folders_and_hub_names(tmp_path: Path, tiny_clip: Path) -> None:
         resolve_model_dir(tmp_path / "absent")
     with pytest.raises(FileNotFoundError, match="no config.json"):
         resolve_model_dir(tmp_path)
-    with pytest.raises(RuntimeError, match="huggingface-cli download prvr-tests/no-such-model"):
+    with pytest.raises(RuntimeError, match="hf download prvr-tests/no-such-model"):
         resolve_model_dir("prvr-tests/no-such-model", allow_download=False)
     with pytest.raises(RuntimeError, match="not in the local Hugging Face cache"):
         ClipImageBackbone("prvr-tests/no-such-model", device="cpu", allow_download=False)

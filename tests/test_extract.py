@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from prvr.features.backbones import ClipImageBackbone
 from prvr.features.cache import FeatureCache
-from prvr.features.corpus import ExtractedVideoCorpus, find_feature_name
+from prvr.features.corpus import ExtractedVideoCorpus, extract_for_index, find_feature_name
 from prvr.features.extract import (
     FAILURES_FILE,
     SIDECAR_FILE,
@@ -197,7 +197,7 @@ def test_cli(tmp_path: Path, setup: dict, monkeypatch: pytest.MonkeyPatch) -> No
     outcome = runner.invoke(main, args)
     assert outcome.exit_code == 1 and "none of the 1 video(s) could be extracted" in outcome.output
     outcome = runner.invoke(main, [*args[:5], "--backbone", "clip:prvr-tests/absent-model", "--device", "cpu"])
-    assert outcome.exit_code == 1 and "huggingface-cli download" in outcome.output
+    assert outcome.exit_code == 1 and "hf download" in outcome.output
 
 
 def test_the_extracted_folder_builds_a_searchable_index(tmp_path: Path, extracted: dict, setup: dict) -> None:
@@ -246,6 +246,18 @@ def test_the_extracted_folder_builds_a_searchable_index(tmp_path: Path, extracte
     with pytest.raises(ValueError, match="expects 99"):
         ExtractedVideoCorpus(root, "videos", config.data, text_dim=16, expected_video_dim=99)
 
+    # the one call `prvr index add --videos DIR` makes before build_index: only the new file is indexed
+    more = tmp_path / "more"
+    more.mkdir()
+    write_video(more / "new.mp4", np.arange(0, 2.5, 0.1))
+    with pytest.raises(ValueError, match="made by backbone"):
+        extract_for_index(more, tmp_path / "features", config, setup["backbone"], expected_backbone="clip:x@ff")
+    added_corpus, extraction = extract_for_index(more, tmp_path / "features", config, setup["backbone"],
+                                                 expected_backbone=setup["backbone"].backbone_id, progress=False)
+    assert added_corpus.video_ids == ["new"] and not extraction.failed
+    added = build_index(checkpoint, added_corpus, tmp_path / "index", collection_name="videos", progress=False)
+    assert (added.num_videos, added.new_videos) == (len(OK_IDS) + 1, 1)
+
 
 @pytest.mark.skipif(not SAMPLE_VIDEO.is_file(), reason="../shared/data/univtg_example absent")
 def test_the_real_charades_video_is_ingested(tmp_path: Path, setup: dict) -> None:
@@ -257,3 +269,56 @@ def test_the_real_charades_video_is_ingested(tmp_path: Path, setup: dict) -> Non
     assert counting.images == 31 and counting.calls == math.ceil(31 / 3)
     with h5py.File(result.feature_file, "r") as handle:
         assert handle["charades"].shape == (31, 12)
+
+
+KILL_SCRIPT = """
+import sys, time
+import torch
+torch.set_num_threads(1)
+from prvr.features.backbones import ClipImageBackbone
+from prvr.features.extract import extract_videos
+from prvr.features.frames import SamplingConfig
+
+class Slow:
+    def __init__(self, inner):
+        self.inner, self.backbone_id, self.dim, self.batch_size = inner, inner.backbone_id, inner.dim, 1
+    def encode_images(self, images):
+        time.sleep(0.3)
+        return self.inner.encode_images(images)
+
+backbone = Slow(ClipImageBackbone(sys.argv[1], device="cpu", batch_size=1))
+extract_videos(sys.argv[2], sys.argv[3], backbone, sampling=SamplingConfig(fps=1.0, frames_per_feature=2),
+               progress=False)
+"""
+
+
+@pytest.mark.slow
+def test_a_sigkilled_process_resumes(tmp_path: Path, extracted: dict, setup: dict) -> None:
+    """A real kill -9 in the middle of a run: finished videos come from the cache, the output matches a fresh run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "run.py"
+    script.write_text(KILL_SCRIPT, encoding="utf-8")
+    cache = FeatureCache(tmp_path / "out" / "videos" / "FeatureData" / "tiny_clip" / "cache")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    child = subprocess.Popen([sys.executable, str(script), str(setup["clip"]), str(setup["videos"]),
+                              str(tmp_path / "out")], env=env)
+    deadline = time.monotonic() + 240
+    while len(cache) < 2 and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert child.poll() is None, "the run finished before it could be killed"
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    finished = len(cache)
+    assert 2 <= finished < len(OK_IDS)
+    counting = CountingBackbone(setup["backbone"])
+    result = extract_videos(setup["videos"], tmp_path / "out", counting, sampling=SAMPLING, progress=False)
+    assert sum(v.cached for v in result.succeeded) >= finished
+    assert counting.images < extracted["counting"].images
+    with h5py.File(result.feature_file, "r") as resumed, h5py.File(extracted["result"].feature_file, "r") as fresh:
+        for video_id in OK_IDS:
+            np.testing.assert_allclose(resumed[video_id][()], fresh[video_id][()], atol=1e-6)

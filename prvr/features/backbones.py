@@ -63,8 +63,8 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # "name" or "
 
 _OFFLINE_HINT = (
     "the model hub is not reachable from here and the model is not in the local Hugging Face cache; on a machine "
-    "with access run `huggingface-cli download {name} --local-dir DIR` (or `git clone https://huggingface.co/{name}`),"
-    " copy DIR here and pass its path instead of the hub name"
+    "with access run `hf download {name} --local-dir DIR` (huggingface_hub's CLI), copy DIR here and pass its "
+    "path instead of the hub name"
 )
 
 
@@ -77,7 +77,8 @@ def resolve_model_dir(name_or_path: str | os.PathLike[str], *, allow_download: b
 
     Args:
         name_or_path: an existing folder, or a hub repository id such as ``openai/clip-vit-base-patch32``.
-        allow_download: try the hub when the model is not in the local Hugging Face cache.
+        allow_download: try the hub when the model is not in the local Hugging Face cache (``HF_HUB_OFFLINE=1``
+            in the environment turns this off).
 
     Returns:
         The folder.
@@ -97,6 +98,7 @@ def resolve_model_dir(name_or_path: str | os.PathLike[str], *, allow_download: b
     from huggingface_hub import snapshot_download
 
     errors: list[str] = []
+    allow_download = allow_download and os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("1", "true", "yes", "on")
     for local_only in (True, False) if allow_download else (True,):
         for patterns in (_DOWNLOAD_PATTERNS, _DOWNLOAD_FALLBACK_PATTERNS):
             try:

@@ -14,20 +14,30 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from prvr.config import DataConfig
+from prvr.config import DataConfig, ExperimentConfig
 from prvr.data.features import HDF5FeatureStore
 from prvr.data.preprocess import preprocess_video
-from prvr.features.backbones import check_backbone
-from prvr.features.extract import FEATURE_FILE, SIDECAR_FILE, feature_folder, read_sidecar
+from prvr.features.backbones import ImageBackbone, check_backbone, load_image_backbone
+from prvr.features.extract import (
+    FAILURES_FILE,
+    FEATURE_FILE,
+    SIDECAR_FILE,
+    ExtractionResult,
+    extract_videos,
+    feature_folder,
+    read_sidecar,
+)
+from prvr.features.frames import SamplingConfig
 from prvr.types import QueryRecord
 from services.db import VideoRecord
 
-__all__ = ["EXTRACTED_SPLIT", "ExtractedVideoCorpus", "find_feature_name"]
+__all__ = ["EXTRACTED_SPLIT", "ExtractedVideoCorpus", "find_feature_name", "extract_for_index"]
 
 logger = logging.getLogger(__name__)
 
@@ -164,3 +174,54 @@ class ExtractedVideoCorpus:
 
     def __repr__(self) -> str:
         return f"ExtractedVideoCorpus({str(self.folder)!r}: {len(self._video_ids)} videos)"
+
+
+def extract_for_index(
+    videos: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    features_root: str | os.PathLike[str],
+    config: ExperimentConfig,
+    backbone: str | ImageBackbone,
+    *,
+    expected_backbone: str | None = None,
+    collection: str = "videos",
+    sampling: SamplingConfig | None = None,
+    device: str = "auto",
+    batch_size: int = 32,
+    progress: bool = True,
+) -> tuple[ExtractedVideoCorpus, ExtractionResult]:
+    """Extract (or take from the cache) the features of video files and open them for ``build_index``.
+
+    What ``prvr build-index --videos DIR`` and ``prvr index add --videos DIR`` run before ``build_index``.
+
+    Args:
+        videos: a folder of videos, a file, or a list of them.
+        features_root: where the features go (``<features_root>/<collection>/FeatureData/<name>/``).
+        config: the checkpoint's experiment config (its ``data`` settings and model dims are used).
+        backbone: the frame backbone, or its spec for :func:`prvr.features.backbones.load_image_backbone`.
+        expected_backbone: the backbone id the checkpoint was trained on (None: not checked).
+        collection: the collection folder name.
+        sampling: frame sampling (default: 1 feature per second).
+        device: the backbone's device when ``backbone`` is a spec.
+        batch_size: frames per backbone pass when ``backbone`` is a spec.
+        progress: show progress bars.
+
+    Returns:
+        ``(corpus, extraction)``: the corpus of the videos that were extracted, and the extraction result (its
+        ``failed`` list says which files were skipped and why).
+
+    Raises:
+        ValueError: no video could be extracted, or the backbone / dimension differs from the checkpoint's.
+    """
+    if isinstance(backbone, str):
+        backbone = load_image_backbone(backbone, device=device, batch_size=batch_size)
+    if expected_backbone is not None:
+        check_backbone(expected_backbone, found=backbone.backbone_id, what="the checkpoint")
+    extraction = extract_videos(videos, features_root, backbone, collection=collection, sampling=sampling,
+                                progress=progress)
+    if not extraction.succeeded:
+        raise ValueError(f"none of the {len(extraction.videos)} video(s) could be extracted; reasons in "
+                         f"{extraction.folder / FAILURES_FILE}")
+    corpus = ExtractedVideoCorpus(features_root, collection, config.data, text_dim=config.model.text_dim,
+                                  feature_name=extraction.feature_name, expected_video_dim=config.model.video_dim,
+                                  expected_backbone=expected_backbone)
+    return corpus, extraction

@@ -256,7 +256,7 @@ class VideoFrameSampler:
                     absolute = first_time + previous_time + (previous_interval or 1.0 / 25)
                 if first_time is None:
                     first_time = absolute
-                    rotation = _normalised_rotation(frame.rotation)
+                    rotation = _normalised_rotation(getattr(frame, "rotation", 0))  # PyAV >= 13
                     size = (frame.width, frame.height) if rotation in (0, 180) else (frame.height, frame.width)
                 time = max(absolute - first_time, previous_time)  # never run backwards
                 if previous is not None:
@@ -274,8 +274,8 @@ class VideoFrameSampler:
         if previous is None:
             raise VideoDecodeError(f"{self.path} has a video stream but 0 decodable frames")
 
-        last_duration = float(previous.duration * previous.time_base) if previous.duration and previous.time_base \
-            else 0.0
+        frame_duration = getattr(previous, "duration", None)  # PyAV >= 13
+        last_duration = float(frame_duration * previous.time_base) if frame_duration and previous.time_base else 0.0
         if last_duration <= 0:
             last_duration = previous_interval if previous_interval > 0 else (1.0 / nominal if nominal else 1.0)
         duration = previous_time + last_duration
