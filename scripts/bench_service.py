@@ -117,7 +117,7 @@ def load_run(base: str, texts: list[str], clients: int, requests: int, max_secon
 
 def start_server(index_dir: Path, port: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    command = [sys.executable, "-m", "prvr.cli", "serve", "--index", str(index_dir), "--host", HOST, "--port",
+    command = [sys.executable, "-c", "import sys; from prvr.cli import main; sys.exit(main())", "serve", "--index", str(index_dir), "--host", HOST, "--port",
                str(port), "--poll-interval", "0"]
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
+from typing import Any
 
 import click
 
-from prvr.cli import _fail_cleanly
-
 __all__ = ["serve_command"]
+
+
+def _fail_cleanly(function: Any) -> Any:
+    """``prvr.cli._fail_cleanly``, looked up at call time: prvr.cli imports this module at its end, so importing it
+    here at import time would be circular under ``python -m prvr.cli``."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from prvr.cli import _fail_cleanly as fail_cleanly
+
+        return fail_cleanly(function)(*args, **kwargs)
+
+    return wrapper
 
 
 @click.command("serve")
