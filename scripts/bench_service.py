@@ -152,7 +152,8 @@ def markdown(report: dict[str, Any]) -> str:
         (
             f"`prvr serve` on {HOST} in its own process (OMP_NUM_THREADS={setup['omp_threads']}); GET /search from "
             f"N client threads, {setup['requests']} requests or {setup['max_seconds']:.0f} s per run, medians of "
-            f"{setup['repeats']} runs. Machine: {setup['machine']}."
+            f"{setup['repeats']} runs. Machine: {setup['machine']}, 1-min load average {setup['load_average_before']} "
+            f"before the run. Checkpoint sha256 {setup['checkpoint_sha256'][:12]}."
         ),
         "",
         "| clients | throughput (queries/s) | p50 (ms) | p99 (ms) | requests | errors |",
@@ -192,6 +193,7 @@ def main() -> int:
     texts = query_texts(manifest, limit=2000, seed=args.seed)
     if not texts:
         raise SystemExit("the indexed split has no captions to use as queries")
+    load_before = os.getloadavg()[0]  # other jobs on the machine share its cores: recorded with the figures
     port = free_port()
     base = f"http://{HOST}:{port}"
     server = start_server(index_dir, port)
@@ -236,6 +238,7 @@ def main() -> int:
             "faiss": "FAISS clip {} / frame {}, {} tokens".format(
                 manifest.faiss.get("clip", {}).get("factory"), manifest.faiss.get("frame", {}).get("factory"),
                 manifest.faiss.get("ntotal")),
+            "checkpoint_sha256": manifest.checkpoint_sha256,
             "has_moment_model": manifest.moment_checkpoint is not None,
             "k": args.k,
             "moments": not args.no_moments,
@@ -245,6 +248,7 @@ def main() -> int:
             "repeats": args.repeats,
             "omp_threads": os.environ.get("OMP_NUM_THREADS", "1"),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+            "load_average_before": round(load_before, 2),
         },
         "levels": results,
     }

@@ -453,6 +453,29 @@ def test_new_generation_is_picked_up_without_restart(built, tmp_path) -> None:
     assert sorted(closed) == sorted([first["generation"], second["generation"]])
 
 
+def test_failed_reload_keeps_serving_the_old_generation(built, tmp_path) -> None:
+    index_dir = tmp_path / "index"
+    shutil.copytree(built["dir"], index_dir)
+    loads: list[Path] = []
+
+    def loader(path: Path) -> Retriever:
+        loads.append(path)
+        if len(loads) > 1:
+            raise RuntimeError("cannot map the new FAISS files")
+        return load_with_localizer(path)
+
+    app = create_app(ServiceSettings(index_dir=index_dir, poll_interval_s=0), loader=loader)
+    with TestClient(app) as client:
+        before = client.get("/health").json()
+        extra = PRVRCorpus(built["tmp"] / "data", "synth", "test", built["config"].data)
+        build_index(built["tmp"] / "model.pt", extra, index_dir, collection_name="synth", progress=False)
+        with pytest.raises(RuntimeError, match="cannot map"):
+            app.state.holder.refresh()  # the poller logs this and retries at its next tick
+        assert client.get("/health").json() == before
+        body = client.get("/search", params={"q": "a dog", "k": 3}).json()
+        assert body["generation"] == before["generation"] and len(body["results"]) == 3
+
+
 def test_poller_swaps_in_the_background(built, tmp_path) -> None:
     index_dir = tmp_path / "index"
     shutil.copytree(built["dir"], index_dir)
