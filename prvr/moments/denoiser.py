@@ -92,7 +92,7 @@ class SpanDiffusion:
         return self.from_signal(self.schedule.q_sample(x_start, t, noise))
 
     def sample(self, model: MomentDenoiser, condition: Condition, num_spans: int, steps: int,
-               generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+               generator: torch.Generator | None = None, x_T: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """DDIM from pure noise: S steps from t = T - 1 down; the last step returns x0_hat (never abar[-1]).
 
         Args:
@@ -100,14 +100,18 @@ class SpanDiffusion:
             condition: the condition of B pairs.
             num_spans: Q, spans sampled per pair.
             steps: S, DDIM steps.
-            generator: seeds x_T (and the sampler noise when eta > 0).
+            generator: seeds x_T when it is not given (and the sampler noise when eta > 0).
+            x_T: (B, Q, 2) starting noise in the signal space, or None to draw it.
 
         Returns:
             ``(spans_cw (B, Q, 2) in [0, 1], logits (B, Q, 2))`` of the last network call.
         """
         batch = condition.memory.shape[0]
         device = condition.memory.device
-        x_T = torch.randn((batch, num_spans, 2), generator=generator, device=device)  # (B, Q, 2)
+        if x_T is None:
+            x_T = torch.randn((batch, num_spans, 2), generator=generator, device=device)  # (B, Q, 2)
+        elif x_T.shape != (batch, num_spans, 2):
+            raise ValueError(f"x_T must have shape {(batch, num_spans, 2)}, got {tuple(x_T.shape)}")
         last: dict[str, Tensor] = {}
 
         def network_fn(x_t: Tensor, t: Tensor) -> Tensor:

@@ -90,7 +90,8 @@ class DiffusionMomentLocalizer:
             text: (B, L, D_t) query tokens, zero-padded; text_mask (B, L).
             num_spans: Q (default ``config.num_spans``).
             steps: DDIM steps (default ``config.sampling_steps``).
-            generator: seeds the sampler (default: a generator seeded with ``config.seed``).
+            generator: seeds the starting noise, drawn per batch (default: every pair starts from the SAME Q spans of
+                noise, drawn from ``config.seed``, so a pair's answer does not depend on its batch).
 
         Returns:
             ``(spans_cw (B, Q, 2) in [0, 1], p_fg (B, Q), relevance (B, F) in [0, 1])``.
@@ -101,11 +102,14 @@ class DiffusionMomentLocalizer:
             raise ValueError(f"num_spans must be >= 1, got {num_spans}")
         if not 1 <= steps <= self.config.diffusion_steps:
             raise ValueError(f"steps must lie in [1, {self.config.diffusion_steps}], got {steps}")
+        x_T = None
         if generator is None:
-            generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
+            generator = torch.Generator().manual_seed(self.config.seed)
+            shared = torch.randn((num_spans, 2), generator=generator)  # (Q, 2)
+            x_T = shared[None].expand(video.shape[0], -1, -1).to(self.device)  # (B, Q, 2)
         condition = self.model.encode(video.to(self.device), video_mask.to(self.device), text.to(self.device),
                                       text_mask.to(self.device))
-        spans_cw, logits = self.diffusion.sample(self.model, condition, num_spans, steps, generator)
+        spans_cw, logits = self.diffusion.sample(self.model, condition, num_spans, steps, generator, x_T)
         p_fg = logits.softmax(-1)[..., 0]  # (B, Q)
         relevance = condition.relevance.sigmoid() * condition.mask  # (B, F)
         return spans_cw, p_fg, relevance

@@ -188,16 +188,15 @@ def predict_split(localizer: DiffusionMomentLocalizer, data: MomentData, *, num_
                   steps: int | None = None, batch_size: int = 64, num_moments: int = 10,
                   progress: bool = False) -> list[dict[str, Any]]:
     """QVHighlights-format predictions of every record: ``qid``, ``pred_relevant_windows`` [[s, e, p], ...] (best
-    first, seconds) and ``relevance`` (the (F,) curve, as a list). The sampler is seeded per batch from the config
-    seed and the batch position, so the predictions do not depend on anything else."""
+    first, seconds) and ``relevance`` (the (F,) curve, as a list). Every pair starts from the same seeded noise
+    (see :meth:`DiffusionMomentLocalizer.predict`), so the predictions do not depend on the batching."""
     predictions: list[dict[str, Any]] = []
     starts = range(0, len(data), batch_size)
     for start in tqdm(starts, desc="localise", disable=not progress):
         indices = list(range(start, min(start + batch_size, len(data))))
         batch = data.batch(indices)
-        generator = torch.Generator().manual_seed(localizer.config.seed * 1_000_003 + start)
         spans_cw, p_fg, relevance = localizer.predict(batch.video, batch.video_mask, batch.text, batch.text_mask,
-                                                      num_spans=num_spans, steps=steps, generator=generator)
+                                                      num_spans=num_spans, steps=steps)
         lengths = batch.video_mask.sum(1).tolist()
         for row, index in enumerate(indices):
             record = data.records[index]
@@ -343,6 +342,7 @@ def train_moments(
         model.train()
         order = np.random.default_rng([config.seed, epoch]).permutation(len(train_data))
         generator = _epoch_generator(config.seed, epoch, 0)
+        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=_epoch_generator(config.seed, epoch, 1))))
         num_proposals = train_step_proposals(config, epoch)
         totals: dict[str, float] = {}
         steps = 0
