@@ -12,7 +12,9 @@ Layout of an index directory::
     .build.lock                       held (fcntl) by the one running builder
 
 Each generation is a full snapshot: a build on top of an active generation copies its token store, loads its FAISS
-index writable, adds the videos it does not hold yet and saves everything into a fresh directory. Only after every
+index writable, adds the videos it does not hold yet and saves everything into a fresh directory (`prvr index add`);
+:func:`remove_videos` does the same with FAISS ``remove_ids`` and store tombstones (`prvr index remove`), and
+:func:`rewrite_manifest` swaps only the search settings of the active manifest (`prvr index calibrate`). Only after every
 file is fsynced does :meth:`services.db.Database.activate_generation` flip the active generation in one transaction,
 so a build killed at any point leaves the previous generation active and loadable.
 """
@@ -169,6 +171,7 @@ def build_index(
     n_candidates: int | None = None,
     candidates_per_video: int = 4,
     moment_checkpoint: str | Path | None = None,
+    token_dtype: str = "bfloat16",
     progress: bool = True,
 ) -> BuildResult:
     """Encode the corpus's videos and commit them, with the active generation's videos, as a new generation.
@@ -188,6 +191,9 @@ def build_index(
         candidates_per_video: FAISS tokens fetched per candidate video (K' = this x n_candidates).
         moment_checkpoint: a moment-localiser checkpoint (``prvr.moments.localizer.load_localizer`` reads it),
             copied into the index under its sha256 and recorded in the manifest; default: the previous generation's.
+        token_dtype: precision of the re-rank token store of a first build: ``"bfloat16"`` (half the bytes) or
+            ``"float32"`` (scores equal the model's up to float32 rounding, so rankings match ``prvr eval`` exactly);
+            later builds keep the existing store's.
         progress: show a tqdm bar.
 
     Returns:
@@ -232,7 +238,8 @@ def build_index(
                 db, model, config, stored, sha, corpus, out_dir,
                 collection_name=collection_name, factory=factory, batch_size=batch_size,
                 text_backbone=text_backbone, n_candidates=n_candidates,
-                candidates_per_video=candidates_per_video, moment_checkpoint=moments, progress=progress,
+                candidates_per_video=candidates_per_video, moment_checkpoint=moments, token_dtype=token_dtype,
+                progress=progress,
             )
         finally:
             db.close()
@@ -274,6 +281,7 @@ def _build_locked(
     n_candidates: int | None,
     candidates_per_video: int,
     moment_checkpoint: dict[str, Any] | None,
+    token_dtype: str,
     progress: bool,
 ) -> BuildResult:
     previous = db.active_generation()
@@ -343,7 +351,7 @@ def _build_locked(
         shutil.copytree(previous_dir / TOKENS_DIR, gen_dir / TOKENS_DIR)
         store = TokenStore(gen_dir / TOKENS_DIR, dim)
     else:
-        store = TokenStore(gen_dir / TOKENS_DIR, dim, normalize=True)
+        store = TokenStore(gen_dir / TOKENS_DIR, dim, normalize=True, dtype=token_dtype)
         if new_ids and any(_needs_training(f) for f in (factories["clip"], factories["frame"])):
             index.train(*_train_sample(model, corpus, new_ids, factories["clip"], batch_size))
 

@@ -146,9 +146,8 @@ def _score_views(
     products = []
     norms = []
     for shard, first, length in zip(shards.tolist(), first_rows.tolist(), lengths.tolist()):
-        block = store.shard_tensor(shard)[first : first + length]  # (T, D) bf16 view, no copy
-        if compute_dtype == torch.float32:
-            block = block.float()
+        block = store.shard_tensor(shard)[first : first + length]  # (T, D) view in the storage dtype, no copy
+        block = block.to(compute_dtype)  # a no-op when the storage dtype is the compute dtype
         products.append(block @ q)  # (T, n)
         if not store.normalized:
             norms.append(block.float().norm(dim=1))  # (T,)

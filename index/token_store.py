@@ -1,10 +1,12 @@
-"""Append-only bfloat16 token store: one contiguous (C + F_valid, D) block per video, memory-mapped for re-ranking.
+"""Append-only token store (bfloat16 by default, float32 on request): one contiguous (C + F_valid, D) block per
+video, memory-mapped for re-ranking.
 
 Shape letters: B videos, C clip tokens, F frame tokens, D hidden.
 
 Layout of a store directory::
 
-    shard-G-NNNNN.bin   raw little-endian uint16 rows of D values: the bit patterns of torch.bfloat16 tokens
+    shard-G-NNNNN.bin   raw little-endian rows of D values: uint16 bit patterns of torch.bfloat16 tokens, or
+                        float32 values for a store created with ``dtype="float32"`` (exact scores, twice the bytes)
     store.npz           the index: per video (id, shard, first row, clip count, frame count, removed) and, per
                         shard, its file name and committed row count; plus a JSON meta (dim, dtype, normalised)
 
@@ -41,7 +43,8 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 INDEX_NAME = "store.npz"
 LOCK_NAME = ".lock"
-BYTES_PER_VALUE = 2  # bfloat16
+BYTES_PER_VALUE = 2  # bfloat16 (the default storage)
+STORAGE = {"bfloat16": (np.uint16, 2), "float32": (np.float32, 4)}  # dtype name -> (numpy storage type, bytes)
 DEFAULT_SHARD_MAX_BYTES = 1 << 30
 
 
@@ -66,13 +69,15 @@ def _expand_ranges(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, 
 
 
 class TokenStore:
-    """Per-video clip and valid-frame tokens in bfloat16 shard files, memory-mapped.
+    """Per-video clip and valid-frame tokens in bfloat16 (or float32) shard files, memory-mapped.
 
     Args:
         directory: the store directory (created with an empty index when it holds none).
         dim: D; required to create a store, checked against the stored value when opening one.
         normalize: L2-normalise tokens before rounding to bf16 (then a dot product is the cosine). Only used when
             creating; an existing store keeps its setting.
+        dtype: storage precision when creating: ``"bfloat16"`` (half the bytes and bandwidth; scores within ~2^-9)
+            or ``"float32"`` (scores equal the model's up to float32 rounding). An existing store keeps its own.
         shard_max_bytes: start a new shard file once the current one would exceed this (a video never spans shards).
         read_only: refuse writes (for query servers).
     """
@@ -83,11 +88,14 @@ class TokenStore:
         dim: int | None = None,
         *,
         normalize: bool = True,
+        dtype: str = "bfloat16",
         shard_max_bytes: int = DEFAULT_SHARD_MAX_BYTES,
         read_only: bool = False,
     ) -> None:
         self.directory = Path(directory)
         self.read_only = bool(read_only)
+        if dtype not in STORAGE:
+            raise ValueError(f"token store dtype must be one of {sorted(STORAGE)}, got {dtype!r}")
         if shard_max_bytes < 1:
             raise ValueError(f"shard_max_bytes must be positive, got {shard_max_bytes}")
         self.shard_max_bytes = int(shard_max_bytes)
@@ -100,7 +108,7 @@ class TokenStore:
             self.directory.mkdir(parents=True, exist_ok=True)
             with self._lock():
                 if not index_path.is_file():
-                    self._set_state(self._empty_state(int(dim), bool(normalize)))
+                    self._set_state(self._empty_state(int(dim), bool(normalize), dtype))
                     self._write_index()
         self.refresh()
         if dim is not None and int(dim) != self.dim:
@@ -109,9 +117,11 @@ class TokenStore:
     # ----------------------------------------------------------------------------------------------- state I/O
 
     @staticmethod
-    def _empty_state(dim: int, normalize: bool) -> dict[str, Any]:
+    def _empty_state(dim: int, normalize: bool, dtype: str = "bfloat16") -> dict[str, Any]:
+        if dtype not in STORAGE:
+            raise ValueError(f"token store dtype must be one of {sorted(STORAGE)}, got {dtype!r}")
         return {
-            "meta": {"format_version": FORMAT_VERSION, "dim": dim, "dtype": "bfloat16", "normalized": normalize,
+            "meta": {"format_version": FORMAT_VERSION, "dim": dim, "dtype": dtype, "normalized": normalize,
                      "generation": 0},
             "video_ids": np.zeros(0, dtype=np.int64),
             "shard": np.zeros(0, dtype=np.int32),
@@ -178,7 +188,7 @@ class TokenStore:
         self._maps: list[np.memmap | None] = []
         for name, rows in zip(self._shard_names, self._shard_rows):
             path = self.directory / name
-            needed = int(rows) * self.dim * BYTES_PER_VALUE
+            needed = int(rows) * self.dim * self._value_bytes
             size = path.stat().st_size if path.is_file() else -1
             if size < needed:
                 raise ValueError(
@@ -187,7 +197,7 @@ class TokenStore:
                 )
             # copy-on-write mapping: reads share the page cache, and the array is writable for torch.from_numpy
             # (a stray write stays private to this process instead of corrupting the shard)
-            mapped = np.memmap(path, dtype=np.uint16, mode="c", shape=(int(rows), self.dim)) if rows else None
+            mapped = np.memmap(path, dtype=self._storage_type, mode="c", shape=(int(rows), self.dim)) if rows else None
             self._maps.append(mapped)
         self._views: dict[int, torch.Tensor] = {}
 
@@ -211,6 +221,19 @@ class TokenStore:
         return int(self._meta["dim"])
 
     @property
+    def dtype(self) -> str:
+        """Storage dtype name: ``"bfloat16"`` (default) or ``"float32"``."""
+        return str(self._meta.get("dtype", "bfloat16"))
+
+    @property
+    def _storage_type(self) -> type:
+        return STORAGE[self.dtype][0]
+
+    @property
+    def _value_bytes(self) -> int:
+        return STORAGE[self.dtype][1]
+
+    @property
     def normalized(self) -> bool:
         """True when tokens were L2-normalised before storage (dot product = cosine up to bf16 rounding)."""
         return bool(self._meta["normalized"])
@@ -223,7 +246,7 @@ class TokenStore:
     @property
     def nbytes(self) -> int:
         """Committed shard bytes (tombstoned blocks count until :meth:`compact`)."""
-        return int(self._shard_rows.sum()) * self.dim * BYTES_PER_VALUE
+        return int(self._shard_rows.sum()) * self.dim * self._value_bytes
 
     def __len__(self) -> int:
         return int(self._live_ids.shape[0])
@@ -259,13 +282,17 @@ class TokenStore:
         return self._shard[entries], self._row[entries], self._n_clip[entries], self._n_frame[entries]
 
     def shard_tensor(self, shard: int) -> torch.Tensor:
-        """Zero-copy (rows, D) bfloat16 view of a shard's committed rows (memory-mapped; treat it as read-only)."""
+        """Zero-copy (rows, D) view of a shard's committed rows, in the storage dtype (bfloat16 or float32;
+        memory-mapped; treat it as read-only)."""
         view = self._views.get(int(shard))
         if view is None:
             mapped = self._maps[int(shard)]
             if mapped is None:
                 raise ValueError(f"shard {shard} of {self.directory} holds no rows")
-            view = torch.from_numpy(mapped.view(np.int16)).view(torch.bfloat16)  # (rows, D)
+            if self.dtype == "float32":
+                view = torch.from_numpy(mapped)  # (rows, D)
+            else:
+                view = torch.from_numpy(mapped.view(np.int16)).view(torch.bfloat16)  # (rows, D)
             self._views[int(shard)] = view
         return view
 
@@ -294,8 +321,8 @@ class TokenStore:
         batch, clips, dim = ids.shape[0], int(num_clips[0]), self.dim
         frames = self._n_frame[entries]  # (B,)
         max_frames = int(frames.max())
-        clip_bits = np.empty((batch, clips, dim), dtype=np.uint16)
-        frame_bits = np.zeros((batch, max_frames, dim), dtype=np.uint16)
+        clip_bits = np.empty((batch, clips, dim), dtype=self._storage_type)
+        frame_bits = np.zeros((batch, max_frames, dim), dtype=self._storage_type)
         mask = np.zeros((batch, max_frames), dtype=bool)
         shards = self._shard[entries]
         for shard in np.unique(shards):
@@ -308,8 +335,11 @@ class TokenStore:
             rows, owner, inside = _expand_ranges(starts + clips, frames[members])  # (T_f,) each
             frame_bits[members[owner], inside] = mapped[rows]
             mask[members[owner], inside] = True
-        clip = torch.from_numpy(clip_bits.view(np.int16)).view(torch.bfloat16)  # (B, C, D)
-        frame = torch.from_numpy(frame_bits.view(np.int16)).view(torch.bfloat16)  # (B, F_max, D)
+        if self.dtype == "float32":
+            clip, frame = torch.from_numpy(clip_bits), torch.from_numpy(frame_bits)  # (B, C, D), (B, F_max, D)
+        else:
+            clip = torch.from_numpy(clip_bits.view(np.int16)).view(torch.bfloat16)  # (B, C, D)
+            frame = torch.from_numpy(frame_bits.view(np.int16)).view(torch.bfloat16)  # (B, F_max, D)
         return VideoTokens(clip.to(dtype), frame.to(dtype), torch.from_numpy(mask))
 
     def describe(self) -> dict[str, Any]:
@@ -372,8 +402,11 @@ class TokenStore:
         if self.normalized:
             clip_t = F.normalize(clip_t, dim=-1)
             frame_t = F.normalize(frame_t, dim=-1)
-        clip_bits = _bf16_bits(clip_t)  # (V, C, D)
-        frame_bits = _bf16_bits(frame_t)  # (V, F, D)
+        if self.dtype == "float32":
+            clip_bits, frame_bits = clip_t.contiguous().numpy(), frame_t.contiguous().numpy()  # (V, C, D), (V, F, D)
+        else:
+            clip_bits = _bf16_bits(clip_t)  # (V, C, D)
+            frame_bits = _bf16_bits(frame_t)  # (V, F, D)
         mask = mask_t.numpy()
         frame_counts = mask.sum(axis=1).astype(np.int32)  # (V,)
         blocks = [np.concatenate([clip_bits[v], frame_bits[v][mask[v]]], axis=0) for v in range(num_videos)]
@@ -391,7 +424,7 @@ class TokenStore:
         self, ids: np.ndarray, blocks: list[np.ndarray], clip_counts: np.ndarray, frame_counts: np.ndarray
     ) -> None:
         """Write blocks after the committed end of the last shard(s), fsync, then commit the index."""
-        row_bytes = self.dim * BYTES_PER_VALUE
+        row_bytes = self.dim * self._value_bytes
         shard_of = np.empty(len(ids), dtype=np.int32)
         row_of = np.empty(len(ids), dtype=np.int64)
         pending: dict[int, list[np.ndarray]] = {}
@@ -465,7 +498,7 @@ class TokenStore:
                 assert mapped is not None
                 blocks.append(np.asarray(mapped[self._row[entry] : self._row[entry] + rows]))
             generation = int(self._meta["generation"]) + 1
-            state = self._empty_state(self.dim, self.normalized)
+            state = self._empty_state(self.dim, self.normalized, self.dtype)
             state["meta"]["generation"] = generation
             ids, clips, frames = self._ids[live], self._n_clip[live], self._n_frame[live]
             self._set_state(state)

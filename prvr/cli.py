@@ -319,13 +319,15 @@ def _text_backbone(spec: str | None) -> dict[str, Any] | None:
               help="Moment localiser checkpoint, copied into the index; `prvr query` then shows moments.")
 @click.option("--candidates", default=None, type=click.IntRange(min=1),
               help="Default candidate videos per query (default 200, or the previous generation's).")
+@click.option("--token-dtype", default="bfloat16", show_default=True, type=click.Choice(["bfloat16", "float32"]),
+              help="Re-rank token store precision of a new index (float32: scores equal `prvr eval`'s, 2x bytes).")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @_fail_cleanly
 def build_index_command(checkpoint: str, root: str, collection: str, split: str, index_dir: str,
                         video_feature: str | None, text_feature: str | None, factory: str | None,
                         text_backbone: str | None, moment_checkpoint: str | None, candidates: int | None,
-                        batch_size: int, no_progress: bool) -> None:
+                        token_dtype: str, batch_size: int, no_progress: bool) -> None:
     """Encode a split's videos once and index their clip and frame tokens (a new generation, committed last)."""
     from index.builder import build_index
     from prvr.checkpoint import read_checkpoint
@@ -335,7 +337,8 @@ def build_index_command(checkpoint: str, root: str, collection: str, split: str,
     corpus = _open_corpus(root, collection, split, config, expected_video_dim=config.model.video_dim)
     result = build_index(checkpoint, corpus, index_dir, collection_name=collection, factory=factory,
                          batch_size=batch_size, text_backbone=_text_backbone(text_backbone),
-                         n_candidates=candidates, moment_checkpoint=moment_checkpoint, progress=not no_progress)
+                         n_candidates=candidates, moment_checkpoint=moment_checkpoint, token_dtype=token_dtype,
+                         progress=not no_progress)
     click.echo(json.dumps({"index": str(index_dir), "generation": result.generation_id,
                            "videos": result.num_videos, "new_videos": result.new_videos, "tokens": result.ntotal}))
 

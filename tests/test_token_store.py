@@ -187,3 +187,34 @@ def test_invalid_inputs_raise_clear_errors(tmp_path):
         store.get([0, 5])
     assert store.get([5]).clip.shape == (1, 6, DIM)
     assert len(store) == 4
+
+
+def test_float32_store_keeps_exact_values(tmp_path):
+    from index.rerank import exact_rerank
+    from index.protocol import Candidates
+
+    rng = np.random.default_rng(4)
+    clip = rng.standard_normal((5, 3, 16)).astype(np.float32)
+    frame = rng.standard_normal((5, 6, 16)).astype(np.float32)
+    mask = np.ones((5, 6), dtype=bool)
+    mask[2, 4:] = False
+    store = TokenStore(tmp_path / "f32", 16, dtype="float32")
+    store.append(np.arange(5), clip, frame, mask)
+    reopened = TokenStore(tmp_path / "f32", read_only=True)
+    assert reopened.dtype == "float32" and reopened.nbytes == (15 + 28) * 16 * 4
+    got = reopened.get([2, 0])
+    unit = clip / np.linalg.norm(clip, axis=-1, keepdims=True)
+    np.testing.assert_allclose(got.clip[1].numpy(), unit[0], rtol=0, atol=1e-7)
+    assert got.frame_mask[0].sum() == 4
+    query = rng.standard_normal((2, 16)).astype(np.float32)
+    candidates = [Candidates(np.arange(5, dtype=np.int64), np.zeros(5, dtype=np.float32))] * 2
+    for dtype in (torch.float32, torch.bfloat16):  # bf16 compute on float32 storage works too
+        ranked = exact_rerank(query, candidates, reopened, clip_weight=0.6, frame_weight=0.4, k=5,
+                              compute_dtype=dtype)
+        assert len(ranked[0]) == 5
+    reopened_rw = TokenStore(tmp_path / "f32")
+    reopened_rw.remove([1])
+    reopened_rw.compact()
+    assert reopened_rw.dtype == "float32" and sorted(reopened_rw.video_ids.tolist()) == [0, 2, 3, 4]
+    with pytest.raises(ValueError, match="dtype"):
+        TokenStore(tmp_path / "bad", 16, dtype="float16")
