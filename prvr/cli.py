@@ -232,10 +232,13 @@ def train_command(root: str, collection: str, preset: str, run_dir: str, overrid
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON object.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the metrics JSON here.")
+@click.option("--moment-checkpoint", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Also report moment metrics (R1@IoU, mAP) of this `train-moments` checkpoint on the ground-truth "
+                   "videos (needs timestamps).")
 @_fail_cleanly
 def eval_command(checkpoint: str, root: str, collection: str, split: str, device: str, as_json: bool,
-                 out_path: str | None) -> None:
-    """Evaluate text-to-video retrieval: R@1/5/10/100, SumR, median and mean rank."""
+                 out_path: str | None, moment_checkpoint: str | None = None) -> None:
+    """Evaluate text-to-video retrieval: R@1/5/10/100, SumR, median and mean rank (and moments on request)."""
     from prvr.checkpoint import load_model
     from prvr.engine import evaluate, resolve_device
     from prvr.metrics.retrieval import format_metrics
@@ -245,12 +248,19 @@ def eval_command(checkpoint: str, root: str, collection: str, split: str, device
                           expected_text_dim=config.model.text_dim)
     metrics = evaluate(model, corpus, config.train)
     metrics = {"split": split, "checkpoint": str(checkpoint), **metrics}
+    if moment_checkpoint:
+        from prvr.moments.train import evaluate_checkpoint_on_split
+
+        metrics["moments"] = evaluate_checkpoint_on_split(moment_checkpoint, root, collection, split,
+                                                          retrieval_checkpoint=checkpoint)
     if out_path:
         Path(out_path).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     if as_json:
         click.echo(json.dumps(metrics))
     else:
         click.echo(f"{collection}/{split}: {format_metrics(_headline(metrics))}")
+        if moment_checkpoint:
+            click.echo(f"{collection}/{split} moments: {format_metrics(metrics['moments'])}")
 
 
 @main.command("quickstart")

@@ -112,3 +112,22 @@ def test_build_index_and_query_commands(runner, tmp_path) -> None:
     assert "empty" in empty.output
     missing = run(runner, "query", "a dog", "--index", str(tmp_path), code=1)
     assert "not an index directory" in missing.output
+
+
+def test_eval_reports_moment_metrics_with_a_moment_checkpoint(runner, tmp_path) -> None:
+    data = tmp_path / "data"
+    run(runner, "data", "synth", "--out", str(data), "--train-videos", "30", "--val-videos", "10",
+        "--test-videos", "10", "--seed", "2")
+    features = ("--video-feature", "synth", "--text-feature", "synth")
+    run(runner, "train", "--data", str(data), "--collection", "synth", "--preset", "tiny", "--out",
+        str(tmp_path / "run"), "--set", "train.epochs=1", *features, "--no-progress")
+    run(runner, "train-moments", "--data", str(data), "--collection", "synth", "--preset", "tiny", "--out",
+        str(tmp_path / "moments"), "--set", "epochs=1", *features, "--no-progress")
+    args = ["eval", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--data", str(data), "--collection", "synth",
+            "--split", "test", "--moment-checkpoint", str(tmp_path / "moments" / "best.pt")]
+    result = json.loads(run(runner, *args, "--json").output)
+    assert result["moments"]["queries"] > 0
+    assert set(result["moments"]) >= {"R1@0.3", "R1@0.5", "R1@0.7", "mAP"}
+    assert "moments:" in run(runner, *args).output
+    (data / "synth" / "TextData" / "synthtest.moments.jsonl").unlink()
+    assert "no timestamps" in run(runner, *args, code=1).output

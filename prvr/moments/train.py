@@ -45,6 +45,7 @@ from prvr.moments.spans import span_se_to_cw
 from prvr.types import QueryRecord
 
 __all__ = ["MomentData", "MomentTrainResult", "frame_source", "train_moments", "evaluate_moments",
+           "evaluate_checkpoint_on_split",
            "predict_split", "save_moment_checkpoint", "train_step_proposals"]
 
 logger = logging.getLogger(__name__)
@@ -385,3 +386,30 @@ def train_moments(
     if not best_path.is_file():
         raise RuntimeError(f"no epoch ran (epochs={config.epochs}, resumed at {start_epoch}); raise epochs")
     return MomentTrainResult(best_path, last_path, best_epoch, best_metrics, len(history), history)
+
+
+def evaluate_checkpoint_on_split(moment_checkpoint: str | Path, root: str | Path, collection: str, split: str, *,
+                                 retrieval_checkpoint: str | Path | None = None) -> dict[str, Any]:
+    """Moment metrics of a saved localiser on one split's ground-truth videos (``prvr eval --moment-checkpoint``).
+
+    Args:
+        moment_checkpoint: best.pt / last.pt of `prvr train-moments`.
+        root, collection, split: the data; the split needs a moments sidecar with timestamps.
+        retrieval_checkpoint: the DreamPRVR checkpoint giving the frame tokens of a retrieval-conditioned localiser.
+
+    Returns:
+        ``{"queries": N, "R1@0.3": ..., "mAP": ...}`` in percent.
+    """
+    from prvr.moments.localizer import load_localizer
+
+    localizer = load_localizer(moment_checkpoint)
+    config = localizer.config
+    if config.condition == "retrieval" and retrieval_checkpoint is None:
+        raise ValueError(f"{moment_checkpoint} conditions on retrieval frame tokens; give the retrieval checkpoint")
+    corpus = PRVRCorpus(root, collection, split, config.data, expected_text_dim=config.text_dim)
+    if corpus.moments is None:
+        raise ValueError(f"split {split!r} of {collection!r} has no timestamps ({corpus.moments_file} is missing); "
+                         "moment metrics need that sidecar: drop --moment-checkpoint or pick a split that has it")
+    source = frame_source(corpus, retrieval_checkpoint if config.condition == "retrieval" else None)
+    data = MomentData(corpus, source)
+    return {"queries": len(data), **evaluate_moments(localizer, data, batch_size=config.eval_batch_size)}
