@@ -378,7 +378,8 @@ def query_command(text: str, index_dir: str, k: int, candidates: int | None, no_
     if as_json:
         click.echo(json.dumps([dataclasses.asdict(r) for r in results]))
         return
-    click.echo(f"{'rank':>4}  {'score':>7}  {'video':<24}" + ("  moments (start-end s, score)" if show_moments else ""))
+    header = f"{'rank':>4}  {'score':>7}  {'video':<24}" + ("  moments (start-end s, score)" if show_moments else "")
+    click.echo(header.rstrip())
     for rank, result in enumerate(results, start=1):
         line = f"{rank:>4}  {result.score:>7.4f}  {result.video_id:<24}"
         if show_moments:
