@@ -250,9 +250,25 @@ class Retriever:
                 if load is None:
                     raise RuntimeError(f"{LOCALIZER_MODULE} has no load_localizer(path); update prvr, or search "
                                        "with localize=False (`prvr query --no-moments`)")
-                self._localizer = load(self._moment_checkpoint)
+                localizer = load(self._moment_checkpoint)
+                self._check_localizer(localizer)
+                self._localizer = localizer
                 logger.info("moment localiser loaded from %s", self._moment_checkpoint)
         return self._localizer
+
+    def _check_localizer(self, localizer: Any) -> None:
+        """Refuse a localiser whose config says it reads other video features than the stored frame tokens."""
+        config = getattr(localizer, "config", None)
+        condition = getattr(config, "condition", None)
+        video_dim = getattr(config, "video_dim", None)
+        hidden = self.config.model.hidden_size
+        if condition == "frames" or (video_dim is not None and int(video_dim) != hidden):
+            raise RuntimeError(
+                f"the moment checkpoint {self._moment_checkpoint} conditions on {condition or 'other'} features of "
+                f"width {video_dim}, but the index stores the retrieval model's {hidden}-d frame tokens; train the "
+                "moment model on the retrieval frame tokens (condition 'retrieval') and rebuild the index with that "
+                "--moment-checkpoint, or search with localize=False (`prvr query --no-moments`)"
+            )
 
     # -------------------------------------------------------------------------------------------------- search
 

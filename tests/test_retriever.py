@@ -290,6 +290,20 @@ def test_moment_checkpoint_in_the_manifest_is_loaded_lazily(index_dir, bert_dir,
         results = retriever.search("a man runs", k=2)
         assert retriever._localizer is not None and all(r.moments for r in results)
         assert retriever.search("a man runs", k=2, localize=False)[0].moments == ()
+    # a localiser that reads other video features (raw 384-d frames) than the stored frame tokens is refused
+    import types
+
+    original_load = localizer_module.load_localizer
+
+    def frames_localizer(path):
+        found = original_load(path)
+        found.config = types.SimpleNamespace(condition="frames", video_dim=384)
+        return found
+
+    monkeypatch.setattr(localizer_module, "load_localizer", frames_localizer)
+    with Retriever.load(out, text_encoder=TokenFeatureEncoder(bert_dir)) as retriever:
+        with pytest.raises(RuntimeError, match="condition 'retrieval'"):
+            retriever.search("a man runs", k=2)
     monkeypatch.setattr(retriever_module, "LOCALIZER_MODULE", "prvr_no_such_localizer_module")
     with Retriever.load(out, text_encoder=TokenFeatureEncoder(bert_dir)) as retriever:
         with pytest.raises(RuntimeError, match="cannot be imported"):
