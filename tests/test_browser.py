@@ -105,7 +105,7 @@ def driver():
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def test_search_page_shows_results_with_moment_bars(served, driver) -> None:
+def test_search_page_shows_results_with_moment_bars(driver, served) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as ec
@@ -150,7 +150,7 @@ def test_search_page_shows_results_with_moment_bars(served, driver) -> None:
         assert driver.save_screenshot(shot)
 
 
-def test_search_page_shows_errors(served, driver) -> None:
+def test_search_page_shows_errors(driver, served) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
