@@ -17,9 +17,11 @@ from prvr.moments.denoiser import MomentDenoiser, SpanDiffusion, random_spans_cw
 
 def _config(decoder: str) -> MomentConfig:
     base = load_moment_preset("tiny")
+    extras = decoder.endswith("+")  # the optional RoI query features and relevance-in-memory
+    decoder = decoder.rstrip("+")
     layers = 2 if decoder == "momentdiff" else 3
     return dataclasses.replace(base, video_dim=12, text_dim=10, decoder=decoder, decoder_layers=layers,
-                               roi_points=4, dynamic_dim=8)
+                               roi_points=4, dynamic_dim=8, decoder_roi=extras, relevance_feature=extras)
 
 
 def _inputs(seed: int = 0):
@@ -34,7 +36,7 @@ def _inputs(seed: int = 0):
     return video, video_mask, text, text_mask
 
 
-@pytest.mark.parametrize("decoder", ["momentdiff", "diffusionvmr"])
+@pytest.mark.parametrize("decoder", ["momentdiff", "diffusionvmr", "momentdiff+", "diffusionvmr+"])
 def test_decoder_shapes_ranges_and_determinism(decoder: str) -> None:
     config = _config(decoder)
     torch.manual_seed(0)

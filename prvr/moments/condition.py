@@ -74,6 +74,8 @@ class ConditionGenerator(nn.Module):
         self.global_token = nn.Parameter(torch.zeros(1, 1, dim))
         nn.init.normal_(self.global_token, std=0.02)
         self.relevance_head = nn.Linear(dim, 1)
+        # Optional (ours): the decoder reads the relevance too, so span confidence can follow the frame relevance.
+        self.relevance_embedding = nn.Linear(1, dim) if config.relevance_feature else None
 
     def forward(self, video: Tensor, video_mask: Tensor, text: Tensor, text_mask: Tensor) -> Condition:
         """Build the condition of B (query, video) pairs.
@@ -100,6 +102,8 @@ class ConditionGenerator(nn.Module):
             h = layer(h, key_mask=mask)
         memory = h[:, 1:]  # (B, F, D)
         relevance = self.relevance_head(memory).squeeze(-1).masked_fill(~video_mask, 0.0)  # (B, F)
+        if self.relevance_embedding is not None:
+            memory = memory + self.relevance_embedding(relevance.sigmoid()[..., None])  # (B, F, D)
         return Condition(memory, video_mask, relevance)
 
 

@@ -57,10 +57,12 @@ class MomentConfig:
     dropout: float = 0.1
     cross_layers: int = 2
     encoder_layers: int = 2
+    relevance_feature: bool = False  # add Linear(1 -> D)(sigmoid(s_i)) to the memory the decoder reads (ours)
     # decoder
     decoder: Literal["momentdiff", "diffusionvmr"] = "momentdiff"
     decoder_layers: int = 2  # MomentDiff 2; DiffusionVMR 6
     roi_points: int = 16  # DiffusionVMR: points sampled inside each span by linear interpolation
+    decoder_roi: bool = False  # MomentDiff: add the RoI-pooled memory inside each span to its query (spec: allowed)
     dynamic_dim: int = 64  # DiffusionVMR: width of the dynamic interaction's hidden map
     # diffusion
     diffusion_steps: int = 1000  # T

@@ -136,6 +136,9 @@ class MomentDiffDecoder(SpanDecoder):
         )
         self.span_head = nn.Linear(dim, 2)
         self.class_head = nn.Linear(dim, 2)
+        # Optional RoI pooling of M inside the current span, added to the span query (DenoiseLoc / DiffusionVMR).
+        self.roi_points = config.roi_points
+        self.roi_projection = nn.Linear(dim, dim) if config.decoder_roi else None
 
     def forward(self, spans_cw: Tensor, t: Tensor, condition: Condition) -> DecoderOutput:
         memory_position = sine_code(row_frame_positions(condition.mask), self.dim)  # (B, F, D)
@@ -144,6 +147,9 @@ class MomentDiffDecoder(SpanDecoder):
         spans, logits = [], []
         for layer in self.layers:
             position = self.span_position(span_code(reference, self.dim))  # (B, Q, D)
+            if self.roi_projection is not None:
+                rois = roi_align_1d(condition.memory, condition.mask, span_cw_to_se(reference), self.roi_points)
+                h = h + self.roi_projection(rois.mean(2))  # (B, Q, D)
             h = layer(h, position, condition.memory, memory_position, condition.mask)
             layer_spans = self.span_head(h).sigmoid()  # (B, Q, 2)
             spans.append(layer_spans)
