@@ -291,6 +291,59 @@ class RequestLogMiddleware:
             logger.info("%s %s %d %.1fms", scope["method"], scope["path"], status, latency_ms)
 
 
+class BodyLimitMiddleware:
+    """Refuses request bodies over ``max_bytes`` with a JSON 413: by Content-Length when it is sent, else by reading
+    the (chunked) body up to the limit and handing the buffered body on."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        message = f"request body over {self.max_bytes} bytes; send fewer or shorter queries per request"
+        await _error_response(413, "too_large", message)(scope, receive, send)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers", ()))
+        length = headers.get(b"content-length")
+        if length is not None:
+            if length.isdigit() and int(length) > self.max_bytes:
+                await self._refuse(scope, receive, send)
+                return
+            await self.app(scope, receive, send)  # the server stops at Content-Length
+            return
+        if b"transfer-encoding" not in headers:
+            await self.app(scope, receive, send)  # no body
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._refuse(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
 # ------------------------------------------------------------------------------------------------ the app
 
 
@@ -358,6 +411,8 @@ def create_app(settings: ServiceSettings, *, loader: Callable[[Path], Retriever]
     )
     app.state.holder = holder
     app.state.settings = settings
+    # the largest useful body: max_batch queries of max_query_chars characters (4 bytes each in UTF-8), plus slack
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_batch * settings.max_query_chars * 4 + 4096)
     app.add_middleware(RequestLogMiddleware)
 
     # ---------------------------------------------------------------------------------------- errors
