@@ -401,5 +401,9 @@ from prvr.commands.extract_cli import extract_command  # noqa: E402  (own module
 
 main.add_command(extract_command)
 
+from prvr.commands.demo_cli import demo_command  # noqa: E402  (own module)
+
+main.add_command(demo_command)
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

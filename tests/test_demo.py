@@ -1,0 +1,265 @@
+"""The embedded demo: generator structure and determinism, the cached staged build, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from prvr.demo import build as demo_build
+from prvr.demo.build import DemoSettings, build_demo, demo_dir, read_manifest, read_timelines
+from prvr.demo.examples import answer_examples, pick_test_queries
+from prvr.demo.generator import (
+    MAX_SECONDS,
+    MIN_EVENT_SECONDS,
+    MIN_SECONDS,
+    generate_corpus,
+    generate_video,
+)
+from prvr.demo.vocabulary import ACTIONS, PLACES, SUBJECTS, THINGS
+
+SPLITS = {"train": 40, "val": 10, "test": 10}
+ACTION_OF = {a.key: a for a in ACTIONS}
+THING_OF = {t.key: t for t in THINGS}
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z]+|[^a-z\s]", text.lower())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# generator
+
+
+def test_generator_is_deterministic_and_seeded() -> None:
+    first, second = generate_corpus(3, SPLITS), generate_corpus(3, SPLITS)
+    assert [v.to_dict() for v in first] == [v.to_dict() for v in second]
+    other = generate_corpus(4, SPLITS)
+    assert [v.to_dict()["events"] for v in other] != [v.to_dict()["events"] for v in first]
+    # a video does not depend on the sizes of the splits
+    assert generate_video(3, "test", 5).to_dict() == generate_corpus(3, {"train": 2, "test": 9})[2 + 5].to_dict()
+
+
+def test_generator_structure() -> None:
+    videos = generate_corpus(0, {"train": 300, "val": 50, "test": 50})
+    assert len({v.video_id for v in videos}) == len(videos)
+    coverages = []
+    for video in videos:
+        assert MIN_SECONDS <= video.duration <= MAX_SECONDS
+        assert 3 <= len(video.events) <= 8
+        previous_end = 0.0
+        for event in video.events:
+            assert 0.0 <= previous_end <= event.start < event.end <= video.duration  # ordered, disjoint, inside
+            assert event.end - event.start >= MIN_EVENT_SECONDS - 0.11  # one decimal of rounding at each end
+            previous_end = event.end
+            action = ACTION_OF[event.action]
+            assert event.place == video.place and video.place in action.places
+            assert (event.thing == "") == (not action.things)
+            if event.thing:
+                assert event.thing in action.things
+                assert not THING_OF[event.thing].places or video.place in THING_OF[event.thing].places
+        coverages.append(sum(e.end - e.start for e in video.events) / video.duration)
+    assert 0.55 <= float(np.mean(coverages)) <= 0.95 and max(coverages) < 1.0  # partial coverage: gaps exist
+    lengths = [e.end - e.start for v in videos for e in v.events]
+    assert np.std(lengths) > 5.0  # events of varying length
+    seen = {(e.action, e.place) for v in videos for e in v.events}
+    assert ("walk", "beach") in seen and ("play_music", "stage") in seen and ("cook", "kitchen") in seen
+    assert {v.place for v in videos} == {p.key for p in PLACES}
+    assert {e.subject for v in videos for e in v.events} == {s.key for s in SUBJECTS}
+
+
+def _uses_one_of(sentence: str, forms: tuple[tuple[str, str], ...]) -> bool:
+    """The sentence holds one of the verb forms, words before the object slot and after it in order."""
+    text = " " + " ".join(_words(sentence)) + " "
+    for pair in forms:
+        for form in pair:
+            head, _, tail = form.partition("{o}")
+            head, tail = " ".join(_words(head)), " ".join(_words(tail))
+            at = text.find(f" {head} ")
+            if at >= 0 and (not tail or f" {tail} " in text[at + len(head):]):
+                return True
+    return False
+
+
+def test_query_is_a_different_wording_than_the_caption() -> None:
+    overlaps = []
+    for action in ACTIONS:  # the two annotators' verb phrases are disjoint lists
+        assert not set(action.caption) & set(action.query)
+    for thing in THINGS:
+        assert not set(thing.caption) & set(thing.query)
+    for video in generate_corpus(1, {"train": 200}):
+        for event in video.events:
+            caption, query = set(_words(event.caption)), set(_words(event.query))
+            assert _words(event.query) != _words(event.caption)
+            action = ACTION_OF[event.action]
+            assert _uses_one_of(event.caption, action.caption) and _uses_one_of(event.query, action.query)
+            overlaps.append(len(caption & query) / len(caption | query))
+    assert float(np.mean(overlaps)) < 0.35  # two wordings, not one sentence with a word swapped
+
+
+def test_generator_rejects_bad_splits() -> None:
+    with pytest.raises(ValueError, match="positive video counts"):
+        generate_corpus(0, {"train": 0})
+    with pytest.raises(ValueError, match="split name"):
+        generate_corpus(0, {"a b": 2})
+
+
+def test_settings_and_cache_location(tmp_path, monkeypatch) -> None:
+    with pytest.raises(ValueError, match="at least 20 videos"):
+        DemoSettings(videos=5)
+    settings = DemoSettings(seed=7, videos=100)
+    assert settings.splits() == {"train": 70, "val": 15, "test": 15}
+    monkeypatch.setenv("PRVR_CACHE", str(tmp_path / "c"))
+    assert demo_dir(settings).parent == tmp_path / "c" / "demo" and "s7-n100" in demo_dir(settings).name
+    monkeypatch.delenv("PRVR_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
+    assert demo_dir(settings).parent == tmp_path / "x" / "prvr" / "demo"
+    assert settings.digest() != DemoSettings(seed=8, videos=100).digest()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the staged, cached build (tiny random encoders built here; the packaged MiniLMs are used by the slow CLI test)
+
+
+@pytest.fixture(scope="module")
+def tiny_encoders(tmp_path_factory):
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    from prvr.text_encoders import TokenFeatureEncoder
+
+    texts = [v.idle_caption + " " + e.caption + " " + e.query for v in generate_corpus(0, SPLITS) for e in v.events]
+    words = sorted({w for text in texts for w in _words(text)} | set("someone walks a dog on the beach".split()))
+    encoders = {}
+    for name, seed, dim in (("camera", 1, 24), ("text", 2, 16)):
+        folder = tmp_path_factory.mktemp(name)
+        (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+        BertTokenizer(str(folder / "vocab.txt")).save_pretrained(str(folder))
+        torch.manual_seed(seed)
+        config = BertConfig(vocab_size=5 + len(words), hidden_size=dim, num_hidden_layers=1, num_attention_heads=2,
+                            intermediate_size=32, max_position_embeddings=64)
+        BertModel(config).save_pretrained(str(folder))
+        encoders[name] = TokenFeatureEncoder(folder, name=f"tiny-{name}", max_tokens=30)
+    return encoders
+
+
+SMALL = DemoSettings(seed=0, videos=24, epochs=1, moment_epochs=1, moment_queries=40)
+
+
+@pytest.fixture(scope="module")
+def small_demo(tmp_path_factory, tiny_encoders):
+    cache = tmp_path_factory.mktemp("cache")
+    backbone = {"id": tiny_encoders["text"].encoder_id, "path": str(tiny_encoders["text"].model_dir)}
+    kwargs = {"cache_root": cache, "progress": False, "encoders": tiny_encoders, "text_backbone": backbone}
+    stages: list[tuple[str, str]] = []
+    first = build_demo(SMALL, on_stage=lambda stage, status: stages.append((stage, status)), **kwargs)
+    return {"first": first, "stages": stages, "kwargs": kwargs}
+
+
+def test_build_writes_every_stage_and_a_queryable_index(small_demo) -> None:
+    first = small_demo["first"]
+    assert first.built == ("corpus", "model", "moments", "index")
+    assert [s for s in small_demo["stages"] if s[1] != "build"] == [(s, "done") for s in first.built]
+    manifest = read_manifest(first.directory)
+    assert manifest is not None and set(manifest["stages"]) == {"corpus", "model", "moments", "index"}
+    assert first.checkpoint.is_file() and first.moment_checkpoint is not None and first.moment_checkpoint.is_file()
+    corpus = first.facts["corpus"]
+    assert corpus["videos"] == SMALL.splits() and corpus["text_encoder"].startswith("tiny-text@")
+    timelines = read_timelines(first.directory)
+    assert len(timelines) == SMALL.videos
+    assert first.facts["index"]["videos"] == SMALL.videos and first.facts["index"]["moments"] is True
+
+    # the index answers free text through the recorded text backbone, with moments inside the video
+    answers = answer_examples(first.index_dir, timelines, ["someone walks a dog on the beach"],
+                              pick_test_queries(timelines, seed=0, count=2), k=3)
+    assert len(answers) == 3 and all(len(a.hits) == 3 for a in answers)
+    for answer in answers:
+        scores = [hit.score for hit in answer.hits]
+        assert scores == sorted(scores, reverse=True)
+        for hit in answer.hits:
+            assert hit.video_id in timelines and hit.true_event is not None
+            duration = timelines[hit.video_id]["duration"]
+            assert hit.moments and all(0.0 <= m.start_sec <= m.end_sec <= duration for m in hit.moments)
+    test_answers = answers[:2]
+    assert all(a.target is not None and timelines[a.target[0]]["split"] == "test" for a in test_answers)
+    for answer in test_answers:
+        assert (answer.target_rank is not None) == any(h.is_target for h in answer.hits)
+
+
+def test_second_run_reuses_the_cache(small_demo) -> None:
+    first = small_demo["first"]
+    before = first.checkpoint.stat().st_mtime_ns
+    stages: list[tuple[str, str]] = []
+    second = build_demo(SMALL, on_stage=lambda stage, status: stages.append((stage, status)),
+                        **small_demo["kwargs"])
+    assert second.built == () and stages == [(s, "reuse") for s in ("corpus", "model", "moments", "index")]
+    assert first.checkpoint.stat().st_mtime_ns == before
+    assert second.facts == first.facts
+
+
+def test_a_stage_cut_off_by_a_killed_run_is_rebuilt(small_demo) -> None:
+    first = small_demo["first"]
+    manifest_path = first.directory / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["stages"]["index"]  # what a run killed during the index stage leaves: no record of it
+    manifest_path.write_text(json.dumps(manifest))
+    shutil.rmtree(first.index_dir)
+    first.index_dir.mkdir()
+    (first.index_dir / "index.db").write_bytes(b"half written")
+    rebuilt = build_demo(SMALL, **small_demo["kwargs"])
+    assert rebuilt.built == ("index",)
+    assert read_manifest(first.directory)["stages"]["index"]["facts"]["videos"] == SMALL.videos
+    answers = answer_examples(rebuilt.index_dir, read_timelines(first.directory), ["a man plays the guitar"], k=2)
+    assert len(answers[0].hits) == 2
+
+
+def test_changed_files_fail_verification(small_demo) -> None:
+    directory = small_demo["first"].directory
+    record = read_manifest(directory)["stages"]["corpus"]
+    assert demo_build._verified(directory, record)
+    captions = directory / next(name for name in record["files"] if name.endswith("demotest.caption.txt"))
+    original = captions.read_bytes()
+    try:
+        captions.write_bytes(original + b"x")
+        assert not demo_build._verified(directory, record)
+    finally:
+        captions.write_bytes(original)
+    assert not demo_build._verified(directory, None)
+    assert read_manifest(directory / "nowhere") is None
+
+
+def test_cli_help_lists_the_options() -> None:
+    from prvr.cli import main
+
+    result = CliRunner().invoke(main, ["demo", "--help"])
+    assert result.exit_code == 0
+    for option in ("--rebuild", "--cache-dir", "--seed", "--videos", "--epochs"):
+        assert option in result.output
+
+
+@pytest.mark.slow
+def test_cli_end_to_end_with_the_packaged_encoders(tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
+    from prvr.cli import main
+    from prvr.text_encoders import find_minilm_l3_onnx, find_minilm_l6_dir
+
+    try:
+        find_minilm_l3_onnx(), find_minilm_l6_dir()
+    except RuntimeError as error:
+        pytest.skip(str(error))
+    runner = CliRunner()
+    args = ["demo", "--cache-dir", str(tmp_path), "--videos", "30", "--epochs", "1", "--no-progress", "-k", "2"]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "does not look at pixels" in result.output and "train the retrieval model: done" in result.output
+    match = re.search(r'query "someone walks a dog on the beach" --index (\S+)', result.output)
+    assert match is not None
+    again = runner.invoke(main, args)
+    assert again.exit_code == 0 and "train the retrieval model: cached" in again.output
+    assert "built " not in again.output
+    query = runner.invoke(main, ["query", "someone walks a dog on the beach", "--index", match.group(1), "-k", "3"])
+    assert query.exit_code == 0, query.output
