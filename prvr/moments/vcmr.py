@@ -4,7 +4,9 @@ Shape letters: K retrieved videos of one query, M moments per video.
 
 ``exp`` mode: score(v, m) = exp(alpha * S(q, v)) * p_fg(m) (alpha ~ 20-30 for cosine scores; computed as
 exp(alpha * (S - max S)) so large alphas cannot overflow: one positive factor per query, the ranking is the same).
-``softmax`` mode: softmax_k(alpha * S(q, v_k)) * p_fg(m), a probability over the K videos times the moment's.
+``softmax`` mode: softmax_k(alpha * S(q, v_k)) * p_fg(m), a probability over the K videos times the moment's. Within
+one query it ranks exactly like ``exp`` (it divides by a per-query constant); it differs only where scores of
+different queries are compared (thresholds, calibration).
 """
 
 from __future__ import annotations
