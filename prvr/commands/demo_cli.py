@@ -71,6 +71,9 @@ def demo_command(rebuild: bool, cache_dir: str | None, seed: int, videos: int | 
     from prvr.demo.build import DemoSettings, build_demo, demo_dir, read_timelines
     from prvr.demo.examples import FREE_QUERIES, answer_examples, pick_test_queries
 
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # its per-load "Loading weights" bar is noise between the stages
     defaults = DemoSettings()
     settings = DemoSettings(seed=seed, videos=videos or defaults.videos, epochs=epochs or defaults.epochs)
     click.echo(WHAT_THE_DEMO_IS)
