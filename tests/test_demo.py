@@ -217,6 +217,32 @@ def test_a_stage_cut_off_by_a_killed_run_is_rebuilt(small_demo) -> None:
     assert len(answers[0].hits) == 2
 
 
+def test_a_training_cut_off_resumes_from_last_checkpoint(small_demo) -> None:
+    first = small_demo["first"]
+    manifest_path = first.directory / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    for stage in ("model", "moments", "index"):  # killed during training: the corpus record is all that was written
+        del manifest["stages"][stage]
+    manifest_path.write_text(json.dumps(manifest))
+    last = first.checkpoint.parent / "last.pt"
+    stamp = last.stat().st_mtime_ns
+    rebuilt = build_demo(SMALL, **small_demo["kwargs"])
+    assert rebuilt.built == ("model", "moments", "index")
+    assert last.stat().st_mtime_ns == stamp  # resumed after the epoch in last.pt: nothing trained again
+    assert rebuilt.facts["model"]["epochs_run"] == SMALL.epochs
+    assert rebuilt.facts["index"]["videos"] == SMALL.videos
+
+    # without its best.pt (deleted by hand), the stage trains afresh instead of failing
+    manifest = json.loads(manifest_path.read_text())
+    for stage in ("model", "moments", "index"):
+        del manifest["stages"][stage]
+    manifest_path.write_text(json.dumps(manifest))
+    first.checkpoint.unlink()
+    again = build_demo(SMALL, **small_demo["kwargs"])
+    assert again.built == ("model", "moments", "index") and again.checkpoint.is_file()
+    assert last.stat().st_mtime_ns != stamp
+
+
 def test_changed_files_fail_verification(small_demo) -> None:
     directory = small_demo["first"].directory
     record = read_manifest(directory)["stages"]["corpus"]

@@ -381,16 +381,19 @@ def _train_model(directory: Path, settings: DemoSettings, progress: bool,
     config = _experiment_config(settings, train.video_dim, train.text_dim)
     val = PRVRCorpus(root, DEMO_COLLECTION, "val", config.data, expected_video_dim=train.video_dim,
                      expected_text_dim=train.text_dim)
-    resume = (run_dir / "last.pt").is_file()
-    if resume:
+    result = None
+    if (run_dir / "last.pt").is_file():  # a training cut off by a killed run continues where it stopped
         logger.info("resuming the demo training from %s", run_dir / "last.pt")
-    try:
-        result = fit(config, train, val, run_dir, resume=resume, progress=progress, on_epoch=on_epoch)
-    except ValueError:
-        if not resume:
-            raise
-        logger.warning("cannot resume %s (another config); training from scratch", run_dir)
-        shutil.rmtree(run_dir)
+        try:
+            result = fit(config, train, val, run_dir, resume=True, progress=progress, on_epoch=on_epoch)
+        except ValueError as error:
+            logger.warning("cannot resume %s (%s); training from scratch", run_dir, error)
+        if result is not None and not (run_dir / "best.pt").is_file():
+            logger.warning("%s has last.pt but no best.pt; training from scratch", run_dir)
+            result = None
+        if result is None:
+            shutil.rmtree(run_dir)
+    if result is None:
         result = fit(config, train, val, run_dir, progress=progress, on_epoch=on_epoch)
     test_metrics = _test_metrics(run_dir / "best.pt", root)
     facts = {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
@@ -439,10 +442,21 @@ def _train_moments(directory: Path, settings: DemoSettings, progress: bool,
     config = dataclasses.replace(load_moment_preset("tiny"), epochs=settings.moment_epochs,
                                  patience=settings.patience, seed=settings.seed, threads=0)
     out = _stage_dir(directory, "moments")
-    resume = (out / "last.pt").is_file()
-    result = trainer(_data_root(directory), DEMO_COLLECTION, out, None if resume else config,
-                     retrieval_checkpoint=_stage_dir(directory, "model") / "best.pt", resume=resume,
-                     progress=progress, max_train_queries=settings.moment_queries, on_epoch=on_epoch)
+
+    def train(resume: bool) -> Any:
+        return trainer(_data_root(directory), DEMO_COLLECTION, out, None if resume else config,
+                       retrieval_checkpoint=_stage_dir(directory, "model") / "best.pt", resume=resume,
+                       progress=progress, max_train_queries=settings.moment_queries, on_epoch=on_epoch)
+
+    result = None
+    if (out / "last.pt").is_file():  # cut off by a killed run: continue from its last epoch
+        try:
+            result = train(resume=True)
+        except (ValueError, RuntimeError, KeyError) as error:
+            logger.warning("cannot resume the moment training in %s (%s); training from scratch", out, error)
+            shutil.rmtree(out)
+    if result is None:
+        result = train(resume=False)
     facts = {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
              "val": {k: round(float(v), 2) for k, v in result.best_metrics.items() if k.startswith(("R1@", "mAP"))}}
     return [Path(result.best_path)], facts
