@@ -255,6 +255,10 @@ def test_changed_files_fail_verification(small_demo) -> None:
     finally:
         captions.write_bytes(original)
     assert not demo_build._verified(directory, None)
+    index_record = dict(read_manifest(directory)["stages"]["index"])
+    assert demo_build._verified(directory, index_record)
+    index_record["facts"] = {**index_record["facts"], "text_backbone_path": str(directory / "moved-away")}
+    assert not demo_build._verified(directory, index_record)  # a moved text backbone: the index is rebuilt
     assert read_manifest(directory / "nowhere") is None
 
 

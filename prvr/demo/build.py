@@ -227,6 +227,11 @@ def _verified(directory: Path, record: Any) -> bool:
     facts = record.get("facts", {})
     if isinstance(facts, dict) and facts.get("skipped") and _moment_trainer()[0] is not None:
         return False  # the moment model was skipped for want of its module, which is installed now
+    backbone = facts.get("text_backbone_path") if isinstance(facts, dict) else None
+    if backbone and not Path(backbone).is_dir():
+        logger.warning("demo cache: the index's text backbone %s is gone (reinstalled elsewhere?); rebuilding the "
+                       "index", backbone)
+        return False
     return True
 
 
@@ -484,7 +489,8 @@ def _build_index(directory: Path, settings: DemoSettings, moment_checkpoint: Pat
         text_backbone = {"id": f"{MINILM_L6_NAME}@{file_digest(path / 'model.safetensors')[:12]}",
                          "path": str(path.resolve())}
     kwargs: dict[str, Any] = {}
-    facts: dict[str, Any] = {"text_backbone": text_backbone["id"], "moments": False}
+    facts: dict[str, Any] = {"text_backbone": text_backbone["id"], "text_backbone_path": text_backbone.get("path"),
+                             "moments": False}
     if moment_checkpoint is not None:
         if "moment_checkpoint" in inspect.signature(build_index).parameters:
             kwargs["moment_checkpoint"] = moment_checkpoint
