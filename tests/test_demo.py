@@ -187,7 +187,8 @@ def test_build_writes_every_stage_and_a_queryable_index(small_demo) -> None:
     test_answers = answers[:2]
     assert all(a.target is not None and timelines[a.target[0]]["split"] == "test" for a in test_answers)
     for answer in test_answers:
-        assert (answer.target_rank is not None) == any(h.is_target for h in answer.hits)
+        assert answer.target_rank is not None and 1 <= answer.target_rank <= SMALL.videos
+        assert (answer.target_rank <= 3) == any(h.is_target for h in answer.hits)
 
 
 def test_second_run_reuses_the_cache(small_demo) -> None:

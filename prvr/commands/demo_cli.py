@@ -122,7 +122,7 @@ def demo_command(rebuild: bool, cache_dir: str | None, seed: int, videos: int | 
         click.echo(f'\n  "{answer.query}"')
         if answer.target is not None:
             video_id, window = answer.target
-            found = f"found at rank {answer.target_rank}" if answer.target_rank else f"not in the top {k}"
+            found = f"it ranks {answer.target_rank} of {build.facts['index']['videos']}"
             click.echo(f"    held-out query written about {video_id} at {_window(*window)}: {found}")
         for hit in answer.hits:
             moment = f"  moment {_window(hit.moments[0].start_sec, hit.moments[0].end_sec)}" if hit.moments else ""

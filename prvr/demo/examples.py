@@ -57,7 +57,7 @@ class ExampleAnswer:
     Attributes:
         query: the sentence.
         target: (video id, (start, end)) for a held-out test query, None for a free sentence.
-        target_rank: rank of the target video among all indexed videos when found in the top ``k``, else None.
+        target_rank: rank of the target video among all indexed videos (None for a free sentence).
         hits: the top ``k``.
     """
 
@@ -133,5 +133,10 @@ def answer_examples(
                 shown.append(ExampleHit(rank, hit.video_id, float(hit.score), tuple(hit.moments),
                                         dict(event) if event is not None else None, how, is_target))
             target_rank = next((h.rank for h in shown if h.is_target), None)
+            if target is not None and target_rank is None:  # its rank among every indexed video
+                everything = retriever.search(text, k=retriever.num_videos, n_candidates=retriever.num_videos,
+                                              localize=False)
+                target_rank = next((rank for rank, hit in enumerate(everything, start=1)
+                                    if hit.video_id == target[0]), None)
             answers.append(ExampleAnswer(text, target, target_rank, tuple(shown)))
     return answers
