@@ -252,3 +252,59 @@ def test_rewrite_manifest_only_changes_search_settings(setup, tmp_path) -> None:
         rewrite_manifest(out, dataclasses.replace(changed, checkpoint_sha256="0" * 64))
     with Retriever.load(out) as retriever:
         assert retriever._default_candidates(None) == 7
+
+
+REMOVE_CHILD = textwrap.dedent(
+    """
+    import sys, time
+    from index import builder
+    from index.faiss_store import FaissTokenIndex
+
+    original = FaissTokenIndex.save
+
+    def slow_save(self, directory):  # the kill lands between the token-store copy and the activation
+        print("saving", flush=True)
+        time.sleep(5)
+        return original(self, directory)
+
+    FaissTokenIndex.save = slow_save
+    builder.remove_videos(sys.argv[1], sys.argv[2:])
+    print("done", flush=True)
+    """
+)
+
+
+def test_killed_remove_leaves_previous_generation(setup, tmp_path) -> None:
+    import shutil
+
+    from index.builder import remove_videos
+
+    out = tmp_path / "index"
+    shutil.copytree(setup["out"], out)
+    val = setup["val"]
+    with Retriever.load(out) as retriever:
+        before = _all_results(retriever, val, 5)
+        first_generation = retriever.generation_id
+    script = tmp_path / "child.py"
+    script.write_text(REMOVE_CHILD)
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    child = subprocess.Popen([sys.executable, str(script), str(out), *val.video_ids[:3]], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env, cwd=str(REPO))
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "saving", child.stderr.read() if child.stderr else ""
+        time.sleep(float(np.random.default_rng(99).uniform(0.0, 1.0)))
+        child.kill()
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == -9
+    with Retriever.load(out) as retriever:  # the old generation is active and answers as before
+        assert retriever.generation_id == first_generation and retriever.num_videos == 30
+        assert _all_results(retriever, val, 5) == before
+    result = remove_videos(out, val.video_ids[:3])  # the next writer cleans up and succeeds
+    assert result.num_videos == 27
+    with open_database(out / DB_NAME) as db:
+        assert db.generations(GenerationStatus.BUILDING) == []
