@@ -244,10 +244,11 @@ def main() -> int:
             server.kill()
             server.wait()
     source = manifest.data_source
+    home = str(Path.home())
     report = {
-        "command": "python " + " ".join([sys.argv[0], *sys.argv[1:]]),
+        "command": "python " + " ".join([sys.argv[0], *sys.argv[1:]]).replace(home, "~"),
         "setup": {
-            "index": str(args.index),
+            "index": str(args.index).replace(home, "~"),
             "generation": health["generation_directory"],
             "num_videos": health["num_videos"],
             "collection": source.get("collection"),
