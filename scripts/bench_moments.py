@@ -91,14 +91,15 @@ def _data_for(localizer: DiffusionMomentLocalizer, root: str, collection: str, s
     return MomentData(corpus, frame_source(corpus), max_queries)
 
 
-def accuracy(localizer: DiffusionMomentLocalizer, data: MomentData, batch_size: int) -> dict[str, Any]:
+def accuracy(localizer: DiffusionMomentLocalizer, data: MomentData, batch_size: int, spans: int | None = None,
+             steps: int | None = None) -> dict[str, Any]:
     started = time.perf_counter()
-    predictions = predict_split(localizer, data, batch_size=batch_size)
+    predictions = predict_split(localizer, data, batch_size=batch_size, num_spans=spans, steps=steps)
     seconds = time.perf_counter() - started
     curves = {p["qid"]: np.asarray(p["relevance"]) for p in predictions}
-    return {"queries": len(data), "spans": localizer.config.num_spans, "steps": localizer.config.sampling_steps,
-            "denoiser": _metrics(predictions, data), "relevance_baseline": _curve_baseline(data, curves),
-            "wall_s": round(seconds, 1)}
+    return {"queries": len(data), "spans": spans or localizer.config.num_spans,
+            "steps": steps or localizer.config.sampling_steps, "denoiser": _metrics(predictions, data),
+            "relevance_baseline": _curve_baseline(data, curves), "wall_s": round(seconds, 1)}
 
 
 def _median_ms(function: Any, repeats: int) -> float:
@@ -140,7 +141,8 @@ def grid(localizer: DiffusionMomentLocalizer, data: MomentData, grid_queries: in
 
 
 def vcmr(localizer: DiffusionMomentLocalizer, root: str, collection: str, split: str, retrieval_checkpoint: str,
-         top_k: int, alphas: list[float], max_queries: int | None) -> dict[str, Any]:
+         top_k: int, alphas: list[float], max_queries: int | None, spans: int | None = None,
+         steps: int | None = None) -> dict[str, Any]:
     """Retrieval scores over the whole split, top-K videos localised per query, VCMR / SVMR / VR recall."""
     from prvr.checkpoint import load_model
     from prvr.engine import _slice_tokens, encode_corpus, encode_corpus_queries
@@ -169,7 +171,7 @@ def vcmr(localizer: DiffusionMomentLocalizer, root: str, collection: str, split:
         ids = [video_ids[i] for i in top]
         locs = localizer.localize_many(data.corpus.query_tokens(record.query_id), [data.frames_of(v) for v in ids],
                                        [duration_of.get(v, float(len(data.frames_of(v)))) for v in ids],
-                                       num_moments=10)
+                                       num_moments=10, num_spans=spans, steps=steps)
         for mode in ("exp",):  # softmax over the top-K = exp / a per-query constant: the same ranking
             for alpha in alphas:
                 ranked = rank_corpus_moments(ids, row[top], locs, mode=mode, alpha=alpha, max_rows=100)
@@ -179,7 +181,8 @@ def vcmr(localizer: DiffusionMomentLocalizer, root: str, collection: str, split:
     localize_s = time.perf_counter() - started
     results = {key: {name: round(value, 2) for name, value in vcmr_recall(preds, ground_truth).items()}
                for key, preds in rankings.items()}
-    return {"queries": len(records), "videos": len(video_ids), "top_k": top_k, "retrieval_s": round(retrieval_s, 1),
+    return {"queries": len(records), "videos": len(video_ids), "top_k": top_k, "spans": spans, "steps": steps,
+            "retrieval_checkpoint": retrieval_checkpoint, "retrieval_s": round(retrieval_s, 1),
             "localize_s": round(localize_s, 1), "results": results}
 
 
@@ -195,14 +198,17 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
     accuracy_rows = []
     if "floor" in report:
         accuracy_rows.append({"method": "zero-shot floor (MiniLM cosine, best contiguous span)",
-                              **report["floor"]["metrics"]})
+                              "queries": report["floor"]["queries"], **report["floor"]["metrics"]})
     for name, section in report.get("accuracy", {}).items():
         accuracy_rows.append({"method": f"{name}: relevance curve, best contiguous span",
                               **section["relevance_baseline"]})
         accuracy_rows.append({"method": f"{name}: denoiser ({section['spans']} spans, {section['steps']} steps)",
                               **section["denoiser"]})
+        for row in accuracy_rows[-2:]:
+            skipped = section.get("skipped_queries", 0)
+            row["queries"] = f"{section['queries']}" + (f" (after the first {skipped})" if skipped else "")
     if accuracy_rows:
-        parts += ["## On the ground-truth video", "", _table(accuracy_rows, ["method", *KEYS]), ""]
+        parts += ["## On the ground-truth video", "", _table(accuracy_rows, ["method", "queries", *KEYS]), ""]
     for name, rows in report.get("grid", {}).items():
         parts += [f"## {name}: steps x spans (first {report['grid_queries']} queries; CPU, 1 thread, medians)", "",
                   _table(rows, ["steps", "spans", "R1@0.5", "R1@0.7", "mAP", "ms_per_pair", "ms_per_query_top10"]),
@@ -235,6 +241,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retrieval-checkpoint", default=None)
     parser.add_argument("--sections", default="floor,accuracy,grid")
     parser.add_argument("--max-queries", type=int, default=None, help="Limit of the accuracy / floor sections.")
+    parser.add_argument("--skip-queries", type=int, default=0,
+                        help="Accuracy section: leave out the first N queries (e.g. the grid's, used for choosing).")
+    parser.add_argument("--spans", type=int, default=None, help="Accuracy section: spans (default: config).")
+    parser.add_argument("--steps", type=int, default=None, help="Accuracy section: DDIM steps (default: config).")
     parser.add_argument("--grid-queries", type=int, default=500)
     parser.add_argument("--latency-pairs", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=5)
@@ -280,7 +290,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, localizer in localizers.items():
         data = _data_for(localizer, args.data, args.collection, args.split, args.max_queries)
         if "accuracy" in sections:
-            report.setdefault("accuracy", {})[name] = accuracy(localizer, data, args.batch_size)
+            held_out = MomentData(data.corpus, data.frames_of)
+            held_out.records = data.records[args.skip_queries:]
+            report.setdefault("accuracy", {})[name] = {
+                **accuracy(localizer, held_out, args.batch_size, args.spans, args.steps),
+                "skipped_queries": args.skip_queries}
             logger.info("accuracy %s %s", name, report["accuracy"][name])
             save()
         if "grid" in sections:
@@ -294,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         alphas = [float(a) for a in args.vcmr_alphas.split(",")]
         report["vcmr"] = {"localizer": name, **vcmr(localizer, args.data, args.collection, args.split,
                                                     args.retrieval_checkpoint, args.vcmr_top_k, alphas,
-                                                    args.vcmr_queries)}
+                                                    args.vcmr_queries, args.spans, args.steps)}
         save()
     save()
     return 0
