@@ -4,7 +4,6 @@ and how to fix it), 2 a usage error (click's)."""
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import sys
@@ -13,35 +12,20 @@ from typing import Any
 
 import click
 
-from prvr.config import ExperimentConfig, apply_overrides, config_to_dict, list_presets, load_preset
+from prvr.commands.common import (
+    VIDEO_OPTIONS_HELP,
+    fail_cleanly,
+    feature_backbone,
+    feature_overrides,
+    open_corpus,
+    text_backbone_record,
+    video_files_corpus,
+)
+from prvr.config import ExperimentConfig, apply_overrides, list_presets, load_preset
 
 __all__ = ["main"]
 
 logger = logging.getLogger("prvr")
-
-
-class InputError(click.ClickException):
-    """A problem with what the user gave us: printed as "Error: ..." with exit code 1."""
-
-    exit_code = 1
-
-
-def _fail_cleanly(function: Any) -> Any:
-    """Turn the library's ValueError / FileNotFoundError / RuntimeError into a one-line message and exit code 1."""
-
-    @functools.wraps(function)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return function(*args, **kwargs)
-        except (ValueError, FileNotFoundError, RuntimeError, OSError) as error:
-            raise InputError(str(error)) from error
-
-    return wrapper
-
-
-def _feature_overrides(video_feature: str | None, text_feature: str | None) -> tuple[str, ...]:
-    pairs = (("data.video_feature", video_feature), ("data.text_feature", text_feature))
-    return tuple(f"{path}={json.dumps(value)}" for path, value in pairs if value is not None)
 
 
 def _resolve_config(preset: str, overrides: tuple[str, ...], seed: int | None) -> ExperimentConfig:
@@ -65,7 +49,7 @@ def main(verbose: int) -> None:
 
 @main.command("presets")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@_fail_cleanly
+@fail_cleanly
 def presets_command(as_json: bool) -> None:
     """List the bundled presets with their parameter counts."""
     from prvr.model import DreamPRVR, count_parameters
@@ -89,7 +73,7 @@ def presets_command(as_json: bool) -> None:
 @click.option("--preset", default="cpu", show_default=True, help="Preset name or a JSON file.")
 @click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE",
               help="Override a config field, e.g. --set model.registers.enabled=false (repeatable).")
-@_fail_cleanly
+@fail_cleanly
 def config_command(preset: str, overrides: tuple[str, ...]) -> None:
     """Print the resolved configuration as JSON."""
     click.echo(_resolve_config(preset, overrides, None).to_json())
@@ -111,7 +95,7 @@ def data_group() -> None:
 @click.option("--val-videos", default=100, show_default=True, type=click.IntRange(min=2))
 @click.option("--test-videos", default=100, show_default=True, type=click.IntRange(min=2))
 @click.option("--seed", default=0, show_default=True, type=int)
-@_fail_cleanly
+@fail_cleanly
 def synth_command(root: str, collection: str, train_videos: int, val_videos: int, test_videos: int,
                   seed: int) -> None:
     """Write a synthetic corpus with learnable structure (features, captions, moments)."""
@@ -131,13 +115,13 @@ def synth_command(root: str, collection: str, train_videos: int, val_videos: int
 @click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE", help="Config override (repeatable).")
 @click.option("--video-feature", default=None, help="FeatureData/<name> to use (sets data.video_feature).")
 @click.option("--text-feature", default=None, help="Query feature name (sets data.text_feature).")
-@_fail_cleanly
+@fail_cleanly
 def check_command(root: str, collection: str, split: str, preset: str, overrides: tuple[str, ...],
                   video_feature: str | None, text_feature: str | None) -> None:
     """Validate a split: every caption has video and query features, dims agree, no NaN/inf or empty videos."""
     from prvr.data.dataset import PRVRCorpus
 
-    config = _resolve_config(preset, overrides + _feature_overrides(video_feature, text_feature), None)
+    config = _resolve_config(preset, overrides + feature_overrides(video_feature, text_feature), None)
     corpus = PRVRCorpus(root, collection, split, config.data)
     for video_id in corpus.video_ids:
         corpus.video(video_id)
@@ -153,7 +137,7 @@ def check_command(root: str, collection: str, split: str, preset: str, overrides
 @click.option("--format", "fmt", default="auto", show_default=True,
               type=click.Choice(["auto", "tvr", "charades", "activitynet", "qvhighlights"]))
 @click.option("--head", default=3, show_default=True, type=click.IntRange(min=0), help="Records to show.")
-@_fail_cleanly
+@fail_cleanly
 def annotations_command(path: str, fmt: str, head: int) -> None:
     """Read an annotation file (TVR, Charades-STA, ActivityNet Captions, QVHighlights) and summarise it."""
     from prvr.data.annotations import read_annotations
@@ -174,12 +158,6 @@ def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if k not in ("seconds", "video_seconds", "checkpoint", "split")}
 
 
-def _open_corpus(root: str, collection: str, split: str, config: ExperimentConfig, **kwargs: Any) -> Any:
-    from prvr.data.dataset import PRVRCorpus
-
-    return PRVRCorpus(root, collection, split, config.data, **kwargs)
-
-
 @main.command("train")
 @click.option("--data", "root", required=True, type=click.Path(exists=True, file_okay=False), help="Data root.")
 @click.option("--collection", required=True, help="Collection name (folder under the data root).")
@@ -197,21 +175,24 @@ def _open_corpus(root: str, collection: str, split: str, config: ExperimentConfi
 @click.option("--seed", type=int, default=None, help="Override the preset's seed.")
 @click.option("--resume", is_flag=True, help="Continue from RUN_DIR/last.pt.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-@_fail_cleanly
+@fail_cleanly
 def train_command(root: str, collection: str, preset: str, run_dir: str, overrides: tuple[str, ...],
                   video_feature: str | None, text_feature: str | None, train_split: str, val_split: str, seed: int | None, resume: bool, no_progress: bool) -> None:
     """Train DreamPRVR; prints one JSON line of metrics per epoch and writes best.pt / last.pt."""
     from prvr.engine import fit
     from prvr.model import DreamPRVR, count_parameters
 
-    config = _resolve_config(preset, overrides + _feature_overrides(video_feature, text_feature), seed)
-    train_corpus = _open_corpus(root, collection, train_split, config)
+    config = _resolve_config(preset, overrides + feature_overrides(video_feature, text_feature), seed)
+    train_corpus = open_corpus(root, collection, train_split, config)
+    backbone_id = feature_backbone(root, collection, config)
+    if backbone_id is not None:  # recorded in the checkpoint: indexing features of another backbone is refused
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, video_backbone=backbone_id))
     dims = {"video_dim": train_corpus.video_dim, "text_dim": train_corpus.text_dim}
     if (config.model.video_dim, config.model.text_dim) != (dims["video_dim"], dims["text_dim"]):
         logger.info("input dims taken from the data: %s (preset had %d / %d)", dims, config.model.video_dim,
                     config.model.text_dim)
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, **dims))
-    val_corpus = _open_corpus(root, collection, val_split, config, expected_video_dim=dims["video_dim"],
+    val_corpus = open_corpus(root, collection, val_split, config, expected_video_dim=dims["video_dim"],
                               expected_text_dim=dims["text_dim"])
     click.echo(json.dumps({"preset": config.name, "parameters": count_parameters(DreamPRVR(config.model)),
                            "train_videos": len(train_corpus.video_ids), "train_queries": len(train_corpus.queries),
@@ -235,7 +216,7 @@ def train_command(root: str, collection: str, preset: str, run_dir: str, overrid
 @click.option("--moment-checkpoint", default=None, type=click.Path(exists=True, dir_okay=False),
               help="Also report moment metrics (R1@IoU, mAP) of this `train-moments` checkpoint on the ground-truth "
                    "videos (needs timestamps).")
-@_fail_cleanly
+@fail_cleanly
 def eval_command(checkpoint: str, root: str, collection: str, split: str, device: str, as_json: bool,
                  out_path: str | None, moment_checkpoint: str | None = None) -> None:
     """Evaluate text-to-video retrieval: R@1/5/10/100, SumR, median and mean rank (and moments on request)."""
@@ -244,7 +225,7 @@ def eval_command(checkpoint: str, root: str, collection: str, split: str, device
     from prvr.metrics.retrieval import format_metrics
 
     model, config, _ = load_model(checkpoint, resolve_device(device))
-    corpus = _open_corpus(root, collection, split, config, expected_video_dim=config.model.video_dim,
+    corpus = open_corpus(root, collection, split, config, expected_video_dim=config.model.video_dim,
                           expected_text_dim=config.model.text_dim)
     metrics = evaluate(model, corpus, config.train)
     metrics = {"split": split, "checkpoint": str(checkpoint), **metrics}
@@ -268,7 +249,7 @@ def eval_command(checkpoint: str, root: str, collection: str, split: str, device
               help="Where the synthetic data and the run go.")
 @click.option("--epochs", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--seed", default=0, show_default=True, type=int)
-@_fail_cleanly
+@fail_cleanly
 def quickstart_command(out_dir: str, epochs: int, seed: int) -> None:
     """Generate the synthetic corpus, train the `tiny` preset on it, and evaluate on its test split."""
     from prvr.checkpoint import load_model
@@ -281,15 +262,15 @@ def quickstart_command(out_dir: str, epochs: int, seed: int) -> None:
     config = _resolve_config(
         "tiny", (f"train.epochs={epochs}", "data.video_feature=synth", "data.text_feature=synth"), seed
     )
-    train_corpus = _open_corpus(str(root), "synth", "train", config)
+    train_corpus = open_corpus(str(root), "synth", "train", config)
     config = dataclasses.replace(config, model=dataclasses.replace(
         config.model, video_dim=train_corpus.video_dim, text_dim=train_corpus.text_dim))
-    val_corpus = _open_corpus(str(root), "synth", "val", config)
+    val_corpus = open_corpus(str(root), "synth", "val", config)
     click.echo(f"training the tiny preset for {epochs} epochs on {len(train_corpus.video_ids)} synthetic videos")
     result = fit(config, train_corpus, val_corpus, Path(out_dir) / "run", progress=True,
                  on_epoch=lambda r: click.echo(f"epoch {r['epoch']:>2}: val SumR {r['val']['SumR']:.1f}"))
     model, config, _ = load_model(Path(out_dir) / "run" / "best.pt")
-    test_corpus = _open_corpus(str(root), "synth", "test", config)
+    test_corpus = open_corpus(str(root), "synth", "test", config)
     metrics = evaluate(model, test_corpus, config.train)
     n = len(test_corpus.video_ids)
     chance = sum(100.0 * min(k, n) / n for k in (1, 5, 10, 100))
@@ -301,24 +282,19 @@ def quickstart_command(out_dir: str, epochs: int, seed: int) -> None:
 # index and search
 
 
-def _text_backbone(spec: str | None) -> dict[str, Any] | None:
-    """--text-backbone: 'minilm-l6' (the packaged all-MiniLM-L6-v2), a local model folder, or none."""
-    if spec is None or spec == "none":
-        return None
-    from prvr.text_encoders import TokenFeatureEncoder, find_minilm_l6_dir
-
-    path = find_minilm_l6_dir() if spec == "minilm-l6" else Path(spec)
-    if not Path(path).is_dir():
-        raise ValueError(f"--text-backbone {spec!r} is not a folder; give a local transformers model folder or "
-                         "'minilm-l6' (pip install -e '.[bench]')")
-    return {"id": TokenFeatureEncoder(path).encoder_id, "path": str(Path(path).resolve())}
-
-
 @main.command("build-index")
 @click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False), help="best.pt / last.pt.")
-@click.option("--data", "root", required=True, type=click.Path(exists=True, file_okay=False), help="Data root.")
-@click.option("--collection", required=True, help="Collection name (folder under the data root).")
+@click.option("--data", "root", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Data root of features in the standard layout (or give --videos).")
+@click.option("--collection", default=None, help="Collection name (folder under the data root).")
 @click.option("--split", default="test", show_default=True, help="Caption split whose videos are indexed.")
+@click.option("--videos", multiple=True, type=click.Path(exists=True), help=VIDEO_OPTIONS_HELP)
+@click.option("--backbone", default=None,
+              help="Frame backbone for --videos, <kind>:<model folder or hub id> (default: "
+                   "clip:openai/clip-vit-base-patch32); must be the checkpoint's when it records one.")
+@click.option("--fps", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Features per second of video for --videos.")
+@click.option("--device", default="auto", show_default=True, help="Frame backbone device for --videos.")
 @click.option("--out", "index_dir", required=True, type=click.Path(file_okay=False), help="Index directory.")
 @click.option("--video-feature", default=None, help="FeatureData/<name> (default: the checkpoint's).")
 @click.option("--text-feature", default=None, help="Query feature name (default: the checkpoint's).")
@@ -333,8 +309,9 @@ def _text_backbone(spec: str | None) -> dict[str, Any] | None:
               help="Re-rank token store precision of a new index (float32: scores equal `prvr eval`'s, 2x bytes).")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-@_fail_cleanly
-def build_index_command(checkpoint: str, root: str, collection: str, split: str, index_dir: str,
+@fail_cleanly
+def build_index_command(checkpoint: str, root: str | None, collection: str | None, split: str,
+                        videos: tuple[str, ...], backbone: str | None, fps: float, device: str, index_dir: str,
                         video_feature: str | None, text_feature: str | None, factory: str | None,
                         text_backbone: str | None, moment_checkpoint: str | None, candidates: int | None,
                         token_dtype: str, batch_size: int, no_progress: bool) -> None:
@@ -343,10 +320,21 @@ def build_index_command(checkpoint: str, root: str, collection: str, split: str,
     from prvr.checkpoint import read_checkpoint
 
     config = ExperimentConfig.from_json(read_checkpoint(checkpoint)["model_config"])
-    config = apply_overrides(config, list(_feature_overrides(video_feature, text_feature)))
-    corpus = _open_corpus(root, collection, split, config, expected_video_dim=config.model.video_dim)
+    config = apply_overrides(config, list(feature_overrides(video_feature, text_feature)))
+    if videos:
+        if root or collection:
+            raise ValueError("give either --videos or --data/--collection, not both")
+        corpus = video_files_corpus(videos, index_dir, config, backbone, fps=fps, device=device,
+                                    progress=not no_progress)
+        collection = corpus.collection
+    elif root and collection:
+        feature_backbone(root, collection, config)
+        corpus = open_corpus(root, collection, split, config, expected_video_dim=config.model.video_dim)
+    else:
+        raise ValueError("nothing to index: give --data ROOT --collection NAME (features in the standard layout) "
+                         "or --videos DIR (video files)")
     result = build_index(checkpoint, corpus, index_dir, collection_name=collection, factory=factory,
-                         batch_size=batch_size, text_backbone=_text_backbone(text_backbone),
+                         batch_size=batch_size, text_backbone=text_backbone_record(text_backbone),
                          n_candidates=candidates, moment_checkpoint=moment_checkpoint, token_dtype=token_dtype,
                          progress=not no_progress)
     click.echo(json.dumps({"index": str(index_dir), "generation": result.generation_id,
@@ -363,7 +351,7 @@ def build_index_command(checkpoint: str, root: str, collection: str, split: str,
 @click.option("--moments", "num_moments", default=3, show_default=True, type=click.IntRange(min=1),
               help="Moments shown per video.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@_fail_cleanly
+@fail_cleanly
 def query_command(text: str, index_dir: str, k: int, candidates: int | None, no_moments: bool, num_moments: int,
                   as_json: bool) -> None:
     """Rank the indexed videos for a sentence (with their top moments when the index has a moment model)."""

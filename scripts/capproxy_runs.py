@@ -71,7 +71,7 @@ def rows_command() -> None:
 def run_command(row: str, seed: int, root: str, runs: str, preset: str, epochs: int, threads: int) -> None:
     """Train one (row, seed), resuming a run that was cut off; a finished run is left as it is."""
     run_dir = _run_dir(Path(runs), row, seed)
-    command = [sys.executable, "-m", "prvr.cli", "train", "--data", root, "--collection", "capproxy",
+    command = [sys.executable, "-m", "prvr", "train", "--data", root, "--collection", "capproxy",
                "--preset", preset, "--out", str(run_dir), "--video-feature", "minilm_l3",
                "--text-feature", "minilm_l6", "--seed", str(seed), "--no-progress",
                "--set", f"train.epochs={epochs}", "--set", f"train.threads={threads}"]

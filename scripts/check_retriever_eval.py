@@ -75,10 +75,10 @@ def main() -> int:
     index_dir = Path(args.index) if args.index else Path(tempfile.mkdtemp(prefix="check_retriever_"))
     try:
         started = time.perf_counter()
-        from prvr.cli import _text_backbone
+        from prvr.commands.common import text_backbone_record
 
         built = build_index(args.checkpoint, corpus, index_dir, collection_name=args.collection,
-                            factory="IDMap2,Flat", text_backbone=_text_backbone(args.text_backbone),
+                            factory="IDMap2,Flat", text_backbone=text_backbone_record(args.text_backbone),
                             token_dtype=args.token_dtype, progress=False)
         build_seconds = time.perf_counter() - started
         stored_checkpoint = index_dir / built.manifest.checkpoint_path  # the exact bytes the index was built with

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import shlex
 import shutil
@@ -12,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import click
+
+from prvr.commands.common import fail_cleanly
 
 __all__ = ["demo_command", "WHAT_THE_DEMO_IS"]
 
@@ -26,17 +27,6 @@ encodes what you type at search time. A small DreamPRVR learns to match the two;
 _STAGE_TITLES = {"corpus": "generate the corpus and encode it", "model": "train the retrieval model",
                  "moments": "train the moment model", "index": "build the index"}
 
-
-def _fail_cleanly(function: Any) -> Any:
-    """``prvr.cli._fail_cleanly`` looked up at call time (prvr.cli imports this module at its end)."""
-
-    @functools.wraps(function)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from prvr.cli import _fail_cleanly as fail_cleanly
-
-        return fail_cleanly(function)(*args, **kwargs)
-
-    return wrapper
 
 
 def _prvr_program() -> str:
@@ -64,7 +54,7 @@ def _window(start: float, end: float) -> str:
 @click.option("-k", "k", default=3, show_default=True, type=click.IntRange(min=1, max=20),
               help="Results shown per example query.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
-@_fail_cleanly
+@fail_cleanly
 def demo_command(rebuild: bool, cache_dir: str | None, seed: int, videos: int | None, epochs: int | None, k: int,
                  no_progress: bool) -> None:
     """Build the embedded demo on first run (cached), then answer example queries against its index."""

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import click
 
+from prvr.commands.common import fail_cleanly
+
 __all__ = ["extract_command"]
 
-
-def _fail_cleanly(function: Any) -> Any:
-    from prvr.cli import _fail_cleanly as wrap  # the CLI's one error policy (exit code 1 with the message)
-
-    return wrap(function)
 
 
 @click.command("extract")
@@ -41,7 +37,7 @@ def _fail_cleanly(function: Any) -> Any:
 @click.option("--threads", default=0, show_default=True, type=click.IntRange(min=0),
               help="Decoder threads per video (0: FFmpeg's choice).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-@_fail_cleanly
+@fail_cleanly
 def extract_command(videos: tuple[str, ...], out_root: str, backbone: str, collection: str,
                     feature_name: str | None, fps: float, frames_per_feature: int, short_side: int | None,
                     batch_size: int, device: str, cache_dir: str | None, threads: int, no_progress: bool) -> None:

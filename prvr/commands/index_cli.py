@@ -3,27 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 from pathlib import Path
 from typing import Any
 
 import click
 
+from prvr.commands.common import VIDEO_OPTIONS_HELP, fail_cleanly, video_files_corpus
+
 __all__ = ["index_group"]
 
-
-def _fail_cleanly(function: Any) -> Any:
-    """The CLI's one error policy (prvr.cli._fail_cleanly: exit code 1 with the message), imported at call time so
-    that this module never imports prvr.cli while prvr.cli imports it."""
-
-    @functools.wraps(function)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from prvr.cli import _fail_cleanly as wrap
-
-        return wrap(function)(*args, **kwargs)
-
-    return wrapper
 
 
 def _active(index_dir: Path) -> tuple[Any, Any, Path]:
@@ -50,7 +39,7 @@ def index_group() -> None:
 @index_group.command("info")
 @click.argument("index_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@_fail_cleanly
+@fail_cleanly
 def info_command(index_dir: str, as_json: bool) -> None:
     """Generations, counts, FAISS factories, nprobe and the active manifest."""
     from index.manifest import load_manifest
@@ -103,23 +92,54 @@ def info_command(index_dir: str, as_json: bool) -> None:
     click.echo(f"video status: {json.dumps(statuses, sort_keys=True)}")
 
 
+def _indexed_backbone(index_dir: Path) -> str | None:
+    """The frame backbone id of the video files already extracted into this index (None when there are none)."""
+    from prvr.features.backbones import feature_file_backbone
+    from prvr.features.corpus import find_feature_name
+    from prvr.features.extract import FEATURE_FILE
+
+    try:
+        name = find_feature_name(index_dir / "features", "videos")
+    except FileNotFoundError:
+        return None
+    feature_file = index_dir / "features" / "videos" / "FeatureData" / name / FEATURE_FILE
+    return feature_file_backbone(feature_file) if feature_file.is_file() else None
+
+
+def _loadable_spec(backbone_id: str) -> str:
+    """``kind:name`` of an id ``kind:name@sha12`` when that name can be loaded again (a hub id or an existing path)."""
+    spec = backbone_id.rsplit("@", 1)[0]
+    name = spec.partition(":")[2] or spec
+    if "/" in name or Path(name).expanduser().exists():
+        return spec
+    raise ValueError(f"the index's videos were extracted with {backbone_id}, loaded from a local folder named "
+                     f"{name!r}; pass --backbone <kind>:<that folder> to extract the new videos the same way")
+
+
 @index_group.command("add")
 @click.argument("index_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--data", "root", required=True, type=click.Path(exists=True, file_okay=False), help="Data root.")
-@click.option("--collection", required=True, help="Collection name (folder under the data root).")
-@click.option("--split", required=True, help="Caption split whose videos are added.")
+@click.option("--data", "root", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Data root of features in the standard layout (or give --videos).")
+@click.option("--collection", default=None, help="Collection name (folder under the data root).")
+@click.option("--split", default=None, help="Caption split whose videos are added.")
+@click.option("--videos", multiple=True, type=click.Path(exists=True), help=VIDEO_OPTIONS_HELP)
+@click.option("--backbone", default=None, help="Frame backbone for --videos (default: the one the index used).")
+@click.option("--fps", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Features per second of video for --videos.")
+@click.option("--device", default="auto", show_default=True, help="Frame backbone device for --videos.")
 @click.option("--video-feature", default=None, help="FeatureData/<name> (default: the checkpoint's).")
 @click.option("--text-feature", default=None, help="Query feature name (default: the checkpoint's).")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-@_fail_cleanly
-def add_command(index_dir: str, root: str, collection: str, split: str, video_feature: str | None,
+@fail_cleanly
+def add_command(index_dir: str, root: str | None, collection: str | None, split: str | None,
+                videos: tuple[str, ...], backbone: str | None, fps: float, device: str, video_feature: str | None,
                 text_feature: str | None, batch_size: int, no_progress: bool) -> None:
     """Add a split's videos (those not indexed yet) as a new generation, with the index's own checkpoint."""
     from index.builder import build_index
     from index.manifest import load_manifest
     from prvr.checkpoint import read_checkpoint
-    from prvr.cli import _feature_overrides, _open_corpus
+    from prvr.commands.common import feature_overrides, open_corpus
     from prvr.config import ExperimentConfig, apply_overrides
 
     db, _, gen_dir = _active(Path(index_dir))
@@ -127,8 +147,21 @@ def add_command(index_dir: str, root: str, collection: str, split: str, video_fe
     manifest = load_manifest(gen_dir)
     checkpoint = Path(index_dir) / manifest.checkpoint_path
     config = ExperimentConfig.from_json(read_checkpoint(checkpoint)["model_config"])
-    config = apply_overrides(config, list(_feature_overrides(video_feature, text_feature)))
-    corpus = _open_corpus(root, collection, split, config, expected_video_dim=config.model.video_dim)
+    config = apply_overrides(config, list(feature_overrides(video_feature, text_feature)))
+    if videos:
+        if root or collection or split:
+            raise ValueError("give either --videos or --data/--collection/--split, not both")
+        indexed = _indexed_backbone(Path(index_dir))
+        if backbone is None and indexed is not None:
+            backbone = _loadable_spec(indexed)
+        corpus = video_files_corpus(videos, index_dir, config, backbone, fps=fps, device=device,
+                                    progress=not no_progress, expected_backbone=indexed)
+        collection = corpus.collection
+    elif root and collection and split:
+        corpus = open_corpus(root, collection, split, config, expected_video_dim=config.model.video_dim)
+    else:
+        raise ValueError("nothing to add: give --data ROOT --collection NAME --split SPLIT (features in the "
+                         "standard layout) or --videos DIR (video files)")
     result = build_index(checkpoint, corpus, index_dir, collection_name=collection, batch_size=batch_size,
                          progress=not no_progress)
     click.echo(json.dumps({"index": str(index_dir), "generation": result.generation_id,
@@ -141,7 +174,7 @@ def add_command(index_dir: str, root: str, collection: str, split: str, video_fe
 @click.option("--from-file", "id_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="A text file with one video id per line (added to VIDEO_IDS).")
 @click.option("--no-compact", is_flag=True, help="Keep the removed videos' bytes in the token store.")
-@_fail_cleanly
+@fail_cleanly
 def remove_command(index_dir: str, video_ids: tuple[str, ...], id_file: str | None, no_compact: bool) -> None:
     """Remove videos by external id as a new generation (the previous one stays for rollback)."""
     from index.builder import remove_videos
@@ -186,7 +219,7 @@ def _int_list(text: str | None, name: str) -> list[int] | None:
 @click.option("--seed", default=0, show_default=True, type=int, help="Query sampling seed.")
 @click.option("--dry-run", is_flag=True, help="Measure and print, but do not store the choice.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@_fail_cleanly
+@fail_cleanly
 def calibrate_command(index_dir: str, target: float, k: int, num_queries: int, root: str | None,
                       collection: str | None, split: str | None, candidates_grid: str | None, knob_grid: str | None,
                       seed: int, dry_run: bool, as_json: bool) -> None:
@@ -240,11 +273,11 @@ def _real_queries(retriever: Any, root: str, collection: str, split: str, num_qu
     """Encoded query vectors (Nq, D) of a sample of a split's captions."""
     import numpy as np
 
-    from prvr.cli import _open_corpus
+    from prvr.commands.common import open_corpus
     from prvr.data.dataset import iter_query_batches
 
     config = retriever.config
-    corpus = _open_corpus(root, collection, split, config, expected_text_dim=config.model.text_dim)
+    corpus = open_corpus(root, collection, split, config, expected_text_dim=config.model.text_dim)
     vectors = []
     for batch, _ in iter_query_batches(corpus, 256):
         vectors.append(retriever.model.encode_queries(batch).float().cpu().numpy())  # (B, D)

@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
-from typing import Any
 
 import click
 
+from prvr.commands.common import fail_cleanly
+
 __all__ = ["train_moments_command", "localize_command"]
 
-
-def _fail_cleanly_here(function: Any) -> Any:
-    """The CLI's one error policy (exit code 1 with the message), looked up when the command runs."""
-
-    @functools.wraps(function)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from prvr.cli import _fail_cleanly
-
-        return _fail_cleanly(function)(*args, **kwargs)
-
-    return wrapper
 
 
 @click.command("train-moments")
@@ -43,7 +32,7 @@ def _fail_cleanly_here(function: Any) -> Any:
 @click.option("--max-val-queries", type=click.IntRange(min=1), default=None, help="Validate on the first N queries.")
 @click.option("--resume", is_flag=True, help="Continue from RUN_DIR/last.pt.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
-@_fail_cleanly_here
+@fail_cleanly
 def train_moments_command(root: str, collection: str, run_dir: str, preset: str, overrides: tuple[str, ...],
                           video_feature: str | None, text_feature: str | None, retrieval_checkpoint: str | None,
                           train_split: str, val_split: str, seed: int | None, max_train_queries: int | None,
@@ -77,7 +66,7 @@ def train_moments_command(root: str, collection: str, run_dir: str, preset: str,
 @click.option("--spans", default=None, type=click.IntRange(min=1), help="Spans sampled (default: config).")
 @click.option("--steps", default=None, type=click.IntRange(min=1), help="DDIM steps (default: config).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@_fail_cleanly_here
+@fail_cleanly
 def localize_command(checkpoint: str, root: str, collection: str, split: str, query_id: str,
                      retrieval_checkpoint: str | None, num_moments: int, spans: int | None, steps: int | None,
                      as_json: bool) -> None:

@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import functools
 import os
 from pathlib import Path
-from typing import Any
 
 import click
 
+from prvr.commands.common import fail_cleanly
+
 __all__ = ["serve_command"]
 
-
-def _fail_cleanly(function: Any) -> Any:
-    """``prvr.cli._fail_cleanly``, looked up at call time: prvr.cli imports this module at its end, so importing it
-    here at import time would be circular under ``python -m prvr.cli``."""
-
-    @functools.wraps(function)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from prvr.cli import _fail_cleanly as fail_cleanly
-
-        return fail_cleanly(function)(*args, **kwargs)
-
-    return wrapper
 
 
 @click.command("serve")
@@ -40,7 +28,7 @@ def _fail_cleanly(function: Any) -> Any:
 @click.option("--poll-interval", default=2.0, show_default=True, type=click.FloatRange(min=0),
               help="Seconds between checks for a new index generation (0: never).")
 @click.option("--query-log", is_flag=True, help="Record every query in the index database (off: privacy).")
-@_fail_cleanly
+@fail_cleanly
 def serve_command(index_dir: str, host: str, port: int, api_key_env: str | None, max_k: int, max_query_chars: int,
                   poll_interval: float, query_log: bool) -> None:
     """Serve search, video metadata and media, and the web page at http://HOST:PORT/."""
