@@ -308,8 +308,11 @@ def _build_locked(
     _abandon_stale_builds(db, out_dir)
 
     video_ids = corpus.video_ids
+    # a corpus of extracted video files knows each video's duration and source file; a caption split only durations
+    records = getattr(corpus, "video_records", None)
     id_of = db.register_videos(
-        VideoRecord(external_id=vid, duration_s=_video_duration(corpus, vid)) for vid in video_ids
+        records() if records is not None
+        else [VideoRecord(external_id=vid, duration_s=_video_duration(corpus, vid)) for vid in video_ids]
     )
     model_id = db.register_model(
         config.name, sha, dim=config.model.hidden_size, config=json.loads(config.to_json())

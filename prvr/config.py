@@ -50,6 +50,7 @@ class DataConfig:
     """Feature names and the per-video preprocessing of the PRVR family (MS-SL onwards)."""
 
     video_feature: str = "i3d"  # FeatureData/<video_feature>/ (feature.hdf5 or BigFile files)
+    video_backbone: str | None = None  # id of the frame backbone of those features (from the feature file)
     text_feature: str = "roberta"  # TextData/<text_feature>_<collection>_query_feat.hdf5
     clip_bins: int = 32  # C: clip tokens per video (bin means)
     max_frames: int = 128  # F: frame tokens are bin means above this length
