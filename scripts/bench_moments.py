@@ -194,7 +194,9 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 def write_markdown(report: dict[str, Any], path: Path) -> None:
     parts = [f"# Moment denoiser benchmark ({report['collection']} {report['split']})", "",
-             f"Command: `{report['command']}`", "", f"Machine: {report['machine']}", ""]
+             "Commands (in order; each updates the JSON):", "",
+             *[f"    OMP_NUM_THREADS=1 {command}" for command in report.get("commands", [])], "",
+             f"Machine: {report['machine']}", ""]
     accuracy_rows = []
     if "floor" in report:
         accuracy_rows.append({"method": "zero-shot floor (MiniLM cosine, best contiguous span)",
@@ -262,7 +264,11 @@ def main(argv: list[str] | None = None) -> int:
     sections = set(args.sections.split(","))
     out_json = Path(args.out_json)
     report: dict[str, Any] = json.loads(out_json.read_text()) if out_json.is_file() else {}
-    report.update({"collection": args.collection, "split": args.split, "command": " ".join(sys.argv),
+    if sections - {"none"}:
+        commands = report.setdefault("commands", [])
+        commands.append(" ".join(["python", "scripts/bench_moments.py", *sys.argv[1:]]))
+    report.pop("command", None)
+    report.update({"collection": args.collection, "split": args.split,
                    "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, 1 thread",
                    "grid_queries": args.grid_queries})
     if args.not_measured is not None:
