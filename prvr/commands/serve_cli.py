@@ -12,7 +12,6 @@ from prvr.commands.common import fail_cleanly
 __all__ = ["serve_command"]
 
 
-
 @click.command("serve")
 @click.option("--index", "index_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="Index directory written by `prvr build-index`.")
