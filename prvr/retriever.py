@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, overload
 
 import numpy as np
+import torch
 
 from index.builder import DB_NAME, FAISS_DIR, TOKENS_DIR, generation_path
 from index.faiss_store import FaissTokenIndex
@@ -31,6 +32,7 @@ from prvr.config import ExperimentConfig
 from prvr.data.preprocess import collate_queries, preprocess_query
 from prvr.fileio import file_sha256
 from prvr.model import DreamPRVR
+from prvr.moments.spans import temporal_nms
 from prvr.types import Moment, MomentLocalizer, QueryBatch
 from services.db import Database, open_database
 
@@ -41,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 LOCALIZER_MODULE = "prvr.moments.localizer"
 DEFAULT_NUM_MOMENTS = 5
+DEFAULT_MOMENT_OVERLAP = 0.7  # temporal IoU above which a lower-scored moment of the same video is a duplicate
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,8 @@ class Retriever:
         localizer: a :class:`~prvr.types.MomentLocalizer`, or None.
         moment_checkpoint: a localiser checkpoint loaded on first use (through
             ``prvr.moments.localizer.load_localizer``) when ``localizer`` is None.
+        moment_overlap: moments of one video that overlap a better one by more than this temporal IoU are dropped
+            from the results (a sampler returns near-copies of its best span); 1.0 keeps them all.
     """
 
     def __init__(
@@ -102,7 +107,10 @@ class Retriever:
         text_encoder: Any | None = None,
         localizer: MomentLocalizer | None = None,
         moment_checkpoint: Path | None = None,
+        moment_overlap: float = DEFAULT_MOMENT_OVERLAP,
     ) -> None:
+        if not 0.0 <= moment_overlap <= 1.0:
+            raise ValueError(f"moment_overlap must be a temporal IoU in [0, 1], got {moment_overlap}")
         self.db = db
         self.generation_id = generation_id
         self.manifest = manifest
@@ -113,6 +121,7 @@ class Retriever:
         self.text_encoder = text_encoder
         self._localizer = localizer
         self._moment_checkpoint = moment_checkpoint
+        self.moment_overlap = moment_overlap
         self._lock = threading.Lock()  # the torch model and text encoder
         self._localizer_lock = threading.Lock()
         self._search_lock = threading.Lock() if faiss_index.use_gpu is True else None  # GPU indexes: one caller
@@ -430,8 +439,9 @@ class Retriever:
         stored = self.store.get([video_id])
         frames = stored.frame[0][stored.frame_mask[0]].numpy().astype(np.float32, copy=False)  # (F, D)
         with self._localizer_lock:
-            found = localizer.localize(query_tokens, frames, float(result.duration), num_moments=num_moments)
-        moments = tuple(found.moments)[:num_moments]
+            # over-ask, then drop near-copies of better moments, so num_moments distinct ones remain where they exist
+            found = localizer.localize(query_tokens, frames, float(result.duration), num_moments=3 * num_moments)
+        moments = distinct_moments(found.moments, self.moment_overlap)[:num_moments]
         curve = tuple(float(x) for x in np.asarray(found.relevance).reshape(-1)) if relevance else None
         return SearchResult(result.video_id, result.score, moments, curve, result.duration)
 
@@ -439,6 +449,21 @@ class Retriever:
         if n_candidates is not None:
             return n_candidates
         return int(self.manifest.search_defaults.get("n_candidates", 200))
+
+
+def distinct_moments(moments: Sequence[Moment], max_overlap: float) -> tuple[Moment, ...]:
+    """Moments best first, without those whose temporal IoU with a better one exceeds ``max_overlap`` (greedy NMS).
+
+    >>> distinct_moments([Moment(0, 10, 0.9), Moment(1, 10, 0.8), Moment(20, 30, 0.7)], 0.7)
+    (Moment(start_sec=0, end_sec=10, score=0.9), Moment(start_sec=20, end_sec=30, score=0.7))
+    """
+    ordered = sorted(moments, key=lambda moment: -moment.score)  # stable: ties keep the localiser's order
+    if max_overlap >= 1.0 or len(ordered) < 2:
+        return tuple(ordered)
+    spans = torch.tensor([[m.start_sec, m.end_sec] for m in ordered], dtype=torch.float64)  # (Q, 2)
+    scores = torch.tensor([m.score for m in ordered], dtype=torch.float64)  # (Q,)
+    keep = temporal_nms(spans, scores, max_overlap)
+    return tuple(ordered[i] for i in keep.tolist())
 
 
 def _apply_search_defaults(faiss_index: FaissTokenIndex, manifest: IndexManifest) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,6 +17,7 @@ from prvr.data.synthetic import make_synthetic_corpus
 from prvr.model import DreamPRVR
 from prvr.retriever import Retriever, SearchResult
 from prvr.text_encoders import TokenFeatureEncoder
+from prvr.types import Localization, Moment
 
 TEXT_DIM = 48
 HIDDEN = 64  # the tiny preset's hidden size
@@ -309,3 +311,34 @@ def test_moment_checkpoint_in_the_manifest_is_loaded_lazily(index_dir, bert_dir,
         with pytest.raises(RuntimeError, match="cannot be imported"):
             retriever.search("a man runs", k=2)
         assert retriever.search("a man runs", k=2, localize=False)  # --no-moments still works
+
+
+def test_near_copies_of_a_moment_are_dropped() -> None:
+    from prvr.retriever import distinct_moments
+
+    best, copy, other, weak = (Moment(10.0, 20.0, 0.9), Moment(10.5, 20.5, 0.85), Moment(40.0, 50.0, 0.8),
+                               Moment(11.0, 19.0, 0.1))
+    assert distinct_moments([copy, best, other, weak], 0.7) == (best, other)  # IoU(best, weak) = 0.8 > 0.7
+    assert distinct_moments([copy, best, other, weak], 0.85) == (best, other, weak)  # IoU(best, copy) = 0.905
+    assert distinct_moments([copy, best], 1.0) == (best, copy)  # 1.0 keeps everything, best first
+    assert distinct_moments([], 0.7) == ()
+
+
+def test_search_returns_distinct_moments(index_dir, bert_dir) -> None:
+    class EchoingLocalizer:
+        """Returns each span twice, shifted by half a frame: what a diffusion sampler's near-copies look like."""
+
+        def localize(self, query_tokens, frame_tokens, duration, *, num_moments=5):
+            step = duration / len(frame_tokens)
+            base = [Moment(i * step, (i + 2) * step, 0.9 - 0.1 * i) for i in range(0, len(frame_tokens) - 1, 2)]
+            copies = [Moment(m.start_sec + step / 4, m.end_sec + step / 4, m.score - 0.01) for m in base]
+            moments = tuple(sorted(base + copies, key=lambda m: -m.score)[:num_moments])
+            return Localization(moments, np.zeros(len(frame_tokens), np.float32))
+
+    encoder = TokenFeatureEncoder(bert_dir)
+    with Retriever.load(index_dir["dir"], text_encoder=encoder, localizer=EchoingLocalizer()) as retriever:
+        results = retriever.search("a dog kicks a ball", k=2, num_moments=2)
+    for result in results:
+        assert len(result.moments) == 2
+        first, second = result.moments
+        assert second.start_sec >= first.end_sec  # the shifted copy of the first moment is gone
