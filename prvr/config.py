@@ -256,22 +256,31 @@ def _coerce(hint: Any, value: Any, current: Any, where: str) -> Any:
 # presets and overrides
 
 
+def preset_names(package: str) -> list[str]:
+    """Names of the presets bundled as ``<package>/presets/<name>.json``."""
+    folder = resources.files(package) / "presets"
+    return sorted(p.name[: -len(".json")] for p in folder.iterdir() if p.name.endswith(".json"))
+
+
+def read_preset(package: str, name: str, kind: str = "preset") -> dict[str, Any]:
+    """The JSON of the bundled preset ``name`` of ``package``, or of a JSON file when ``name`` ends in .json."""
+    if name.endswith(".json"):
+        with open(name, encoding="utf-8") as handle:
+            return json.load(handle)
+    path = resources.files(package) / "presets" / f"{name}.json"
+    if not path.is_file():
+        raise ValueError(f"unknown {kind} {name!r}; choose one of {preset_names(package)} or pass a .json file")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
 def list_presets() -> list[str]:
     """Names of the bundled presets (``prvr/presets/<name>.json``)."""
-    folder = resources.files("prvr") / "presets"
-    return sorted(p.name[: -len(".json")] for p in folder.iterdir() if p.name.endswith(".json"))
+    return preset_names("prvr")
 
 
 def load_preset(name: str) -> ExperimentConfig:
     """The bundled preset ``name``, or a JSON file path holding a (partial) ExperimentConfig."""
-    if name.endswith(".json"):
-        with open(name, encoding="utf-8") as handle:
-            data = json.load(handle)
-    else:
-        path = resources.files("prvr") / "presets" / f"{name}.json"
-        if not path.is_file():
-            raise ValueError(f"unknown preset {name!r}; choose one of {list_presets()} or pass a .json file")
-        data = json.loads(path.read_text(encoding="utf-8"))
+    data = read_preset("prvr", name)
     config = config_from_dict(ExperimentConfig, data)
     return config
 

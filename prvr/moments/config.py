@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any, Literal
 
-from prvr.config import DataConfig, config_from_dict, config_to_dict
+from prvr.config import DataConfig, config_from_dict, config_to_dict, preset_names, read_preset
 
 __all__ = [
     "MomentConfig",
@@ -130,21 +129,12 @@ class MomentConfig:
 
 def list_moment_presets() -> list[str]:
     """Names of the bundled moment presets (``prvr/moments/presets/<name>.json``)."""
-    folder = resources.files("prvr.moments") / "presets"
-    return sorted(p.name[: -len(".json")] for p in folder.iterdir() if p.name.endswith(".json"))
+    return preset_names("prvr.moments")
 
 
 def load_moment_preset(name: str) -> MomentConfig:
     """The bundled moment preset ``name``, or a JSON file path holding a (partial) MomentConfig."""
-    if name.endswith(".json"):
-        with open(name, encoding="utf-8") as handle:
-            data = json.load(handle)
-    else:
-        path = resources.files("prvr.moments") / "presets" / f"{name}.json"
-        if not path.is_file():
-            raise ValueError(f"unknown moment preset {name!r}; choose one of {list_moment_presets()} or pass a "
-                             ".json file")
-        data = json.loads(path.read_text(encoding="utf-8"))
+    data = read_preset("prvr.moments", name, kind="moment preset")
     return config_from_dict(MomentConfig, data)
 
 
