@@ -27,6 +27,7 @@ import fcntl
 import json
 import logging
 import math
+import os
 import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -49,6 +50,9 @@ from services.db import Database, GenerationStatus, VideoRecord, open_database
 
 __all__ = [
     "DB_NAME",
+    "DATABASE_URL_FILE",
+    "is_index_dir",
+    "open_index_database",
     "GENERATIONS_DIR",
     "FAISS_DIR",
     "TOKENS_DIR",
@@ -63,6 +67,57 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DB_NAME = "index.db"
+DATABASE_URL_FILE = "database.url"  # when present: the SQLAlchemy URL of the index's metadata (else DB_NAME)
+
+
+def is_index_dir(index_dir: str | Path) -> bool:
+    """Whether ``index_dir`` holds an index's metadata (its SQLite file or the URL of another database)."""
+    index_dir = Path(index_dir)
+    return (index_dir / DB_NAME).is_file() or (index_dir / DATABASE_URL_FILE).is_file()
+
+
+def _database_location(index_dir: Path) -> str | Path:
+    """The URL written in ``database.url`` (``${VAR}`` expanded: keep passwords in the environment), else the
+    SQLite file ``index.db`` inside the index directory."""
+    url_file = index_dir / DATABASE_URL_FILE
+    if not url_file.is_file():
+        return index_dir / DB_NAME
+    url = os.path.expandvars(url_file.read_text(encoding="utf-8").strip())
+    if not url or "${" in url:
+        raise ValueError(f"{url_file} holds no usable database URL ({url!r}); write one SQLAlchemy URL such as "
+                         "postgresql+psycopg://prvr:${PRVR_DB_PASSWORD}@db-host/prvr and export the variables it names")
+    return url
+
+
+def open_index_database(index_dir: str | Path) -> Database:
+    """Open the metadata database of an existing index directory.
+
+    Raises:
+        FileNotFoundError: ``index_dir`` is not an index directory.
+    """
+    index_dir = Path(index_dir)
+    if not is_index_dir(index_dir):
+        raise FileNotFoundError(f"{index_dir / DB_NAME} not found: {index_dir} is not an index directory; build one "
+                                "with `prvr build-index`")
+    return open_database(_database_location(index_dir))
+
+
+def _record_database_url(index_dir: Path, database_url: str | None) -> None:
+    """Write ``database.url`` for a new index; refuse another URL than an existing index's."""
+    url_file = index_dir / DATABASE_URL_FILE
+    if database_url is None:
+        return
+    if url_file.is_file():
+        recorded = url_file.read_text(encoding="utf-8").strip()
+        if recorded != database_url.strip():
+            raise ValueError(f"{index_dir} keeps its metadata at {recorded!r} ({url_file}), not {database_url!r}; "
+                             "an index cannot move databases: build a new index directory")
+        return
+    if (index_dir / DB_NAME).is_file():
+        raise ValueError(f"{index_dir} already keeps its metadata in {index_dir / DB_NAME}; an index cannot move "
+                         "databases: build a new index directory for --database-url")
+    with atomic_path(url_file) as tmp:
+        tmp.write_text(database_url.strip() + "\n", encoding="utf-8")
 GENERATIONS_DIR = "generations"
 FAISS_DIR = "faiss"
 TOKENS_DIR = "tokens"
@@ -172,6 +227,7 @@ def build_index(
     candidates_per_video: int = 4,
     moment_checkpoint: str | Path | None = None,
     token_dtype: str = "bfloat16",
+    database_url: str | None = None,
     progress: bool = True,
 ) -> BuildResult:
     """Encode the corpus's videos and commit them, with the active generation's videos, as a new generation.
@@ -194,6 +250,9 @@ def build_index(
         token_dtype: precision of the re-rank token store of a first build: ``"bfloat16"`` (half the bytes) or
             ``"float32"`` (scores equal the model's up to float32 rounding, so rankings match ``prvr eval`` exactly);
             later builds keep the existing store's.
+        database_url: a SQLAlchemy URL for the metadata of a NEW index (e.g. PostgreSQL), written to
+            ``database.url`` in the index directory (``${VAR}`` is expanded when opened); default the SQLite file
+            ``index.db`` inside it. An existing index keeps its database.
         progress: show a tqdm bar.
 
     Returns:
@@ -231,7 +290,8 @@ def build_index(
                 f"but the checkpoint expects {config.model.video_dim}/{config.model.text_dim}; use the features it "
                 "was trained on"
             )
-        db = open_database(out_dir / DB_NAME)
+        _record_database_url(out_dir, database_url)
+        db = open_database(_database_location(out_dir))
         try:
             db.create_schema()
             return _build_locked(
@@ -462,10 +522,8 @@ def remove_videos(index_dir: str | Path, external_ids: Sequence[str], *, compact
     if not external_ids:
         raise ValueError("no video ids to remove; pass at least one")
     index_dir = Path(index_dir)
-    if not (index_dir / DB_NAME).is_file():
-        raise FileNotFoundError(f"{index_dir / DB_NAME} not found: {index_dir} is not an index directory")
     with _build_lock(index_dir):
-        db = open_database(index_dir / DB_NAME)
+        db = open_index_database(index_dir)
         try:
             previous = db.active_generation()
             if previous is None:
@@ -531,7 +589,7 @@ def rewrite_manifest(index_dir: str | Path, manifest: IndexManifest) -> Path:
     """
     index_dir = Path(index_dir)
     with _build_lock(index_dir):
-        db = open_database(index_dir / DB_NAME)
+        db = open_index_database(index_dir)
         try:
             active = db.active_generation()
             if active is None:

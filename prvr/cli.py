@@ -307,6 +307,9 @@ def quickstart_command(out_dir: str, epochs: int, seed: int) -> None:
               help="Default candidate videos per query (default 200, or the previous generation's).")
 @click.option("--token-dtype", default="bfloat16", show_default=True, type=click.Choice(["bfloat16", "float32"]),
               help="Re-rank token store precision of a new index (float32: scores equal `prvr eval`'s, 2x bytes).")
+@click.option("--database-url", default=None,
+              help="SQLAlchemy URL of a new index's metadata (e.g. postgresql+psycopg://prvr:${PRVR_DB_PASSWORD}@host/"
+                   "prvr; ${VAR} is read from the environment when opened). Default: index.db inside --out.")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @fail_cleanly
@@ -314,7 +317,8 @@ def build_index_command(checkpoint: str, root: str | None, collection: str | Non
                         videos: tuple[str, ...], backbone: str | None, fps: float, device: str, index_dir: str,
                         video_feature: str | None, text_feature: str | None, factory: str | None,
                         text_backbone: str | None, moment_checkpoint: str | None, candidates: int | None,
-                        token_dtype: str, batch_size: int, no_progress: bool) -> None:
+                        token_dtype: str, database_url: str | None, batch_size: int,
+                        no_progress: bool) -> None:
     """Encode a split's videos once and index their clip and frame tokens (a new generation, committed last)."""
     from index.builder import build_index
     from prvr.checkpoint import read_checkpoint
@@ -336,6 +340,7 @@ def build_index_command(checkpoint: str, root: str | None, collection: str | Non
     result = build_index(checkpoint, corpus, index_dir, collection_name=collection, factory=factory,
                          batch_size=batch_size, text_backbone=text_backbone_record(text_backbone),
                          n_candidates=candidates, moment_checkpoint=moment_checkpoint, token_dtype=token_dtype,
+                         database_url=database_url,
                          progress=not no_progress)
     click.echo(json.dumps({"index": str(index_dir), "generation": result.generation_id,
                            "videos": result.num_videos, "new_videos": result.new_videos, "tokens": result.ntotal}))

@@ -22,7 +22,7 @@ from typing import Any, overload
 import numpy as np
 import torch
 
-from index.builder import DB_NAME, FAISS_DIR, TOKENS_DIR, generation_path
+from index.builder import FAISS_DIR, TOKENS_DIR, generation_path, open_index_database
 from index.faiss_store import FaissTokenIndex
 from index.manifest import IndexManifest, load_manifest
 from index.search import search_topk
@@ -34,7 +34,7 @@ from prvr.fileio import file_sha256
 from prvr.model import DreamPRVR
 from prvr.moments.spans import temporal_nms
 from prvr.types import Moment, MomentLocalizer, QueryBatch
-from services.db import Database, open_database
+from services.db import Database
 
 __all__ = ["SearchResult", "Retriever"]
 
@@ -164,11 +164,7 @@ class Retriever:
             ValueError: when the checkpoint (or the moment checkpoint) is not the one the index was built with.
         """
         index_dir = Path(index_dir)
-        db_path = index_dir / DB_NAME
-        if not db_path.is_file():
-            raise FileNotFoundError(f"{db_path} not found: {index_dir} is not an index directory; build one with "
-                                    "`prvr build-index`")
-        db = open_database(db_path)
+        db = open_index_database(index_dir)
         try:
             generation = db.active_generation()
             if generation is None:

@@ -27,11 +27,10 @@ from typing import Any
 
 import httpx
 
-from index.builder import DB_NAME, generation_path
+from index.builder import generation_path, open_index_database
 from index.manifest import load_manifest
 from prvr.data.captions import caption_path, read_captions
 from prvr.fileio import atomic_path
-from services.db import open_database
 
 HOST = "127.0.0.1"  # loopback only, by design
 
@@ -43,7 +42,7 @@ def free_port() -> int:
 
 
 def manifest_of(index_dir: Path) -> Any:
-    with open_database(index_dir / DB_NAME) as db:
+    with open_index_database(index_dir) as db:
         generation = db.active_generation()
     if generation is None:
         raise SystemExit(f"{index_dir} has no active generation; build it with `prvr build-index`")

@@ -40,10 +40,10 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy import select
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from index.builder import DB_NAME
+from index.builder import open_index_database
 from prvr.retriever import Retriever, SearchResult
 from services import media
-from services.db import Database, GenerationVideo, Video, VideoStatus, open_database
+from services.db import Database, GenerationVideo, Video, VideoStatus
 from services.schemas import (
     BatchSearchRequest,
     BatchSearchResponse,
@@ -163,7 +163,7 @@ class IndexHolder:
     def __init__(self, index_dir: Path, loader: Callable[[Path], Retriever] | None = None) -> None:
         self.index_dir = index_dir
         self._loader = loader or Retriever.load
-        self.db: Database = open_database(index_dir / DB_NAME)
+        self.db: Database = open_index_database(index_dir)
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()  # one loader at a time
         self._leases: dict[int, int] = {}  # id(retriever) -> requests using it

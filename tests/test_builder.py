@@ -308,3 +308,34 @@ def test_killed_remove_leaves_previous_generation(setup, tmp_path) -> None:
     assert result.num_videos == 27
     with open_database(out / DB_NAME) as db:
         assert db.generations(GenerationStatus.BUILDING) == []
+
+
+def test_metadata_in_another_database_by_url(setup, tmp_path, monkeypatch) -> None:
+    """--database-url: the index keeps its metadata where the URL points (here a SQLite file elsewhere, standing in
+    for PostgreSQL), reads the URL back with ${VAR} expanded, and refuses to move databases."""
+    from click.testing import CliRunner
+
+    from index.builder import DATABASE_URL_FILE
+    from prvr.cli import main
+
+    out = tmp_path / "index"
+    metadata = tmp_path / "elsewhere" / "meta.db"
+    monkeypatch.setenv("PRVR_TEST_META", str(metadata))
+    url = "sqlite:///${PRVR_TEST_META}"
+    test = PRVRCorpus(setup["tmp"] / "data", "synth", "test", setup["config"].data)
+    build_index(setup["ckpt"], test, out, collection_name="synth", batch_size=16, progress=False, database_url=url)
+    assert metadata.is_file() and not (out / DB_NAME).exists()
+    assert (out / DATABASE_URL_FILE).read_text(encoding="utf-8").strip() == url  # the variable, not the value
+    with Retriever.load(out) as retriever:
+        assert retriever.num_videos == 12
+    info = CliRunner().invoke(main, ["index", "info", str(out), "--json"])
+    assert info.exit_code == 0, info.output
+
+    with pytest.raises(ValueError, match="cannot move databases"):
+        build_index(setup["ckpt"], test, out, collection_name="synth", progress=False, database_url="sqlite:///x.db")
+    with pytest.raises(ValueError, match="cannot move databases"):  # an index with its own SQLite file
+        build_index(setup["ckpt"], test, setup["out"], collection_name="synth", progress=False,
+                    database_url="sqlite:///x.db")
+    monkeypatch.delenv("PRVR_TEST_META")
+    with pytest.raises(ValueError, match="export the variables"):
+        Retriever.load(out)

@@ -17,13 +17,9 @@ __all__ = ["index_group"]
 
 def _active(index_dir: Path) -> tuple[Any, Any, Path]:
     """(database, active generation, its directory); the caller closes the database."""
-    from index.builder import DB_NAME, generation_path
-    from services.db import open_database
+    from index.builder import generation_path, open_index_database
 
-    if not (index_dir / DB_NAME).is_file():
-        raise FileNotFoundError(f"{index_dir / DB_NAME} not found: {index_dir} is not an index directory; build one "
-                                "with `prvr build-index`")
-    db = open_database(index_dir / DB_NAME)
+    db = open_index_database(index_dir)
     generation = db.active_generation()
     if generation is None:
         db.close()

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange, repeat
+from einops import repeat
 from torch import Tensor, nn
 
 from prvr.config import RegisterConfig
-from prvr.nn.layers import ModularPooling, TransformerLayer, masked_softmax
+from prvr.nn.layers import ModularPooling, TransformerLayer
 from prvr.schedule import AncestralSampler, NoiseSchedule, Prediction, sample
 
 __all__ = [
