@@ -285,8 +285,9 @@ def load_preset(name: str) -> ExperimentConfig:
     return config
 
 
-def apply_overrides(config: ExperimentConfig, overrides: list[str] | tuple[str, ...]) -> ExperimentConfig:
-    """Apply ``dotted.path=value`` overrides; values are JSON (``0.2``, ``true``, ``[null, 1.0]``) or bare strings.
+def apply_overrides(config: T, overrides: list[str] | tuple[str, ...]) -> T:
+    """Apply ``dotted.path=value`` overrides to any config dataclass; values are JSON (``0.2``, ``true``,
+    ``[null, 1.0]``) or bare strings.
 
     Example: ``model.registers.enabled=false``, ``loss.weights.div=0``, ``train.epochs=5``.
     """
@@ -301,5 +302,5 @@ def apply_overrides(config: ExperimentConfig, overrides: list[str] | tuple[str, 
         nested: Any = value
         for key in reversed(path.strip().split(".")):
             nested = {key: nested}
-        config = config_from_dict(ExperimentConfig, nested, base=config)
+        config = config_from_dict(type(config), nested, base=config)
     return config

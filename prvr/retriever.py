@@ -387,17 +387,16 @@ class Retriever:
         position = 0
         for query_row, row in enumerate(ranked):
             found = []
-            for video_id, score in zip(row.video_ids.tolist(), row.scores.tolist()):
+            for score in row.scores.tolist():
                 name, duration = external[position], durations[position]
                 position += 1
-                result = SearchResult(name, float(score), duration=duration)
-                if localizer is not None:
-                    if query_tokens is not None:
-                        text = np.asarray(query_tokens[query_row], dtype=np.float32)
-                    else:
-                        text = tokens.tokens[query_row][tokens.mask[query_row]].float().cpu().numpy()  # (L, D_text)
-                    result = self._localize(localizer, result, video_id, text, relevance, num_moments)
-                found.append(result)
+                found.append(SearchResult(name, float(score), duration=duration))
+            if localizer is not None:
+                if query_tokens is not None:
+                    text = np.asarray(query_tokens[query_row], dtype=np.float32)
+                else:
+                    text = tokens.tokens[query_row][tokens.mask[query_row]].float().cpu().numpy()  # (L, D_text)
+                found = self._localize(localizer, found, row.video_ids.tolist(), text, relevance, num_moments)
             results.append(found)
         return results
 
@@ -419,27 +418,36 @@ class Retriever:
     def _localize(
         self,
         localizer: MomentLocalizer,
-        result: SearchResult,
-        video_id: int,
+        found: list[SearchResult],
+        video_ids: list[int],
         query_tokens: np.ndarray,
         relevance: bool,
         num_moments: int,
-    ) -> SearchResult:
-        """``result`` with the localiser's moments (and relevance curve) for its video."""
-        if result.duration is None or not result.duration > 0:
-            if result.video_id not in self._warned_durations:
+    ) -> list[SearchResult]:
+        """``found`` (one query's results) with the localiser's moments: one token-store gather and one batched
+        localiser call for all of them."""
+        rows = [i for i, result in enumerate(found) if result.duration is not None and result.duration > 0]
+        for result in found:
+            if (result.duration is None or not result.duration > 0) and result.video_id not in self._warned_durations:
                 self._warned_durations.add(result.video_id)
                 logger.warning("video %s has no known duration in the index database: no moments for it (register "
                                "its duration to get moments)", result.video_id)
-            return result
-        stored = self.store.get([video_id])
-        frames = stored.frame[0][stored.frame_mask[0]].numpy().astype(np.float32, copy=False)  # (F, D)
+        if not rows:
+            return found
+        stored = self.store.get([video_ids[i] for i in rows])
+        frames = [stored.frame[j][stored.frame_mask[j]].numpy().astype(np.float32, copy=False)  # (F_j, D)
+                  for j in range(len(rows))]
         with self._localizer_lock:
             # over-ask, then drop near-copies of better moments, so num_moments distinct ones remain where they exist
-            found = localizer.localize(query_tokens, frames, float(result.duration), num_moments=3 * num_moments)
-        moments = distinct_moments(found.moments, self.moment_overlap)[:num_moments]
-        curve = tuple(float(x) for x in np.asarray(found.relevance).reshape(-1)) if relevance else None
-        return SearchResult(result.video_id, result.score, moments, curve, result.duration)
+            localized = localizer.localize_many(query_tokens, frames, [float(found[i].duration) for i in rows],
+                                                num_moments=3 * num_moments)
+        found = list(found)
+        for i, located in zip(rows, localized):
+            result = found[i]
+            moments = distinct_moments(located.moments, self.moment_overlap)[:num_moments]
+            curve = tuple(float(x) for x in np.asarray(located.relevance).reshape(-1)) if relevance else None
+            found[i] = SearchResult(result.video_id, result.score, moments, curve, result.duration)
+        return found
 
     def _default_candidates(self, n_candidates: int | None) -> int:
         if n_candidates is not None:

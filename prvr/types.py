@@ -158,3 +158,19 @@ class MomentLocalizer(Protocol):
             The moments (seconds, clamped to [0, duration], best first) and the per-frame relevance curve.
         """
         ...
+
+    def localize_many(
+        self, query_tokens: np.ndarray, videos: list[np.ndarray], durations: list[float], *, num_moments: int = 5
+    ) -> list[Localization]:
+        """Localise one query in each of K videos (its top-K results) in one batch: what search calls.
+
+        Args:
+            query_tokens: (L, D_text) as in :meth:`localize`.
+            videos: K arrays (F_k, D) of frame tokens.
+            durations: K durations in seconds.
+            num_moments: how many spans to return at most per video.
+
+        Returns:
+            K localisations, in the order of ``videos``.
+        """
+        ...

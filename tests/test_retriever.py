@@ -171,6 +171,10 @@ class CosineSpanLocalizer:
                         for total, start, end in chosen)
         return Localization(moments, relevance)
 
+    def localize_many(self, query_tokens, videos, durations, *, num_moments=5):
+        return [self.localize(query_tokens, video, duration, num_moments=num_moments)
+                for video, duration in zip(videos, durations)]
+
 
 def load_localizer(path):
     with open(path, encoding="utf-8") as handle:
@@ -334,6 +338,10 @@ def test_search_returns_distinct_moments(index_dir, bert_dir) -> None:
             copies = [Moment(m.start_sec + step / 4, m.end_sec + step / 4, m.score - 0.01) for m in base]
             moments = tuple(sorted(base + copies, key=lambda m: -m.score)[:num_moments])
             return Localization(moments, np.zeros(len(frame_tokens), np.float32))
+
+        def localize_many(self, query_tokens, videos, durations, *, num_moments=5):
+            return [self.localize(query_tokens, video, duration, num_moments=num_moments)
+                    for video, duration in zip(videos, durations)]
 
     encoder = TokenFeatureEncoder(bert_dir)
     with Retriever.load(index_dir["dir"], text_encoder=encoder, localizer=EchoingLocalizer()) as retriever:

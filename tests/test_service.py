@@ -67,6 +67,10 @@ class PeakLocalizer:
             moments.append(Moment(start, end, float(relevance[frame])))
         return Localization(tuple(moments), relevance.astype(np.float32))
 
+    def localize_many(self, query_tokens, videos, durations, *, num_moments=5):
+        return [self.localize(query_tokens, video, duration, num_moments=num_moments)
+                for video, duration in zip(videos, durations)]
+
 
 def load_with_localizer(index_dir: Path) -> Retriever:
     return Retriever.load(index_dir, localizer=PeakLocalizer())

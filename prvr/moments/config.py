@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
-from prvr.config import DataConfig, config_from_dict, config_to_dict, preset_names, read_preset
+from prvr.config import DataConfig, apply_overrides, config_from_dict, config_to_dict, preset_names, read_preset
 
 __all__ = [
     "MomentConfig",
@@ -140,16 +140,4 @@ def load_moment_preset(name: str) -> MomentConfig:
 
 def apply_moment_overrides(config: MomentConfig, overrides: list[str] | tuple[str, ...]) -> MomentConfig:
     """Apply ``dotted.path=value`` overrides (JSON values or bare strings), e.g. ``decoder=diffusionvmr``."""
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} must look like dotted.path=value, e.g. epochs=5")
-        path, raw = item.split("=", 1)
-        try:
-            value: Any = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        nested: Any = value
-        for key in reversed(path.strip().split(".")):
-            nested = {key: nested}
-        config = config_from_dict(MomentConfig, nested, base=config)
-    return config
+    return apply_overrides(config, overrides)
