@@ -5,7 +5,7 @@ for each concurrency level sends GET /search requests drawn from the indexed spl
 bounded in count (--requests) and time (--max-seconds) per run, repeated --repeats times; the figures are the medians
 over the repeats. Any non-200 answer is an error; the script exits 1 when there is one.
 
-    python scripts/bench_service.py --index /tmp/capidx --out docs/bench/service.json
+    python scripts/bench_service.py --index indexes/capproxy-val --out docs/bench/service.json
 """
 
 from __future__ import annotations
