@@ -52,19 +52,27 @@ def save_checkpoint(
     atomic_torch_save(payload, path)
 
 
-def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint dict safely (``weights_only=True``), with clear errors for missing or foreign files."""
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", *,
+                    config_key: str = "model_config", command: str = "prvr train") -> dict[str, Any]:
+    """Load a checkpoint dict safely (``weights_only=True``), with clear errors for missing or foreign files.
+
+    Args:
+        path: the checkpoint file.
+        map_location: where tensors are loaded.
+        config_key: the embedded config a checkpoint of this kind must hold (``moment_config`` for the localiser).
+        command: the command that writes such checkpoints, named in the error messages.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; pass the best.pt or last.pt of a `prvr train` run")
+        raise FileNotFoundError(f"checkpoint {path} does not exist; pass the best.pt or last.pt of a `{command}` run")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises several types for truncated / foreign files
         raise ValueError(f"checkpoint {path} cannot be read ({type(error).__name__}: {error}); it may be truncated "
-                         "or not a prvr checkpoint: re-run training or point at another file") from error
-    if not isinstance(payload, dict) or "model_config" not in payload or "model" not in payload:
-        raise ValueError(f"{path} is not a prvr checkpoint (no embedded model_config); pass a file written by "
-                         "`prvr train`")
+                         f"or not a prvr checkpoint: re-run `{command}` or point at another file") from error
+    if not isinstance(payload, dict) or config_key not in payload or "model" not in payload:
+        raise ValueError(f"{path} is not a checkpoint of `{command}` (no embedded {config_key}); pass a file written "
+                         f"by `{command}`")
     return payload
 
 

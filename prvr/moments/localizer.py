@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from prvr.checkpoint import read_checkpoint
 from prvr.data.preprocess import frame_tokens as preprocess_frames
 from prvr.data.preprocess import preprocess_query
 from prvr.moments.config import MomentConfig
@@ -46,19 +47,7 @@ def pad_batch(arrays: Sequence[np.ndarray], device: torch.device | str = "cpu") 
 
 def read_moment_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a moment checkpoint dict safely (``weights_only=True``) with clear errors for missing / foreign files."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"moment checkpoint {path} does not exist; pass the best.pt or last.pt of a "
-                                "`prvr train-moments` run")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # torch raises several types for truncated / foreign files
-        raise ValueError(f"moment checkpoint {path} cannot be read ({type(error).__name__}: {error}); it may be "
-                         "truncated: re-run `prvr train-moments` or point at another file") from error
-    if not isinstance(payload, dict) or "moment_config" not in payload or "model" not in payload:
-        raise ValueError(f"{path} is not a moment checkpoint (no embedded moment_config); pass a file written by "
-                         "`prvr train-moments` (a retrieval checkpoint of `prvr train` is a different thing)")
-    return payload
+    return read_checkpoint(path, map_location, config_key="moment_config", command="prvr train-moments")
 
 
 class DiffusionMomentLocalizer:
