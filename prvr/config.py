@@ -42,6 +42,9 @@ DEFAULT_LOSS_WEIGHTS: dict[str, float] = {
     "qsp": 0.01,
     "kl": 1e-4,
     "dre": 1e-3,
+    # Not in the paper: InfoNCE on the fused cosine score over a temperature (loss.nce_temperature). Off by default;
+    # the capproxy preset turns it on (docs/BENCHMARKS.md measures it).
+    "nce_fused": 0.0,
 }
 
 
@@ -106,6 +109,7 @@ class ModelConfig:
     num_heads: int = 4
     ffn_size: int = 1536
     dropout: float = 0.31
+    projection_relu: bool = True  # input projections end in ReLU (MS-SL family); false keeps the signed features
     max_video_positions: int = 128
     max_text_positions: int = 30
     clip_weight: float = 0.6  # w_c
@@ -120,6 +124,7 @@ class LossConfig:
 
     weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LOSS_WEIGHTS))
     margin: float = 0.2  # triplet margin
+    nce_temperature: float = 0.05  # temperature of the fused-cosine InfoNCE ("nce_fused")
     hard_negative_start_epoch: int = 20  # epochs (0-based) before this use random negatives
     hard_negative_pool: int = 20  # text-to-video hard negatives are drawn uniformly from the top-N
     qsp_temperature: float = 0.08

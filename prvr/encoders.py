@@ -23,7 +23,7 @@ class QueryEncoder(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         dim = config.hidden_size
-        self.project = LinearLayer(config.text_dim, dim, config.dropout)
+        self.project = LinearLayer(config.text_dim, dim, config.dropout, relu=config.projection_relu)
         self.positions = LearnedPositionalEncoding(config.max_text_positions, dim, config.dropout)
         self.layer = TransformerLayer(dim, config.num_heads, config.ffn_size, config.dropout)
         self.pool = ModularPooling(dim)
@@ -45,9 +45,9 @@ class VideoEncoder(nn.Module):
     def __init__(self, config: ModelConfig, seed: int = 0) -> None:
         super().__init__()
         dim = config.hidden_size
-        self.clip_project = LinearLayer(config.video_dim, dim, config.dropout)
+        self.clip_project = LinearLayer(config.video_dim, dim, config.dropout, relu=config.projection_relu)
         self.clip_positions = LearnedPositionalEncoding(config.max_video_positions, dim, config.dropout)
-        self.frame_project = LinearLayer(config.video_dim, dim, config.dropout)
+        self.frame_project = LinearLayer(config.video_dim, dim, config.dropout, relu=config.projection_relu)
         self.frame_positions = LearnedPositionalEncoding(config.max_video_positions, dim, config.dropout)
         self.registers: RegisterGenerator | None = None
         if config.registers.enabled:

@@ -33,7 +33,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# The loss names, in the config's order: nce_clip, trip_clip, nce_frame, trip_frame, div, qsp, kl, dre.
+# The loss names, in the config's order: nce_clip, trip_clip, nce_frame, trip_frame, div, qsp, kl, dre, nce_fused.
 LOSS_NAMES: tuple[str, ...] = tuple(DEFAULT_LOSS_WEIGHTS)
 
 
@@ -352,7 +352,8 @@ class Criterion:
     ``loss = sum over names of weights[name] * loss_<name>``; a loss with weight 0, or whose optional inputs
     (``pvs_mu``/``pvs_logvar`` for "kl", ``dre_pred``/``dre_target`` for "dre") are absent, is neither computed
     nor reported. InfoNCE uses raw dot-product max scores, triplet uses cosine max scores, clip and frame scale
-    separately; triplet switches from random to hard negatives at ``config.hard_negative_start_epoch``.
+    separately; "nce_fused" (not in the paper) is InfoNCE on the fused cosine score ``w_c S_clip + w_f S_frame``
+    divided by ``config.nce_temperature``; triplet switches from random to hard negatives at ``config.hard_negative_start_epoch``.
 
     Args:
         config: loss hyper-parameters and weights.
@@ -364,6 +365,8 @@ class Criterion:
         unknown = sorted(set(config.weights) - set(LOSS_NAMES))
         if unknown:
             raise ValueError(f"unknown loss weight name(s) {unknown}; known names are {list(LOSS_NAMES)}")
+        if config.nce_temperature <= 0:
+            raise ValueError(f"loss.nce_temperature must be > 0, got {config.nce_temperature}")
         negative = sorted(name for name, weight in config.weights.items() if weight < 0)
         if negative:
             raise ValueError(f"loss weights must be >= 0, got negative weight(s) for {negative}")
@@ -404,25 +407,30 @@ class Criterion:
         losses: dict[str, Tensor] = {}
         hard = epoch >= config.hard_negative_start_epoch
 
+        cosine_scores: dict[str, Tensor] = {}
         for scale, token_key, mask_key in (("clip", "clip_tokens", None), ("frame", "frame_tokens", "frame_mask")):
             nce_name, trip_name = f"nce_{scale}", f"trip_{scale}"
-            if not (self.enabled(nce_name) or self.enabled(trip_name)):
+            if not (self.enabled(nce_name) or self.enabled(trip_name) or self.enabled("nce_fused")):
                 continue
             if token_key not in outputs:
                 raise ValueError(
-                    f"outputs lack {token_key!r} needed by loss(es) {nce_name!r}/{trip_name!r}; "
-                    f"provide it or set loss.weights.{nce_name}=0 and loss.weights.{trip_name}=0"
+                    f"outputs lack {token_key!r} needed by loss(es) {nce_name!r}/{trip_name!r}/'nce_fused'; "
+                    f"provide it or set those loss weights to 0"
                 )
             tokens = outputs[token_key]  # (B, T, D)
             mask = outputs.get(mask_key) if mask_key is not None else None  # (B, T) or None
             if self.enabled(nce_name):
                 raw = token_max_scores(query, tokens, mask, normalize=False)  # (Nq, B)
                 losses[f"loss_{nce_name}"] = infonce_loss(raw, video_index)
+            if self.enabled(trip_name) or self.enabled("nce_fused"):
+                cosine_scores[scale] = token_max_scores(query, tokens, mask, normalize=True)  # (Nq, B)
             if self.enabled(trip_name):
-                cosine = token_max_scores(query, tokens, mask, normalize=True)  # (Nq, B)
                 losses[f"loss_{trip_name}"] = triplet_loss(
-                    cosine, video_index, config.margin, hard, config.hard_negative_pool, generator
+                    cosine_scores[scale], video_index, config.margin, hard, config.hard_negative_pool, generator
                 )
+        if self.enabled("nce_fused"):
+            fused = self.clip_weight * cosine_scores["clip"] + self.frame_weight * cosine_scores["frame"]  # (Nq, B)
+            losses["loss_nce_fused"] = infonce_loss(fused / config.nce_temperature, video_index)
 
         if self.enabled("div"):
             losses["loss_div"] = query_diversity_loss(

@@ -21,14 +21,17 @@ import click
 
 ROWS: dict[str, tuple[str, tuple[str, ...]]] = {
     "dreamprvr": ("DreamPRVR", ()),
-    "no_registers": ("registers off", ("model.registers.enabled=false",)),
+    # Registers off leaves the Gaussian blocks: that is also the HLFormer / GMMFormerV2-like ancestor.
+    "no_registers": ("registers off (= HLFormer / GMMFormerV2-like: Gaussian blocks, no registers)",
+                     ("model.registers.enabled=false",)),
     "no_diffusion": ("no diffusion refinement (registers straight from PVS)", ("model.registers.diffusion.steps=0",)),
     "gaussian_init": ("Gaussian instead of the video-centric initialisation", ("model.registers.init=gaussian",)),
     "no_text_losses": ("no text-structure losses", ("loss.weights.div=0", "loss.weights.qsp=0")),
     "ms_sl_like": ("MS-SL / GMMFormer-like (no Gaussian prior, no registers)",
                    ("model.registers.enabled=false", "model.block.widths=[null]")),
-    "hlformer_like": ("HLFormer / GMMFormerV2-like (Gaussian blocks, no registers)",
-                      ("model.registers.enabled=false",)),
+    # The paper's training recipe on the same preset: no fused-cosine InfoNCE, ReLU after the input projections.
+    "paper_recipe": ("DreamPRVR with the paper's losses and ReLU projections",
+                     ("loss.weights.nce_fused=0", "model.projection_relu=true")),
 }
 METRICS = ("R@1", "R@5", "R@10", "R@100", "SumR")
 
@@ -65,7 +68,7 @@ def rows_command() -> None:
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--data", "root", default="data", show_default=True, help="Data root holding capproxy/.")
 @click.option("--runs", default="runs/capproxy", show_default=True, help="Folder of the grid's runs.")
-@click.option("--preset", default="cpu", show_default=True)
+@click.option("--preset", default="capproxy", show_default=True)
 @click.option("--epochs", default=12, show_default=True, type=click.IntRange(min=1))
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(min=0))
 def run_command(row: str, seed: int, root: str, runs: str, preset: str, epochs: int, threads: int) -> None:

@@ -370,7 +370,7 @@ def _outputs(seed: int = 11, counts: list[int] | None = None, dim: int = 8):
 
 
 def test_criterion_total_is_weighted_sum_and_parts_match() -> None:
-    config = LossConfig()
+    config = dataclasses.replace(LossConfig(), weights=dict(LossConfig().weights, nce_fused=0.5), nce_temperature=0.07)
     outputs, video_index = _outputs()
     criterion = Criterion(config, 0.6, 0.4)
     losses = criterion(outputs, video_index, epoch=0, generator=torch.Generator().manual_seed(3))
@@ -381,7 +381,10 @@ def test_criterion_total_is_weighted_sum_and_parts_match() -> None:
     q, mask = outputs["query"].detach().double(), outputs["frame_mask"]
     raw_frame = token_max_scores(q, outputs["frame_tokens"].detach().double(), mask, normalize=False)
     raw_clip = token_max_scores(q, outputs["clip_tokens"].detach().double(), None, normalize=False)
+    cos_frame = token_max_scores(q, outputs["frame_tokens"].detach().double(), mask, normalize=True)
+    cos_clip = token_max_scores(q, outputs["clip_tokens"].detach().double(), None, normalize=True)
     expected = {
+        "nce_fused": _naive_infonce((0.6 * cos_clip + 0.4 * cos_frame) / 0.07, video_index),
         "nce_frame": _naive_infonce(raw_frame, video_index),
         "nce_clip": _naive_infonce(raw_clip, video_index),
         "div": _naive_diversity(q, video_index, config.div_alpha, config.div_lambda, config.div_delta),
@@ -439,7 +442,8 @@ def test_criterion_single_video_batch() -> None:
 
 
 def test_criterion_rejects_unknown_and_negative_weights() -> None:
-    assert LOSS_NAMES == ("nce_clip", "trip_clip", "nce_frame", "trip_frame", "div", "qsp", "kl", "dre")
+    assert LOSS_NAMES == ("nce_clip", "trip_clip", "nce_frame", "trip_frame", "div", "qsp", "kl", "dre", "nce_fused")
+    assert LossConfig().weights["nce_fused"] == 0.0  # the paper's recipe unless a preset turns it on
     config = dataclasses.replace(LossConfig(), weights=dict(LossConfig().weights, nce=1.0))
     with pytest.raises(ValueError, match="known names") as info:
         Criterion(config, 0.6, 0.4)
@@ -447,6 +451,8 @@ def test_criterion_rejects_unknown_and_negative_weights() -> None:
     config = dataclasses.replace(LossConfig(), weights=dict(LossConfig().weights, div=-1.0))
     with pytest.raises(ValueError, match=">= 0"):
         Criterion(config, 0.6, 0.4)
+    with pytest.raises(ValueError, match="nce_temperature"):
+        Criterion(dataclasses.replace(LossConfig(), nce_temperature=0.0), 0.6, 0.4)
 
 
 def test_criterion_missing_tokens_raise() -> None:

@@ -21,6 +21,7 @@ ABLATIONS = {
     "sampled_init": ["model.registers.sample_init_in_train=true"],
     "mssl_like": ["model.registers.enabled=false", "model.block.widths=[null]"],
     "gmmformer_like": ["model.registers.enabled=false"],
+    "capproxy_recipe": ["model.projection_relu=false", "loss.weights.nce_fused=1.0"],
 }
 
 
@@ -114,3 +115,13 @@ def test_empty_inputs_are_refused() -> None:
         model.encode_queries(empty_mask)
     with pytest.raises(ValueError, match="no valid frame"):
         model.encode_videos(dataclasses.replace(videos, frame_mask=torch.zeros_like(videos.frame_mask)))
+
+
+def test_projection_relu_switch() -> None:
+    videos, queries = make_batch(tiny_config(), [6, 9])
+    for relu in (True, False):
+        model = DreamPRVR(tiny_config(f"model.projection_relu={str(relu).lower()}").model, seed=0).eval()
+        projected = model.query_encoder.project(queries.tokens)  # (Nq, L, D)
+        assert bool((projected < 0).any()) is not relu  # ReLU leaves no negative value; without it some stay
+        frames = model.video_encoder.frame_project(videos.frame_feats)  # (B, F, D)
+        assert bool((frames < 0).any()) is not relu
