@@ -9,6 +9,9 @@ Sections (each optional, every number written to --out-json and a markdown table
 * ``grid``: per checkpoint, accuracy over DDIM steps x spans on the first ``--grid-queries`` queries, with CPU
   latency: ms per (query, video) (``localize``) and ms per query over its top-10 videos batched
   (``localize_many``), medians of ``--repeats`` runs over ``--latency-pairs`` pairs, one thread.
+* ``rescore``: per checkpoint, the relevance-aware span score (``p_fg * exp(w * (gain - 1))``, see
+  ``prvr.moments.baselines.span_relevance_gain``) over ``--rescore-grid`` weights on the first ``--grid-queries``
+  queries (the selection queries); ``--rescore W`` then applies the chosen w to every section.
 * ``vcmr``: with ``--retrieval-checkpoint``: DreamPRVR scores over the whole split, the top-K videos of each query
   localised in one batch, ranked by exp(alpha S) p_fg over alphas (the softmax variant ranks identically within a
   query: it divides by a per-query constant), VCMR / SVMR / VR recall.
@@ -215,6 +218,9 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         parts += [f"## {name}: steps x spans (first {report['grid_queries']} queries; CPU, 1 thread, medians)", "",
                   _table(rows, ["steps", "spans", "R1@0.5", "R1@0.7", "mAP", "ms_per_pair", "ms_per_query_top10"]),
                   ""]
+    for name, rows in report.get("rescore", {}).items():
+        parts += [f"## {name}: relevance-aware span score p_fg * exp(w (gain - 1)) (first {rows[0]['queries']} "
+                  "queries)", "", _table(rows, ["w", *KEYS]), ""]
     if "vcmr" in report:
         section = report["vcmr"]
         parts += [f"## VCMR over the corpus ({section['videos']} videos, {section['queries']} queries, top-"
@@ -247,6 +253,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="Accuracy section: leave out the first N queries (e.g. the grid's, used for choosing).")
     parser.add_argument("--spans", type=int, default=None, help="Accuracy section: spans (default: config).")
     parser.add_argument("--steps", type=int, default=None, help="Accuracy section: DDIM steps (default: config).")
+    parser.add_argument("--rescore", type=float, default=None,
+                        help="Relevance-aware span score weight w for every section (default: the checkpoint's).")
+    parser.add_argument("--rescore-grid", default="0,0.5,1,2,4,8",
+                        help="Section 'rescore': the weights w tried on the first --grid-queries queries.")
     parser.add_argument("--grid-queries", type=int, default=500)
     parser.add_argument("--latency-pairs", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=5)
@@ -279,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.checkpoint:
         name, _, path = item.partition("=")
         localizers[name] = load_localizer(path)
+        if args.rescore is not None:
+            localizers[name].config = dataclasses.replace(localizers[name].config, relevance_rescore=args.rescore)
         report.setdefault("checkpoints", {})[name] = {"path": path, "config": dataclasses.asdict(
             localizers[name].config)}
 
@@ -302,6 +314,16 @@ def main(argv: list[str] | None = None) -> int:
                 **accuracy(localizer, held_out, args.batch_size, args.spans, args.steps),
                 "skipped_queries": args.skip_queries}
             logger.info("accuracy %s %s", name, report["accuracy"][name])
+            save()
+        if "rescore" in sections:
+            selection = MomentData(data.corpus, data.frames_of)
+            selection.records = data.records[: args.grid_queries]
+            report.setdefault("rescore", {})[name] = [
+                {"w": w, "queries": len(selection), **_metrics(predict_split(
+                    localizer, selection, batch_size=args.batch_size, num_spans=args.spans, steps=args.steps,
+                    rescore=w), selection)}
+                for w in (float(v) for v in args.rescore_grid.split(","))]
+            logger.info("rescore %s %s", name, report["rescore"][name])
             save()
         if "grid" in sections:
             report.setdefault("grid", {})[name] = grid(localizer, data, args.grid_queries, args.latency_pairs,

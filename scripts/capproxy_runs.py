@@ -19,7 +19,11 @@ from pathlib import Path
 
 import click
 
+# Row name -> (label, overrides of the preset). The "trivial" row is not a DreamPRVR config: it trains the spec's
+# trivial reference (prvr.benchmarks.trivial) in the same loader and metrics.
+TRIVIAL = "trivial"
 ROWS: dict[str, tuple[str, tuple[str, ...]]] = {
+    TRIVIAL: ("trivial reference, ours (two linear maps, tempered InfoNCE; D 256, lr 1e-3)", ()),
     "dreamprvr": ("DreamPRVR", ()),
     # Registers off leaves the Gaussian blocks: that is also the HLFormer / GMMFormerV2-like ancestor.
     "no_registers": ("registers off (= HLFormer / GMMFormerV2-like: Gaussian blocks, no registers)",
@@ -74,6 +78,18 @@ def rows_command() -> None:
 def run_command(row: str, seed: int, root: str, runs: str, preset: str, epochs: int, threads: int) -> None:
     """Train one (row, seed), resuming a run that was cut off; a finished run is left as it is."""
     run_dir = _run_dir(Path(runs), row, seed)
+    if row == TRIVIAL:
+        import torch
+
+        from prvr.benchmarks.trivial import TrivialConfig, train_trivial
+        from prvr.config import DataConfig
+
+        if threads:
+            torch.set_num_threads(threads)
+        data = DataConfig(video_feature="minilm_l3", text_feature="minilm_l6")
+        history = train_trivial(root, "capproxy", data, run_dir, TrivialConfig(epochs=epochs, seed=seed))
+        click.echo(json.dumps({"best": _best(history)}))
+        return
     command = [sys.executable, "-m", "prvr", "train", "--data", root, "--collection", "capproxy",
                "--preset", preset, "--out", str(run_dir), "--video-feature", "minilm_l3",
                "--text-feature", "minilm_l6", "--seed", str(seed), "--no-progress",

@@ -16,8 +16,10 @@ from prvr.cli import main
 from prvr.data.dataset import PRVRCorpus
 from prvr.data.synthetic import make_synthetic_corpus
 from prvr.metrics.moments import moment_metrics
+from prvr.moments.baselines import span_relevance_gain
 from prvr.moments.config import load_moment_preset
-from prvr.moments.localizer import DiffusionMomentLocalizer, load_localizer, read_moment_checkpoint
+from prvr.moments.localizer import DiffusionMomentLocalizer, load_localizer, pad_batch, read_moment_checkpoint
+from prvr.moments.spans import span_cw_to_se
 from prvr.moments.train import MomentData, frame_source, predict_split, train_moments
 from prvr.types import Localization, MomentLocalizer
 
@@ -114,6 +116,21 @@ def test_localize_api_sorted_clamped_batched_and_seeded(trained, synth_root: Pat
             inter = max(0.0, min(a.end_sec, b.end_sec) - max(a.start_sec, b.start_sec))
             union = max(a.end_sec, b.end_sec) - min(a.start_sec, b.start_sec)
             assert union == 0 or inter / union <= 0.3 + 1e-6
+
+
+def test_relevance_rescore_reorders_by_the_curve(trained, synth_root: Path) -> None:
+    _, result = trained
+    localizer = load_localizer(result.best_path)
+    corpus = PRVRCorpus(synth_root, "synth", "val", localizer.config.data)
+    record = corpus.queries[0]
+    video, video_mask = pad_batch([corpus.video(record.video_id)[1]])
+    text, text_mask = pad_batch([corpus.query_tokens(record.query_id)])
+    spans, p_fg, relevance = localizer.predict(video, video_mask, text, text_mask, num_spans=12, rescore=0.0)
+    _, scores, _ = localizer.predict(video, video_mask, text, text_mask, num_spans=12, rescore=3.0)
+    gain = span_relevance_gain(span_cw_to_se(spans).clamp(0, 1), relevance, video_mask)
+    torch.testing.assert_close(scores, p_fg * torch.exp(3.0 * (gain - 1.0)))
+    with pytest.raises(ValueError, match="rescore"):
+        localizer.predict(video, video_mask, text, text_mask, rescore=-1.0)
 
 
 def test_bad_input_gets_clear_errors_or_sensible_answers(trained) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from prvr.moments.baselines import best_contiguous_span, best_contiguous_span_seconds
+import torch
+
+from prvr.moments.baselines import best_contiguous_span, best_contiguous_span_seconds, span_relevance_gain
 from prvr.moments.vcmr import corpus_moment_scores, rank_corpus_moments
 from prvr.types import Localization, Moment
 
@@ -62,3 +64,28 @@ def test_best_contiguous_span_matches_brute_force() -> None:
     assert best_contiguous_span_seconds(np.array([0.0, 1.0, 1.0, 0.0]), 40.0) == (10.0, 30.0)
     with pytest.raises(ValueError, match="non-empty"):
         best_contiguous_span(np.array([]))
+
+
+def test_span_relevance_gain_against_a_loop() -> None:
+    rng = np.random.default_rng(1)
+    lengths = [1, 3, 9, 14]
+    curves = torch.zeros(len(lengths), 14, dtype=torch.float64)
+    mask = torch.zeros(len(lengths), 14, dtype=torch.bool)
+    for row, length in enumerate(lengths):
+        curves[row, :length] = torch.from_numpy(rng.random(length))
+        mask[row, :length] = True
+    spans = torch.from_numpy(np.sort(rng.random((len(lengths), 6, 2)), axis=-1))  # (B, Q, 2) start <= end
+    gains = span_relevance_gain(spans, curves, mask)
+    for row, length in enumerate(lengths):
+        curve = curves[row, :length].numpy()
+        centred = curve - curve.mean()
+        first, last = best_contiguous_span(curve)
+        best = centred[first: last + 1].sum()
+        for q in range(6):
+            start, end = spans[row, q].tolist()
+            held = sum(centred[k] for k in range(length) if start <= (k + 0.5) / length <= end)
+            expected = 0.0 if best <= 1e-8 else held / best
+            assert gains[row, q].item() == pytest.approx(expected, abs=1e-9)
+    whole = span_relevance_gain(torch.tensor([[[first / 14, (last + 1) / 14]]], dtype=torch.float64),
+                                curves[3:], mask[3:])
+    assert whole.item() == pytest.approx(1.0)  # the best contiguous span holds all of its own mass

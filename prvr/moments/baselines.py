@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["best_contiguous_span", "best_contiguous_span_seconds"]
+import torch
+from torch import Tensor
+
+__all__ = ["best_contiguous_span", "best_contiguous_span_seconds", "span_relevance_gain"]
 
 
 def best_contiguous_span(curve: np.ndarray) -> tuple[int, int]:
@@ -52,3 +55,33 @@ def best_contiguous_span_seconds(curve: np.ndarray, duration: float) -> tuple[fl
     first, last = best_contiguous_span(curve)
     count = len(curve)
     return first / count * duration, min((last + 1) / count, 1.0) * duration
+
+
+def span_relevance_gain(spans_se: Tensor, relevance: Tensor, mask: Tensor) -> Tensor:
+    """How much of the best contiguous span's relevance mass each span holds (batched, differentiable-free).
+
+    For a pair with valid frames F and centred curve c_k = r_k - mean(r), a span [s, e] (fractions of the video)
+    holds the frames whose centres (k + 0.5) / F fall inside it, and ``gain = sum_{k in span} c_k / best`` where
+    ``best`` is the maximum-sum run of c (:func:`best_contiguous_span`'s objective). The best contiguous span itself
+    has gain 1; a span of frames below the mean has a negative gain. A flat curve (best ~ 0) gives 0 for every span.
+
+    Args:
+        spans_se: (B, Q, 2) normalised (start, end).
+        relevance: (B, F) per-frame curve; padded entries are ignored.
+        mask: (B, F) bool, True on real frames.
+
+    Returns:
+        (B, Q) gains.
+    """
+    mask_f = mask.to(relevance.dtype)  # (B, F)
+    count = mask_f.sum(dim=1, keepdim=True).clamp_min(1.0)  # (B, 1)
+    centred = (relevance - (relevance * mask_f).sum(dim=1, keepdim=True) / count) * mask_f  # (B, F)
+    prefix = torch.cumsum(centred, dim=1)  # (B, F)
+    before = torch.cat([torch.zeros_like(prefix[:, :1]), prefix[:, :-1]], dim=1)  # (B, F) prefix sum before k
+    best = (prefix - torch.cummin(torch.minimum(before, torch.zeros_like(before)), dim=1).values).amax(dim=1)  # (B,)
+    frames = torch.arange(relevance.shape[1], device=relevance.device, dtype=relevance.dtype)  # (F,)
+    centres = (frames[None] + 0.5) / count  # (B, F)
+    inside = (centres[:, None] >= spans_se[..., :1]) & (centres[:, None] <= spans_se[..., 1:])  # (B, Q, F)
+    held = (inside.to(relevance.dtype) * centred[:, None]).sum(dim=-1)  # (B, Q)
+    flat = best <= 1e-8  # (B,)
+    return torch.where(flat[:, None], torch.zeros_like(held), held / best.clamp_min(1e-8)[:, None])

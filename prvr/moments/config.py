@@ -74,6 +74,9 @@ class MomentConfig:
     num_spans: int = 10
     eta: float = 0.0
     nms_threshold: float | None = None  # temporal NMS IoU; None = off
+    # Ours, inference only: span score = p_fg * exp(w * (gain - 1)), gain = the span's share of the relevance
+    # curve's best contiguous mass (prvr.moments.baselines.span_relevance_gain); 0 = p_fg alone (MomentDiff).
+    relevance_rescore: float = 0.0
     # matching and losses
     cost_l1: float = 10.0
     cost_giou: float = 1.0

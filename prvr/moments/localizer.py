@@ -23,6 +23,7 @@ from torch import Tensor
 from prvr.checkpoint import read_checkpoint
 from prvr.data.preprocess import frame_tokens as preprocess_frames
 from prvr.data.preprocess import preprocess_query
+from prvr.moments.baselines import span_relevance_gain
 from prvr.moments.config import MomentConfig
 from prvr.moments.denoiser import MomentDenoiser, SpanDiffusion
 from prvr.moments.spans import span_cw_to_se, temporal_nms
@@ -70,7 +71,7 @@ class DiffusionMomentLocalizer:
 
     @torch.no_grad()
     def predict(self, video: Tensor, video_mask: Tensor, text: Tensor, text_mask: Tensor, *,
-                num_spans: int | None = None, steps: int | None = None,
+                num_spans: int | None = None, steps: int | None = None, rescore: float | None = None,
                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Sample spans for B preprocessed (query, video) pairs.
 
@@ -79,11 +80,13 @@ class DiffusionMomentLocalizer:
             text: (B, L, D_t) query tokens, zero-padded; text_mask (B, L).
             num_spans: Q (default ``config.num_spans``).
             steps: DDIM steps (default ``config.sampling_steps``).
+            rescore: w of the relevance-aware span score (default ``config.relevance_rescore``; 0 = p_fg alone).
             generator: seeds the starting noise, drawn per batch (default: every pair starts from the SAME Q spans of
                 noise, drawn from ``config.seed``, so a pair's answer does not depend on its batch).
 
         Returns:
-            ``(spans_cw (B, Q, 2) in [0, 1], p_fg (B, Q), relevance (B, F) in [0, 1])``.
+            ``(spans_cw (B, Q, 2) in [0, 1], scores (B, Q), relevance (B, F) in [0, 1])``; the scores are the
+            foreground probabilities ``p_fg``, times ``exp(w * (gain - 1))`` when ``rescore`` w > 0.
         """
         num_spans = self.config.num_spans if num_spans is None else int(num_spans)
         steps = self.config.sampling_steps if steps is None else int(steps)
@@ -91,6 +94,9 @@ class DiffusionMomentLocalizer:
             raise ValueError(f"num_spans must be >= 1, got {num_spans}")
         if not 1 <= steps <= self.config.diffusion_steps:
             raise ValueError(f"steps must lie in [1, {self.config.diffusion_steps}], got {steps}")
+        rescore = self.config.relevance_rescore if rescore is None else float(rescore)
+        if not (math.isfinite(rescore) and rescore >= 0):
+            raise ValueError(f"rescore must be a finite number >= 0, got {rescore}")
         x_T = None
         if generator is None:
             generator = torch.Generator().manual_seed(self.config.seed)
@@ -101,6 +107,9 @@ class DiffusionMomentLocalizer:
         spans_cw, logits = self.diffusion.sample(self.model, condition, num_spans, steps, generator, x_T)
         p_fg = logits.softmax(-1)[..., 0]  # (B, Q)
         relevance = condition.relevance.sigmoid() * condition.mask  # (B, F)
+        if rescore > 0:
+            gain = span_relevance_gain(span_cw_to_se(spans_cw.float()).clamp(0.0, 1.0), relevance, condition.mask)
+            p_fg = p_fg * torch.exp(rescore * (gain - 1.0))  # (B, Q)
         return spans_cw, p_fg, relevance
 
     # ------------------------------------------------------------------------------------------------------------
