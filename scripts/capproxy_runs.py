@@ -123,10 +123,17 @@ def table_command(runs: str, out_stem: str) -> None:
                      "wall_seconds": history[-1]["wall_seconds"],
                      "seconds_per_epoch": history[-1]["wall_seconds"] / len(history)})
     Path(out_stem).with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
-    lines = ["| row | seed | epochs run | best epoch | R@1 | R@5 | R@10 | R@100 | SumR |", "|---" * 9 + "|"]
+    lines = ["| row | seed | epochs run | best epoch | R@1 | R@5 | R@10 | R@100 | SumR | min / epoch |",
+             "|---" * 10 + "|"]
     for r in rows:
         lines.append(f"| {ROWS[r['row']][0]} | {r['seed']} | {r['epochs']} | {r['epoch']} | "
-                     + " | ".join(f"{r[m]:.2f}" for m in METRICS) + " |")
+                     + " | ".join(f"{r[m]:.2f}" for m in METRICS) + f" | {r['seconds_per_epoch'] / 60:.2f} |")
+    lines += ["", "| row | seeds | mean SumR | min - max |", "|---|---|---|---|"]
+    for name in ROWS:
+        sums = [r["SumR"] for r in rows if r["row"] == name]
+        if sums:
+            lines.append(f"| {ROWS[name][0]} | {len(sums)} | {sum(sums) / len(sums):.2f} | "
+                         f"{min(sums):.2f} - {max(sums):.2f} |")
     Path(out_stem).with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     click.echo("\n".join(lines))
 
@@ -142,18 +149,22 @@ def plot_command(runs: str, row_names: tuple[str, ...], out_path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(7, 4.2), dpi=120)
+    figure, (by_epoch, by_minute) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120, sharey=True)
     for row in row_names:
         for run_dir in sorted(Path(runs).glob(f"{row}-s*")):
             history = _history(run_dir)
             if history:
-                axis.plot([r["epoch"] for r in history], [_sumr(r) for r in history], marker="o",
-                          label=f"{ROWS[row][0]} (seed {run_dir.name.rpartition('-s')[2]})")
-    axis.set_xlabel("epoch")
-    axis.set_ylabel("DEV-VAL SumR")
-    axis.set_title("ANet-CapProxy: validation SumR per epoch")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
+                label = f"{ROWS[row][0]} (seed {run_dir.name.rpartition('-s')[2]})"
+                sums = [_sumr(r) for r in history]
+                by_epoch.plot([r["epoch"] for r in history], sums, marker="o", markersize=3, label=label)
+                by_minute.plot([r["wall_seconds"] / 60 for r in history], sums, marker="o", markersize=3, label=label)
+    by_epoch.set_xlabel("epoch")
+    by_minute.set_xlabel("training + validation wall time (min, one thread)")
+    by_epoch.set_ylabel("DEV-VAL SumR")
+    figure.suptitle("ANet-CapProxy: validation SumR per epoch and per wall-clock minute")
+    for axis in (by_epoch, by_minute):
+        axis.grid(alpha=0.3)
+    by_epoch.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(out_path)
     click.echo(out_path)
