@@ -11,7 +11,9 @@ Sections (each optional, every number written to --out-json and a markdown table
   (``localize_many``), medians of ``--repeats`` runs over ``--latency-pairs`` pairs, one thread.
 * ``rescore``: per checkpoint, the relevance-aware span score (``p_fg * exp(w * (gain - 1))``, see
   ``prvr.moments.baselines.span_relevance_gain``) over ``--rescore-grid`` weights on the first ``--grid-queries``
-  queries (the selection queries); ``--rescore W`` then applies the chosen w to every section.
+  queries (the selection queries), crossed with ``--proposal-grid``: the relevance curve's best contiguous span
+  added as one more proposal, noised to step s and refined in one network pass; ``--rescore W`` and
+  ``--proposal-step S`` then apply the chosen setting to every section.
 * ``vcmr``: with ``--retrieval-checkpoint``: DreamPRVR scores over the whole split, the top-K videos of each query
   localised in one batch, ranked by exp(alpha S) p_fg over alphas (the softmax variant ranks identically within a
   query: it divides by a per-query constant), VCMR / SVMR / VR recall.
@@ -55,6 +57,10 @@ logger = logging.getLogger("bench_moments")
 KEYS = ("R1@0.3", "R1@0.5", "R1@0.7", "mAP@0.5", "mAP@0.75", "mAP")
 STEPS = (1, 2, 4, 10)
 SPANS = (5, 10, 20)
+
+
+def _step(text: str) -> int | None:
+    return None if text.strip().lower() == "none" else int(text)
 
 
 def _metrics(predictions: list[dict[str, Any]], data: MomentData) -> dict[str, float]:
@@ -219,8 +225,8 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
                   _table(rows, ["steps", "spans", "R1@0.5", "R1@0.7", "mAP", "ms_per_pair", "ms_per_query_top10"]),
                   ""]
     for name, rows in report.get("rescore", {}).items():
-        parts += [f"## {name}: relevance-aware span score p_fg * exp(w (gain - 1)) (first {rows[0]['queries']} "
-                  "queries)", "", _table(rows, ["w", *KEYS]), ""]
+        parts += [f"## {name}: relevance proposal (refined from step s) and span score p_fg * exp(w (gain - 1)) "
+                  f"(first {rows[0]['queries']} queries)", "", _table(rows, ["proposal_step", "w", *KEYS]), ""]
     if "vcmr" in report:
         section = report["vcmr"]
         parts += [f"## VCMR over the corpus ({section['videos']} videos, {section['queries']} queries, top-"
@@ -257,6 +263,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="Relevance-aware span score weight w for every section (default: the checkpoint's).")
     parser.add_argument("--rescore-grid", default="0,0.5,1,2,4,8",
                         help="Section 'rescore': the weights w tried on the first --grid-queries queries.")
+    parser.add_argument("--proposal-step", default=None,
+                        help="Relevance proposal step for every section ('none' = off; default: the checkpoint's).")
+    parser.add_argument("--proposal-grid", default="none",
+                        help="Section 'rescore': relevance proposal steps tried ('none' = random spans only).")
     parser.add_argument("--grid-queries", type=int, default=500)
     parser.add_argument("--latency-pairs", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=5)
@@ -291,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
         localizers[name] = load_localizer(path)
         if args.rescore is not None:
             localizers[name].config = dataclasses.replace(localizers[name].config, relevance_rescore=args.rescore)
+        if args.proposal_step is not None:
+            localizers[name].config = dataclasses.replace(localizers[name].config,
+                                                          relevance_proposal_step=_step(args.proposal_step))
         report.setdefault("checkpoints", {})[name] = {"path": path, "config": dataclasses.asdict(
             localizers[name].config)}
 
@@ -319,9 +332,10 @@ def main(argv: list[str] | None = None) -> int:
             selection = MomentData(data.corpus, data.frames_of)
             selection.records = data.records[: args.grid_queries]
             report.setdefault("rescore", {})[name] = [
-                {"w": w, "queries": len(selection), **_metrics(predict_split(
-                    localizer, selection, batch_size=args.batch_size, num_spans=args.spans, steps=args.steps,
-                    rescore=w), selection)}
+                {"proposal_step": "none" if step is None else step, "w": w, "queries": len(selection),
+                 **_metrics(predict_split(localizer, selection, batch_size=args.batch_size, num_spans=args.spans,
+                                          steps=args.steps, rescore=w, proposal_step=step), selection)}
+                for step in (_step(v) for v in args.proposal_grid.split(","))
                 for w in (float(v) for v in args.rescore_grid.split(","))]
             logger.info("rescore %s %s", name, report["rescore"][name])
             save()

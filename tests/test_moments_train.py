@@ -133,6 +133,32 @@ def test_relevance_rescore_reorders_by_the_curve(trained, synth_root: Path) -> N
         localizer.predict(video, video_mask, text, text_mask, rescore=-1.0)
 
 
+def test_relevance_proposal_adds_one_refined_span(trained, synth_root: Path) -> None:
+    _, result = trained
+    localizer = load_localizer(result.best_path)
+    corpus = PRVRCorpus(synth_root, "synth", "val", localizer.config.data)
+    records = corpus.queries[:3]
+    video, video_mask = pad_batch([corpus.video(r.video_id)[1] for r in records])
+    text, text_mask = pad_batch([corpus.query_tokens(r.query_id) for r in records])
+    base, base_scores, _ = localizer.predict(video, video_mask, text, text_mask, num_spans=6, proposal_step=None)
+    spans, scores, _ = localizer.predict(video, video_mask, text, text_mask, num_spans=6, proposal_step=0)
+    assert spans.shape == (3, 7, 2) and scores.shape == (3, 7)
+    torch.testing.assert_close(spans[:, :6], base)  # the random spans are untouched; the extra one comes last
+    assert bool(((spans >= 0) & (spans <= 1)).all()) and bool(((scores >= 0) & (scores <= 1)).all())
+    again, _, _ = localizer.predict(video, video_mask, text, text_mask, num_spans=6, proposal_step=0)
+    torch.testing.assert_close(again, spans)  # seeded
+    with pytest.raises(ValueError, match="proposal_step"):
+        localizer.predict(video, video_mask, text, text_mask, proposal_step=localizer.config.diffusion_steps)
+    configured = DiffusionMomentLocalizer(localizer.model,
+                                          dataclasses.replace(localizer.config, relevance_proposal_step=50))
+    found = configured.localize(corpus.query_tokens(records[0].query_id), corpus.video(records[0].video_id)[1],
+                                records[0].duration, num_moments=3)
+    assert len(found.moments) == 3 and all(0 <= m.start_sec <= m.end_sec <= records[0].duration
+                                           for m in found.moments)
+    with pytest.raises(ValueError, match="relevance_proposal_step"):
+        dataclasses.replace(localizer.config, relevance_proposal_step=-3)
+
+
 def test_bad_input_gets_clear_errors_or_sensible_answers(trained) -> None:
     _, result = trained
     localizer = load_localizer(result.best_path)

@@ -7,7 +7,12 @@ import pytest
 
 import torch
 
-from prvr.moments.baselines import best_contiguous_span, best_contiguous_span_seconds, span_relevance_gain
+from prvr.moments.baselines import (
+    best_contiguous_span,
+    best_contiguous_span_seconds,
+    best_contiguous_spans_se,
+    span_relevance_gain,
+)
 from prvr.moments.vcmr import corpus_moment_scores, rank_corpus_moments
 from prvr.types import Localization, Moment
 
@@ -89,3 +94,20 @@ def test_span_relevance_gain_against_a_loop() -> None:
     whole = span_relevance_gain(torch.tensor([[[first / 14, (last + 1) / 14]]], dtype=torch.float64),
                                 curves[3:], mask[3:])
     assert whole.item() == pytest.approx(1.0)  # the best contiguous span holds all of its own mass
+
+
+def test_batched_best_contiguous_spans_match_the_loop() -> None:
+    rng = np.random.default_rng(2)
+    for _ in range(50):
+        lengths = rng.integers(1, 15, size=5)
+        curves = torch.zeros(5, int(lengths.max()), dtype=torch.float64)
+        mask = torch.zeros_like(curves, dtype=torch.bool)
+        for row, length in enumerate(lengths):
+            curves[row, :length] = torch.from_numpy(rng.random(length))
+            mask[row, :length] = True
+        found = best_contiguous_spans_se(curves, mask)
+        for row, length in enumerate(lengths):
+            first, last = best_contiguous_span(curves[row, :length].numpy())
+            assert found[row].tolist() == pytest.approx([first / length, (last + 1) / length])
+    flat = best_contiguous_spans_se(torch.full((1, 4), 0.3), torch.ones(1, 4, dtype=torch.bool))
+    assert flat.tolist() == [[0.0, 1.0]]  # nothing above the mean: the whole video, as best_contiguous_span says

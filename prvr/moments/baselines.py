@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["best_contiguous_span", "best_contiguous_span_seconds", "span_relevance_gain"]
+__all__ = ["best_contiguous_span", "best_contiguous_span_seconds", "best_contiguous_spans_se", "span_relevance_gain"]
 
 
 def best_contiguous_span(curve: np.ndarray) -> tuple[int, int]:
@@ -85,3 +85,30 @@ def span_relevance_gain(spans_se: Tensor, relevance: Tensor, mask: Tensor) -> Te
     held = (inside.to(relevance.dtype) * centred[:, None]).sum(dim=-1)  # (B, Q)
     flat = best <= 1e-8  # (B,)
     return torch.where(flat[:, None], torch.zeros_like(held), held / best.clamp_min(1e-8)[:, None])
+
+
+def best_contiguous_spans_se(relevance: Tensor, mask: Tensor) -> Tensor:
+    """:func:`best_contiguous_span` of B padded curves at once, as normalised (start, end) (B, 2).
+
+    Frame k covers [k / F, (k + 1) / F] of its video (F = its valid frames); a flat curve gives the whole video.
+
+    Args:
+        relevance: (B, F) curves; padded entries are ignored.
+        mask: (B, F) bool, True on real frames (each row has at least one).
+
+    Returns:
+        (B, 2) spans in [0, 1].
+    """
+    mask_f = mask.to(relevance.dtype)  # (B, F)
+    count = mask_f.sum(dim=1).clamp_min(1.0)  # (B,)
+    centred = (relevance - ((relevance * mask_f).sum(dim=1) / count)[:, None]) * mask_f  # (B, F)
+    prefix = torch.cumsum(centred, dim=1)  # (B, F) sum of frames 0..j
+    before = prefix - centred  # (B, F) sum of frames 0..j-1
+    low, low_index = torch.cummin(before, dim=1)  # (B, F) best start i <= j for each end j
+    gain = (prefix - low).masked_fill(~mask, float("-inf"))  # (B, F)
+    last = gain.argmax(dim=1)  # (B,) the first end with the best sum
+    first = low_index.gather(1, last[:, None]).squeeze(1)  # (B,)
+    flat = centred.abs().amax(dim=1) <= 1e-8  # (B,)
+    first = torch.where(flat, torch.zeros_like(first), first)
+    last = torch.where(flat, count.long() - 1, last)
+    return torch.stack([first.to(relevance.dtype) / count, (last + 1).to(relevance.dtype) / count], dim=-1)

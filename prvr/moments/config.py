@@ -77,6 +77,9 @@ class MomentConfig:
     # Ours, inference only: span score = p_fg * exp(w * (gain - 1)), gain = the span's share of the relevance
     # curve's best contiguous mass (prvr.moments.baselines.span_relevance_gain); 0 = p_fg alone (MomentDiff).
     relevance_rescore: float = 0.0
+    # Ours, inference only: add the relevance curve's best contiguous span as one more proposal, noised to this
+    # diffusion step and denoised in one network pass (SDEdit-style refinement); None = random spans only.
+    relevance_proposal_step: int | None = None
     # matching and losses
     cost_l1: float = 10.0
     cost_giou: float = 1.0
@@ -110,6 +113,8 @@ class MomentConfig:
             (1 <= self.sampling_steps <= self.diffusion_steps, f"sampling_steps must lie in [1, diffusion_steps="
                                                                f"{self.diffusion_steps}]"),
             (self.num_spans >= 1 and self.train_proposals >= 1, "num_spans and train_proposals must be >= 1"),
+            (self.relevance_proposal_step is None or 0 <= self.relevance_proposal_step < self.diffusion_steps,
+             f"relevance_proposal_step must be None or lie in [0, diffusion_steps={self.diffusion_steps})"),
             (self.signal_scale > 0, "signal_scale must be > 0"),
             (self.roi_points >= 1, "roi_points must be >= 1"),
             (self.vcmr_top_k >= 1, "vcmr_top_k must be >= 1"),

@@ -23,10 +23,10 @@ from torch import Tensor
 from prvr.checkpoint import read_checkpoint
 from prvr.data.preprocess import frame_tokens as preprocess_frames
 from prvr.data.preprocess import preprocess_query
-from prvr.moments.baselines import span_relevance_gain
+from prvr.moments.baselines import best_contiguous_spans_se, span_relevance_gain
 from prvr.moments.config import MomentConfig
 from prvr.moments.denoiser import MomentDenoiser, SpanDiffusion
-from prvr.moments.spans import span_cw_to_se, temporal_nms
+from prvr.moments.spans import span_cw_to_se, span_se_to_cw, temporal_nms
 from prvr.types import Localization, Moment
 
 __all__ = ["DiffusionMomentLocalizer", "load_localizer", "read_moment_checkpoint", "pad_batch"]
@@ -72,6 +72,7 @@ class DiffusionMomentLocalizer:
     @torch.no_grad()
     def predict(self, video: Tensor, video_mask: Tensor, text: Tensor, text_mask: Tensor, *,
                 num_spans: int | None = None, steps: int | None = None, rescore: float | None = None,
+                proposal_step: int | None = -1,
                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Sample spans for B preprocessed (query, video) pairs.
 
@@ -81,11 +82,14 @@ class DiffusionMomentLocalizer:
             num_spans: Q (default ``config.num_spans``).
             steps: DDIM steps (default ``config.sampling_steps``).
             rescore: w of the relevance-aware span score (default ``config.relevance_rescore``; 0 = p_fg alone).
+            proposal_step: refine the relevance curve's best contiguous span from this diffusion step and add it as
+                span Q + 1 (-1 = ``config.relevance_proposal_step``; None = off).
             generator: seeds the starting noise, drawn per batch (default: every pair starts from the SAME Q spans of
                 noise, drawn from ``config.seed``, so a pair's answer does not depend on its batch).
 
         Returns:
-            ``(spans_cw (B, Q, 2) in [0, 1], scores (B, Q), relevance (B, F) in [0, 1])``; the scores are the
+            ``(spans_cw (B, Q', 2) in [0, 1], scores (B, Q'), relevance (B, F) in [0, 1])`` with Q' = Q, or Q + 1
+            with a relevance proposal; the scores are the
             foreground probabilities ``p_fg``, times ``exp(w * (gain - 1))`` when ``rescore`` w > 0.
         """
         num_spans = self.config.num_spans if num_spans is None else int(num_spans)
@@ -105,12 +109,33 @@ class DiffusionMomentLocalizer:
         condition = self.model.encode(video.to(self.device), video_mask.to(self.device), text.to(self.device),
                                       text_mask.to(self.device))
         spans_cw, logits = self.diffusion.sample(self.model, condition, num_spans, steps, generator, x_T)
-        p_fg = logits.softmax(-1)[..., 0]  # (B, Q)
         relevance = condition.relevance.sigmoid() * condition.mask  # (B, F)
+        proposal_step = self.config.relevance_proposal_step if proposal_step == -1 else proposal_step
+        if proposal_step is not None:
+            refined, refined_logits = self._refine_relevance_span(condition, relevance, int(proposal_step))
+            spans_cw = torch.cat([spans_cw, refined], dim=1)  # (B, Q + 1, 2)
+            logits = torch.cat([logits, refined_logits], dim=1)  # (B, Q + 1, 2)
+        p_fg = logits.softmax(-1)[..., 0]  # (B, Q')
         if rescore > 0:
             gain = span_relevance_gain(span_cw_to_se(spans_cw.float()).clamp(0.0, 1.0), relevance, condition.mask)
             p_fg = p_fg * torch.exp(rescore * (gain - 1.0))  # (B, Q)
         return spans_cw, p_fg, relevance
+
+    def _refine_relevance_span(self, condition: Any, relevance: Tensor, step: int) -> tuple[Tensor, Tensor]:
+        """The best contiguous span of each pair's relevance curve, noised to ``step`` (seeded) and denoised once.
+
+        Returns:
+            ``(spans_cw (B, 1, 2), logits (B, 1, 2))``.
+        """
+        if not 0 <= step < self.config.diffusion_steps:
+            raise ValueError(f"proposal_step must lie in [0, {self.config.diffusion_steps}), got {step}")
+        proposal = span_se_to_cw(best_contiguous_spans_se(relevance, condition.mask))[:, None]  # (B, 1, 2)
+        noise = torch.randn((1, 1, 2), generator=torch.Generator().manual_seed(self.config.seed + 1))
+        x_start = self.diffusion.to_signal(proposal)
+        t = torch.full((proposal.shape[0],), step, dtype=torch.long, device=proposal.device)  # (B,)
+        x_t = self.diffusion.schedule.q_sample(x_start, t, noise.to(proposal.device).expand_as(x_start))
+        output = self.model(self.diffusion.from_signal(x_t), t, condition)
+        return output.final_spans, output.final_logits
 
     # ------------------------------------------------------------------------------------------------------------
     # numpy level (the MomentLocalizer protocol)

@@ -186,7 +186,8 @@ def _losses(model: MomentDenoiser, diffusion: SpanDiffusion, criterion: SetCrite
 
 @torch.no_grad()
 def predict_split(localizer: DiffusionMomentLocalizer, data: MomentData, *, num_spans: int | None = None,
-                  steps: int | None = None, rescore: float | None = None, batch_size: int = 64,
+                  steps: int | None = None, rescore: float | None = None, proposal_step: int | None = -1,
+                  batch_size: int = 64,
                   num_moments: int = 10, progress: bool = False) -> list[dict[str, Any]]:
     """QVHighlights-format predictions of every record: ``qid``, ``pred_relevant_windows`` [[s, e, p], ...] (best
     first, seconds) and ``relevance`` (the (F,) curve, as a list). Every pair starts from the same seeded noise
@@ -197,7 +198,8 @@ def predict_split(localizer: DiffusionMomentLocalizer, data: MomentData, *, num_
         indices = list(range(start, min(start + batch_size, len(data))))
         batch = data.batch(indices)
         spans_cw, p_fg, relevance = localizer.predict(batch.video, batch.video_mask, batch.text, batch.text_mask,
-                                                      num_spans=num_spans, steps=steps, rescore=rescore)
+                                                      num_spans=num_spans, steps=steps, rescore=rescore,
+                                                      proposal_step=proposal_step)
         lengths = batch.video_mask.sum(1).tolist()
         for row, index in enumerate(indices):
             record = data.records[index]
