@@ -353,7 +353,8 @@ class Criterion:
     (``pvs_mu``/``pvs_logvar`` for "kl", ``dre_pred``/``dre_target`` for "dre") are absent, is neither computed
     nor reported. InfoNCE uses raw dot-product max scores, triplet uses cosine max scores, clip and frame scale
     separately; "nce_fused" (not in the paper) is InfoNCE on the fused cosine score ``w_c S_clip + w_f S_frame``
-    divided by ``config.nce_temperature``; triplet switches from random to hard negatives at ``config.hard_negative_start_epoch``.
+    divided by ``config.nce_temperature``; triplet switches from random to hard negatives at
+    ``config.hard_negative_start_epoch``.
 
     Args:
         config: loss hyper-parameters and weights.

@@ -24,6 +24,7 @@ from prvr.checkpoint import read_checkpoint
 from prvr.data.preprocess import frame_tokens as preprocess_frames
 from prvr.data.preprocess import preprocess_query
 from prvr.moments.baselines import best_contiguous_spans_se, span_relevance_gain
+from prvr.moments.condition import Condition
 from prvr.moments.config import MomentConfig
 from prvr.moments.denoiser import MomentDenoiser, SpanDiffusion
 from prvr.moments.spans import span_cw_to_se, span_se_to_cw, temporal_nms
@@ -89,8 +90,8 @@ class DiffusionMomentLocalizer:
 
         Returns:
             ``(spans_cw (B, Q', 2) in [0, 1], scores (B, Q'), relevance (B, F) in [0, 1])`` with Q' = Q, or Q + 1
-            with a relevance proposal; the scores are the
-            foreground probabilities ``p_fg``, times ``exp(w * (gain - 1))`` when ``rescore`` w > 0.
+            with a relevance proposal; the scores are the foreground probabilities ``p_fg``, times
+            ``exp(w * (gain - 1))`` when ``rescore`` w > 0.
         """
         num_spans = self.config.num_spans if num_spans is None else int(num_spans)
         steps = self.config.sampling_steps if steps is None else int(steps)
@@ -118,10 +119,10 @@ class DiffusionMomentLocalizer:
         p_fg = logits.softmax(-1)[..., 0]  # (B, Q')
         if rescore > 0:
             gain = span_relevance_gain(span_cw_to_se(spans_cw.float()).clamp(0.0, 1.0), relevance, condition.mask)
-            p_fg = p_fg * torch.exp(rescore * (gain - 1.0))  # (B, Q)
+            p_fg = p_fg * torch.exp(rescore * (gain - 1.0))  # (B, Q')
         return spans_cw, p_fg, relevance
 
-    def _refine_relevance_span(self, condition: Any, relevance: Tensor, step: int) -> tuple[Tensor, Tensor]:
+    def _refine_relevance_span(self, condition: Condition, relevance: Tensor, step: int) -> tuple[Tensor, Tensor]:
         """The best contiguous span of each pair's relevance curve, noised to ``step`` (seeded) and denoised once.
 
         Returns:
