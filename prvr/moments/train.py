@@ -187,8 +187,7 @@ def _losses(model: MomentDenoiser, diffusion: SpanDiffusion, criterion: SetCrite
 @torch.no_grad()
 def predict_split(localizer: DiffusionMomentLocalizer, data: MomentData, *, num_spans: int | None = None,
                   steps: int | None = None, rescore: float | None = None, proposal_step: int | None = -1,
-                  batch_size: int = 64,
-                  num_moments: int = 10, progress: bool = False) -> list[dict[str, Any]]:
+                  batch_size: int = 64, num_moments: int = 10, progress: bool = False) -> list[dict[str, Any]]:
     """QVHighlights-format predictions of every record: ``qid``, ``pred_relevant_windows`` [[s, e, p], ...] (best
     first, seconds) and ``relevance`` (the (F,) curve, as a list). Every pair starts from the same seeded noise
     (see :meth:`DiffusionMomentLocalizer.predict`), so the predictions do not depend on the batching."""
