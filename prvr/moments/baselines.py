@@ -57,8 +57,24 @@ def best_contiguous_span_seconds(curve: np.ndarray, duration: float) -> tuple[fl
     return first / count * duration, min((last + 1) / count, 1.0) * duration
 
 
+def _centred_runs(relevance: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Batched maximum-sum runs of the mean-centred curves, from prefix sums.
+
+    Returns:
+        ``centred (B, F)`` (0 on padding), ``run_sum (B, F)``: the best sum of a run ending at frame j (-inf on
+        padding), ``run_start (B, F)``: where that run starts, and ``count (B,)``: valid frames per pair.
+    """
+    mask_f = mask.to(relevance.dtype)  # (B, F)
+    count = mask_f.sum(dim=1).clamp_min(1.0)  # (B,)
+    centred = (relevance - ((relevance * mask_f).sum(dim=1) / count)[:, None]) * mask_f  # (B, F)
+    prefix = torch.cumsum(centred, dim=1)  # (B, F) sum of frames 0..j
+    low, run_start = torch.cummin(prefix - centred, dim=1)  # (B, F) least sum of frames 0..i-1 over i <= j
+    run_sum = (prefix - low).masked_fill(~mask, float("-inf"))  # (B, F)
+    return centred, run_sum, run_start, count
+
+
 def span_relevance_gain(spans_se: Tensor, relevance: Tensor, mask: Tensor) -> Tensor:
-    """How much of the best contiguous span's relevance mass each span holds (batched, differentiable-free).
+    """How much of the best contiguous span's relevance mass each span holds (batched).
 
     For a pair with valid frames F and centred curve c_k = r_k - mean(r), a span [s, e] (fractions of the video)
     holds the frames whose centres (k + 0.5) / F fall inside it, and ``gain = sum_{k in span} c_k / best`` where
@@ -73,14 +89,10 @@ def span_relevance_gain(spans_se: Tensor, relevance: Tensor, mask: Tensor) -> Te
     Returns:
         (B, Q) gains.
     """
-    mask_f = mask.to(relevance.dtype)  # (B, F)
-    count = mask_f.sum(dim=1, keepdim=True).clamp_min(1.0)  # (B, 1)
-    centred = (relevance - (relevance * mask_f).sum(dim=1, keepdim=True) / count) * mask_f  # (B, F)
-    prefix = torch.cumsum(centred, dim=1)  # (B, F)
-    before = torch.cat([torch.zeros_like(prefix[:, :1]), prefix[:, :-1]], dim=1)  # (B, F) prefix sum before k
-    best = (prefix - torch.cummin(torch.minimum(before, torch.zeros_like(before)), dim=1).values).amax(dim=1)  # (B,)
+    centred, run_sum, _, count = _centred_runs(relevance, mask)
+    best = run_sum.amax(dim=1)  # (B,)
     frames = torch.arange(relevance.shape[1], device=relevance.device, dtype=relevance.dtype)  # (F,)
-    centres = (frames[None] + 0.5) / count  # (B, F)
+    centres = (frames[None] + 0.5) / count[:, None]  # (B, F)
     inside = (centres[:, None] >= spans_se[..., :1]) & (centres[:, None] <= spans_se[..., 1:])  # (B, Q, F)
     held = (inside.to(relevance.dtype) * centred[:, None]).sum(dim=-1)  # (B, Q)
     flat = best <= 1e-8  # (B,)
@@ -99,15 +111,9 @@ def best_contiguous_spans_se(relevance: Tensor, mask: Tensor) -> Tensor:
     Returns:
         (B, 2) spans in [0, 1].
     """
-    mask_f = mask.to(relevance.dtype)  # (B, F)
-    count = mask_f.sum(dim=1).clamp_min(1.0)  # (B,)
-    centred = (relevance - ((relevance * mask_f).sum(dim=1) / count)[:, None]) * mask_f  # (B, F)
-    prefix = torch.cumsum(centred, dim=1)  # (B, F) sum of frames 0..j
-    before = prefix - centred  # (B, F) sum of frames 0..j-1
-    low, low_index = torch.cummin(before, dim=1)  # (B, F) best start i <= j for each end j
-    gain = (prefix - low).masked_fill(~mask, float("-inf"))  # (B, F)
-    last = gain.argmax(dim=1)  # (B,) the first end with the best sum
-    first = low_index.gather(1, last[:, None]).squeeze(1)  # (B,)
+    centred, run_sum, run_start, count = _centred_runs(relevance, mask)
+    last = run_sum.argmax(dim=1)  # (B,) the first end with the best sum
+    first = run_start.gather(1, last[:, None]).squeeze(1)  # (B,)
     flat = centred.abs().amax(dim=1) <= 1e-8  # (B,)
     first = torch.where(flat, torch.zeros_like(first), first)
     last = torch.where(flat, count.long() - 1, last)
