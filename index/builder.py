@@ -4,7 +4,7 @@ Shape letters: V videos, B videos per batch, C clip tokens, F frame tokens, D hi
 
 Layout of an index directory::
 
-    index.db                          SQLite metadata (services.db): videos, models, generations (the commit point)
+    index.db                          SQLite metadata (catalog.py): videos, models, generations (the commit point)
     generations/gen-000001/
         faiss/                        FaissTokenIndex.save (clip.faiss, frame.faiss, videos.npz, faiss_index.json)
         tokens/                       TokenStore (bf16 shards + store.npz)
@@ -15,7 +15,7 @@ Each generation is a full snapshot: a build on top of an active generation copie
 index writable, adds the videos it does not hold yet and saves everything into a fresh directory (`prvr index add`);
 :func:`remove_videos` does the same with FAISS ``remove_ids`` and store tombstones (`prvr index remove`), and
 :func:`rewrite_manifest` swaps only the search settings of the active manifest (`prvr index calibrate`). Only after every
-file is fsynced does :meth:`services.db.Database.activate_generation` flip the active generation in one transaction,
+file is fsynced does :meth:`prvr.index.catalog.Database.activate_generation` flip the active generation in one transaction,
 so a build killed at any point leaves the previous generation active and loadable.
 """
 
@@ -38,15 +38,15 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
-from index.faiss_store import FaissTokenIndex, choose_factory, nlist_for
-from index.manifest import MANIFEST_NAME, IndexManifest, _utc_now_iso, load_manifest, write_manifest
-from index.token_store import TokenStore
+from prvr.index.faiss_store import FaissTokenIndex, choose_factory, nlist_for
+from prvr.index.manifest import MANIFEST_NAME, IndexManifest, _utc_now_iso, load_manifest, write_manifest
+from prvr.index.token_store import TokenStore
 from prvr.checkpoint import load_model
 from prvr.data.dataset import PRVRCorpus, iter_video_batches
 from prvr.fileio import atomic_path, file_sha256, fsync_directory
 from prvr.model import DreamPRVR
 from prvr.types import VideoTokens
-from services.db import Database, GenerationStatus, VideoRecord, open_database
+from prvr.index.catalog import Database, GenerationStatus, VideoRecord, open_database
 
 __all__ = [
     "DB_NAME",

@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from index.faiss_store import FaissTokenIndex
-from index.protocol import Candidates
-from index.rerank import exact_rerank
-from index.search import search_topk
-from index.token_store import TokenStore
+from prvr.index.faiss_store import FaissTokenIndex
+from prvr.index.protocol import Candidates
+from prvr.index.rerank import exact_rerank
+from prvr.index.search import search_topk
+from prvr.index.token_store import TokenStore
 
 __all__ = ["DEFAULT_CANDIDATE_GRID", "CalibrationResult", "calibrate", "exact_topk", "heldout_token_queries",
            "video_recall"]

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import faiss
 import numpy as np
 
-from index.protocol import Candidates
+from prvr.index.protocol import Candidates
 from prvr.fileio import file_sha256, fsync_directory
 
 __all__ = [

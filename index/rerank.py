@@ -13,8 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from index.protocol import Candidates
-from index.token_store import TokenStore
+from prvr.index.protocol import Candidates
+from prvr.index.token_store import TokenStore
 
 __all__ = ["DEFAULT_MAX_GATHER_VIDEOS", "exact_rerank"]
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from index.protocol import Candidates, VectorIndex
-from index.rerank import exact_rerank
-from index.token_store import TokenStore
+from prvr.index.protocol import Candidates, VectorIndex
+from prvr.index.rerank import exact_rerank
+from prvr.index.token_store import TokenStore
 
 __all__ = ["BF16_SCORE_TOLERANCE", "RankedVideos", "search_topk"]
 

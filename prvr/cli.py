@@ -320,7 +320,7 @@ def build_index_command(checkpoint: str, root: str | None, collection: str | Non
                         token_dtype: str, database_url: str | None, batch_size: int,
                         no_progress: bool) -> None:
     """Encode a split's videos once and index their clip and frame tokens (a new generation, committed last)."""
-    from index.builder import build_index
+    from prvr.index.builder import build_index
     from prvr.checkpoint import read_checkpoint
 
     config = ExperimentConfig.from_json(read_checkpoint(checkpoint)["model_config"])

@@ -22,11 +22,11 @@ from typing import Any, overload
 import numpy as np
 import torch
 
-from index.builder import FAISS_DIR, TOKENS_DIR, generation_path, open_index_database
-from index.faiss_store import FaissTokenIndex
-from index.manifest import IndexManifest, load_manifest
-from index.search import search_topk
-from index.token_store import TokenStore
+from prvr.index.builder import FAISS_DIR, TOKENS_DIR, generation_path, open_index_database
+from prvr.index.faiss_store import FaissTokenIndex
+from prvr.index.manifest import IndexManifest, load_manifest
+from prvr.index.search import search_topk
+from prvr.index.token_store import TokenStore
 from prvr.checkpoint import load_model
 from prvr.config import ExperimentConfig
 from prvr.data.preprocess import collate_queries, preprocess_query
@@ -34,7 +34,7 @@ from prvr.fileio import file_sha256
 from prvr.model import DreamPRVR
 from prvr.moments.spans import temporal_nms
 from prvr.types import Moment, MomentLocalizer, QueryBatch
-from services.db import Database
+from prvr.index.catalog import Database
 
 __all__ = ["SearchResult", "Retriever"]
 

@@ -43,10 +43,10 @@ sys.path.insert(0, str(REPO))
 
 import faiss  # noqa: E402
 
-from index.calibrate import calibrate, video_recall  # noqa: E402
-from index.faiss_store import FaissTokenIndex  # noqa: E402
-from index.search import search_topk  # noqa: E402
-from index.token_store import TokenStore  # noqa: E402
+from prvr.index.calibrate import calibrate, video_recall  # noqa: E402
+from prvr.index.faiss_store import FaissTokenIndex  # noqa: E402
+from prvr.index.search import search_topk  # noqa: E402
+from prvr.index.token_store import TokenStore  # noqa: E402
 
 logger = logging.getLogger("bench_index")
 

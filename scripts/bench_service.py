@@ -27,8 +27,8 @@ from typing import Any
 
 import httpx
 
-from index.builder import generation_path, open_index_database
-from index.manifest import load_manifest
+from prvr.index.builder import generation_path, open_index_database
+from prvr.index.manifest import load_manifest
 from prvr.data.captions import caption_path, read_captions
 from prvr.fileio import atomic_path
 

@@ -29,7 +29,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from index.builder import build_index  # noqa: E402
+from prvr.index.builder import build_index  # noqa: E402
 from prvr.checkpoint import read_checkpoint  # noqa: E402
 from prvr.config import ExperimentConfig  # noqa: E402
 from prvr.data.dataset import PRVRCorpus, iter_query_batches  # noqa: E402

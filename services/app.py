@@ -40,11 +40,11 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy import select
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from index.builder import open_index_database
+from prvr.index.builder import open_index_database
 from prvr.retriever import Retriever, SearchResult
-from services import media
-from services.db import Database, GenerationVideo, Video, VideoStatus
-from services.schemas import (
+from prvr.services import media
+from prvr.index.catalog import Database, GenerationVideo, Video, VideoStatus
+from prvr.services.schemas import (
     BatchSearchRequest,
     BatchSearchResponse,
     ErrorResponse,

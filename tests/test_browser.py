@@ -18,10 +18,10 @@ import pytest
 from sqlalchemy import update
 from test_service import built, load_with_localizer, serve_in_thread  # noqa: F401  (built is a fixture)
 
-from index.builder import DB_NAME
+from prvr.index.builder import DB_NAME
 from prvr.retriever import Retriever
-from services.app import ServiceSettings, create_app
-from services.db import Video, open_database
+from prvr.services.app import ServiceSettings, create_app
+from prvr.index.catalog import Video, open_database
 
 CHROMIUM_FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from index.builder import DB_NAME, build_index, generation_path
-from index.manifest import load_manifest
+from prvr.index.builder import DB_NAME, build_index, generation_path
+from prvr.index.manifest import load_manifest
 from prvr.checkpoint import save_checkpoint
 from prvr.config import apply_overrides, load_preset
 from prvr.data.dataset import PRVRCorpus, iter_query_batches
@@ -25,7 +25,7 @@ from prvr.engine import evaluate
 from prvr.metrics.retrieval import recall_metrics
 from prvr.model import DreamPRVR
 from prvr.retriever import Retriever
-from services.db import GenerationStatus, open_database
+from prvr.index.catalog import GenerationStatus, open_database
 
 REPO = Path(__file__).resolve().parents[1]
 # the tiny preset, lighter still: the CPU encodes every video a few times in this file
@@ -120,7 +120,7 @@ CHILD = textwrap.dedent(
     from prvr.config import load_preset, apply_overrides
     from prvr.data.dataset import PRVRCorpus
     from prvr.model import DreamPRVR
-    from index.builder import build_index
+    from prvr.index.builder import build_index
 
     original = DreamPRVR.encode_videos
 
@@ -198,7 +198,7 @@ def test_ivf_factory_builds_and_searches(setup, tmp_path) -> None:
 def test_add_then_remove_restores_previous_results(setup, tmp_path) -> None:
     import shutil
 
-    from index.builder import remove_videos
+    from prvr.index.builder import remove_videos
 
     out = tmp_path / "index"
     shutil.copytree(setup["out"], out)
@@ -234,7 +234,7 @@ def test_add_then_remove_restores_previous_results(setup, tmp_path) -> None:
 def test_rewrite_manifest_only_changes_search_settings(setup, tmp_path) -> None:
     import shutil
 
-    from index.builder import rewrite_manifest
+    from prvr.index.builder import rewrite_manifest
 
     out = tmp_path / "index"
     shutil.copytree(setup["out"], out)
@@ -257,8 +257,8 @@ def test_rewrite_manifest_only_changes_search_settings(setup, tmp_path) -> None:
 REMOVE_CHILD = textwrap.dedent(
     """
     import sys, time
-    from index import builder
-    from index.faiss_store import FaissTokenIndex
+    from prvr.index import builder
+    from prvr.index.faiss_store import FaissTokenIndex
 
     original = FaissTokenIndex.save
 
@@ -277,7 +277,7 @@ REMOVE_CHILD = textwrap.dedent(
 def test_killed_remove_leaves_previous_generation(setup, tmp_path) -> None:
     import shutil
 
-    from index.builder import remove_videos
+    from prvr.index.builder import remove_videos
 
     out = tmp_path / "index"
     shutil.copytree(setup["out"], out)
@@ -315,7 +315,7 @@ def test_metadata_in_another_database_by_url(setup, tmp_path, monkeypatch) -> No
     for PostgreSQL), reads the URL back with ${VAR} expanded, and refuses to move databases."""
     from click.testing import CliRunner
 
-    from index.builder import DATABASE_URL_FILE
+    from prvr.index.builder import DATABASE_URL_FILE
     from prvr.cli import main
 
     out = tmp_path / "index"

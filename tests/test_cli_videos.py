@@ -17,7 +17,7 @@ from prvr.cli import main
 from prvr.config import ExperimentConfig, apply_overrides, load_preset
 from prvr.features.synthetic_video import write_video
 from prvr.model import DreamPRVR
-from services.db import open_database
+from prvr.index.catalog import open_database
 from test_backbones import save_tiny_bert, save_tiny_clip
 
 SAMPLE_VIDEO = Path(__file__).resolve().parents[2] / "shared" / "data" / "univtg_example" / "charades.mp4"

@@ -201,13 +201,13 @@ def test_cli(tmp_path: Path, setup: dict, monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_the_extracted_folder_builds_a_searchable_index(tmp_path: Path, extracted: dict, setup: dict) -> None:
-    from index.builder import build_index
+    from prvr.index.builder import build_index
     from prvr.checkpoint import save_checkpoint
     from prvr.config import apply_overrides, load_preset
     from prvr.model import DreamPRVR
     from prvr.retriever import Retriever
     from prvr.text_encoders import TokenFeatureEncoder
-    from services.db import open_database
+    from prvr.index.catalog import open_database
 
     root = extracted["root"]
     assert find_feature_name(root, "videos") == "tiny_clip"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from index.faiss_store import (
+from prvr.index.faiss_store import (
     MAX_VIDEO_ID,
     FaissTokenIndex,
     choose_factory,
@@ -17,9 +17,9 @@ from index.faiss_store import (
     gpu_available,
     nlist_for,
 )
-from index.protocol import Candidates, VectorIndex
-from index.rerank import exact_rerank
-from index.token_store import TokenStore
+from prvr.index.protocol import Candidates, VectorIndex
+from prvr.index.rerank import exact_rerank
+from prvr.index.token_store import TokenStore
 from prvr.similarity import video_scores
 
 W_CLIP, W_FRAME = 0.6, 0.4

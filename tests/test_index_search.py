@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from index.calibrate import calibrate, exact_topk, heldout_token_queries, video_recall
-from index.faiss_store import FaissTokenIndex
-from index.search import search_topk
-from index.token_store import TokenStore
+from prvr.index.calibrate import calibrate, exact_topk, heldout_token_queries, video_recall
+from prvr.index.faiss_store import FaissTokenIndex
+from prvr.index.search import search_topk
+from prvr.index.token_store import TokenStore
 from tests.test_index_faiss import DIM, W_CLIP, W_FRAME, _naive_scores, _queries, _synthetic
 
 WEIGHTS = {"clip_weight": W_CLIP, "frame_weight": W_FRAME}

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from index.protocol import Candidates
-from index.rerank import exact_rerank
-from index.token_store import TokenStore
+from prvr.index.protocol import Candidates
+from prvr.index.rerank import exact_rerank
+from prvr.index.token_store import TokenStore
 
 DIM = 24
 W_CLIP, W_FRAME = 0.6, 0.4

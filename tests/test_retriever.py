@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from index.builder import build_index
+from prvr.index.builder import build_index
 from prvr.checkpoint import save_checkpoint
 from prvr.config import apply_overrides, load_preset
 from prvr.data.dataset import PRVRCorpus, iter_query_batches
@@ -90,7 +90,7 @@ def test_input_errors(index_dir) -> None:
 
 
 def test_no_active_generation_and_missing_index(tmp_path) -> None:
-    from services.db import open_database
+    from prvr.index.catalog import open_database
 
     with pytest.raises(FileNotFoundError, match="not an index directory"):
         Retriever.load(tmp_path / "nothing")
@@ -209,7 +209,7 @@ def _check_moments(result, duration: float) -> None:
 def test_results_carry_moments_of_the_attached_localizer(index_dir, bert_dir, localizer_module, caplog) -> None:
     import numpy as np
 
-    from services.db import Video
+    from prvr.index.catalog import Video
 
     corpus = index_dir["corpus"]
     durations = {vid: next(r.duration for r in corpus.captions_of(vid)) for vid in corpus.video_ids}
@@ -269,7 +269,7 @@ def test_moment_checkpoint_in_the_manifest_is_loaded_lazily(index_dir, bert_dir,
     import json
 
     import prvr.retriever as retriever_module
-    from index.builder import build_index
+    from prvr.index.builder import build_index
 
     moment_file = tmp_path / "moments.json"
     moment_file.write_text(json.dumps({"text_dim": TEXT_DIM, "dim": HIDDEN, "seed": 0}))
@@ -277,8 +277,8 @@ def test_moment_checkpoint_in_the_manifest_is_loaded_lazily(index_dir, bert_dir,
     tmp = index_dir["tmp"]
     build_index(tmp / "model.pt", index_dir["corpus"], out, collection_name="synth", moment_checkpoint=moment_file,
                 progress=False)
-    from index.manifest import load_manifest
-    from services.db import open_database
+    from prvr.index.manifest import load_manifest
+    from prvr.index.catalog import open_database
 
     with open_database(out / "index.db") as db:
         manifest = load_manifest(out / "generations" / db.active_generation().directory)

@@ -23,7 +23,7 @@ import torch
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
-from index.builder import DB_NAME, build_index
+from prvr.index.builder import DB_NAME, build_index
 from prvr.checkpoint import save_checkpoint
 from prvr.cli import main
 from prvr.config import apply_overrides, load_preset
@@ -33,10 +33,10 @@ from prvr.model import DreamPRVR
 from prvr.retriever import Retriever
 from prvr.text_encoders import TokenFeatureEncoder
 from prvr.types import Localization, Moment
-from services import media
-from services.app import ServiceSettings, check_bind, create_app
-from services.db import open_database
-from services.schemas import (
+from prvr.services import media
+from prvr.services.app import ServiceSettings, check_bind, create_app
+from prvr.index.catalog import open_database
+from prvr.services.schemas import (
     BatchSearchResponse,
     ErrorResponse,
     Health,
@@ -428,10 +428,10 @@ def test_query_log_off_by_default_and_on_when_asked(built) -> None:
 
 
 def test_request_log_lines(client, caplog) -> None:
-    with caplog.at_level("INFO", logger="services.app"):
+    with caplog.at_level("INFO", logger="prvr.services.app"):
         client.get("/search", params={"q": "secret words", "k": 2})
         client.get("/videos/none")
-    lines = [record.getMessage() for record in caplog.records if record.name == "services.app"]
+    lines = [record.getMessage() for record in caplog.records if record.name == "prvr.services.app"]
     assert any(line.startswith("GET /search 200 ") and line.endswith("ms") for line in lines)
     assert any(line.startswith("GET /videos/none 404 ") for line in lines)
     assert not any("secret" in line for line in lines)  # the query string is never logged

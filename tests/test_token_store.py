@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from index.token_store import INDEX_NAME, TokenStore
+from prvr.index.token_store import INDEX_NAME, TokenStore
 
 DIM = 16
 
@@ -190,8 +190,8 @@ def test_invalid_inputs_raise_clear_errors(tmp_path):
 
 
 def test_float32_store_keeps_exact_values(tmp_path):
-    from index.rerank import exact_rerank
-    from index.protocol import Candidates
+    from prvr.index.rerank import exact_rerank
+    from prvr.index.protocol import Candidates
 
     rng = np.random.default_rng(4)
     clip = rng.standard_normal((5, 3, 16)).astype(np.float32)

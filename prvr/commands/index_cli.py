@@ -17,7 +17,7 @@ __all__ = ["index_group"]
 
 def _active(index_dir: Path) -> tuple[Any, Any, Path]:
     """(database, active generation, its directory); the caller closes the database."""
-    from index.builder import generation_path, open_index_database
+    from prvr.index.builder import generation_path, open_index_database
 
     db = open_index_database(index_dir)
     generation = db.active_generation()
@@ -38,7 +38,7 @@ def index_group() -> None:
 @fail_cleanly
 def info_command(index_dir: str, as_json: bool) -> None:
     """Generations, counts, FAISS factories, nprobe and the active manifest."""
-    from index.manifest import load_manifest
+    from prvr.index.manifest import load_manifest
 
     db, active, gen_dir = _active(Path(index_dir))
     try:
@@ -132,8 +132,8 @@ def add_command(index_dir: str, root: str | None, collection: str | None, split:
                 videos: tuple[str, ...], backbone: str | None, fps: float, device: str, video_feature: str | None,
                 text_feature: str | None, batch_size: int, no_progress: bool) -> None:
     """Add a split's videos (those not indexed yet) as a new generation, with the index's own checkpoint."""
-    from index.builder import build_index
-    from index.manifest import load_manifest
+    from prvr.index.builder import build_index
+    from prvr.index.manifest import load_manifest
     from prvr.checkpoint import read_checkpoint
     from prvr.commands.common import feature_overrides, open_corpus
     from prvr.config import ExperimentConfig, apply_overrides
@@ -173,7 +173,7 @@ def add_command(index_dir: str, root: str | None, collection: str | None, split:
 @fail_cleanly
 def remove_command(index_dir: str, video_ids: tuple[str, ...], id_file: str | None, no_compact: bool) -> None:
     """Remove videos by external id as a new generation (the previous one stays for rollback)."""
-    from index.builder import remove_videos
+    from prvr.index.builder import remove_videos
 
     ids = list(video_ids)
     if id_file:
@@ -222,8 +222,8 @@ def calibrate_command(index_dir: str, target: float, k: int, num_queries: int, r
     """Measure recall@K against exact search over a grid; store the cheapest setting reaching --target."""
     import numpy as np
 
-    from index.builder import rewrite_manifest
-    from index.calibrate import DEFAULT_CANDIDATE_GRID, calibrate, heldout_token_queries
+    from prvr.index.builder import rewrite_manifest
+    from prvr.index.calibrate import DEFAULT_CANDIDATE_GRID, calibrate, heldout_token_queries
     from prvr.retriever import Retriever
 
     if (root is None) != (collection is None) or (root is not None and split is None):

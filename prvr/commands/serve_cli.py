@@ -35,7 +35,7 @@ def serve_command(index_dir: str, host: str, port: int, api_key_env: str | None,
 
     import uvicorn
 
-    from services.app import ServiceSettings, check_bind, create_app
+    from prvr.services.app import ServiceSettings, check_bind, create_app
 
     api_key = None
     if api_key_env is not None:

@@ -473,7 +473,7 @@ def _train_moments(directory: Path, settings: DemoSettings, progress: bool,
 
 def _build_index(directory: Path, settings: DemoSettings, moment_checkpoint: Path | None,
                  progress: bool, text_backbone: dict[str, Any] | None) -> tuple[list[Path], dict[str, Any]]:
-    from index.builder import build_index
+    from prvr.index.builder import build_index
     from prvr.checkpoint import read_checkpoint
     from prvr.config import ExperimentConfig
     from prvr.data.dataset import PRVRCorpus

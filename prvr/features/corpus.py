@@ -35,7 +35,7 @@ from prvr.features.extract import (
 )
 from prvr.features.frames import SamplingConfig
 from prvr.types import QueryRecord
-from services.db import VideoRecord
+from prvr.index.catalog import VideoRecord
 
 __all__ = ["EXTRACTED_SPLIT", "ExtractedVideoCorpus", "find_feature_name", "extract_for_index"]
 
@@ -152,7 +152,7 @@ class ExtractedVideoCorpus:
         return str(self._records[video_id]["source"])
 
     def video_records(self) -> list[VideoRecord]:
-        """One :class:`services.db.VideoRecord` per video (uri = source path, duration, fps, frames, features)."""
+        """One :class:`prvr.index.catalog.VideoRecord` per video (uri = source path, duration, fps, frames, features)."""
         return [
             VideoRecord(external_id=vid, uri=str(row["source"]), duration_s=row.get("duration_sec"),
                         fps=row.get("fps") or None, n_frames=row.get("frame_count"))

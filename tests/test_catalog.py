@@ -19,8 +19,8 @@ from sqlalchemy import delete, func, inspect, select, text
 from sqlalchemy.exc import DatabaseError, IntegrityError
 from sqlalchemy.orm import Session
 
-import services.db as db_module
-from services.db import (
+import prvr.index.catalog as db_module
+from prvr.index.catalog import (
     Database,
     GenerationStatus,
     IndexGeneration,
@@ -266,7 +266,7 @@ def test_get_video_by_either_key(db: Database) -> None:
 # ------------------------------------------------------------------------------------------------------ status
 
 
-# the documented set_status moves, written out independently of services.db._TRANSITIONS
+# the documented set_status moves, written out independently of prvr.index.catalog._TRANSITIONS
 ALLOWED_MOVES = {
     ("pending", "embedded"),
     ("pending", "failed"),
@@ -658,7 +658,7 @@ def test_threads_read_while_one_writes(file_db: Database) -> None:
 WRITER_SCRIPT = textwrap.dedent(
     """
     import sys
-    from services.db import VideoRecord, open_database
+    from prvr.index.catalog import VideoRecord, open_database
 
     db = open_database(sys.argv[1])
     for i in range(int(sys.argv[3])):
