@@ -20,12 +20,10 @@ writer processes stay consistent; readers call :meth:`TokenStore.refresh` to see
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from prvr.fileio import atomic_path, fsync_directory
+from prvr.fileio import atomic_path, exclusive_lock, fsync_directory
 from prvr.types import VideoTokens
 
 __all__ = ["TokenStore"]
@@ -201,14 +199,8 @@ class TokenStore:
             self._maps.append(mapped)
         self._views: dict[int, torch.Tensor] = {}
 
-    @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
-        with open(self.directory / LOCK_NAME, "a+b") as handle:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    def _lock(self) -> contextlib.AbstractContextManager[None]:
+        return exclusive_lock(self.directory / LOCK_NAME, wait=True)
 
     def _check_writable(self, action: str) -> None:
         if self.read_only:

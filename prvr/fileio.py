@@ -1,15 +1,26 @@
-"""Crash-safe file writes: a temporary file beside the target, fsync, atomic rename, directory fsync."""
+"""Crash-safe file writes (a temporary file beside the target, fsync, atomic rename, directory fsync) and the
+exclusive lock file that serialises writers of one directory."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import json
 import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_path", "fsync_directory", "file_sha256"]
+__all__ = [
+    "atomic_path",
+    "exclusive_lock",
+    "file_sha256",
+    "fsync_directory",
+    "write_json_atomic",
+    "write_text_atomic",
+]
 
 
 @contextmanager
@@ -43,6 +54,42 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
         raise
     fsync_directory(final.parent)
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` (UTF-8, ``\\n`` line endings kept as given) to ``path`` crash-safely (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any, *, indent: int | None = 2,
+                      sort_keys: bool = True) -> None:
+    """Write ``obj`` as JSON plus a final newline to ``path`` crash-safely (see :func:`atomic_path`)."""
+    write_text_atomic(path, json.dumps(obj, indent=indent, sort_keys=sort_keys) + "\n")
+
+
+@contextmanager
+def exclusive_lock(path: str | os.PathLike[str], *, wait: bool = False,
+                   busy_message: str | None = None) -> Iterator[None]:
+    """Hold an exclusive ``fcntl`` lock on the file ``path`` (created when absent) for the body.
+
+    The kernel releases the lock when the process dies, so a crashed holder never leaves a stale lock behind.
+
+    Args:
+        path: the lock file; its directory must exist.
+        wait: block until the lock is free; otherwise raise at once when another process holds it.
+        busy_message: the RuntimeError's message when ``wait`` is false and the lock is held.
+    """
+    with open(path, "a+b") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise RuntimeError(busy_message or f"{path} is held by another process; wait for it to finish") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def fsync_directory(directory: Path) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from prvr.fileio import atomic_path
+from prvr.fileio import write_text_atomic
 from prvr.types import QueryRecord
 
 __all__ = [
@@ -38,18 +38,6 @@ logger = logging.getLogger(__name__)
 CAPTION_LAYOUT = "<root>/<collection>/TextData/<collection><split>.caption.txt"
 
 Windows = tuple[tuple[float, float], ...]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# atomic writes
-
-
-def _write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
 
 
 def read_text_lines(path: str | os.PathLike[str], what: str = "file") -> Iterator[tuple[int, str]]:
@@ -199,7 +187,7 @@ def write_captions(path: str | os.PathLike[str], records: Iterable[QueryRecord])
             raise ValueError(f"write_captions({path}), record {index}: duplicate cap id {record.query_id!r}")
         seen.add(record.query_id)
         lines.append(f"{record.query_id} {record.text.strip()}\n")
-    _write_text_atomic(path, "".join(lines))
+    write_text_atomic(path, "".join(lines))
 
 
 def with_caption_ids(records: Sequence[QueryRecord]) -> list[QueryRecord]:
@@ -338,4 +326,4 @@ def write_moments(path: str | os.PathLike[str], records: Iterable[QueryRecord]) 
         obj = {"cap_id": record.query_id, "video_id": record.video_id, "windows": [list(w) for w in windows],
                "duration": duration}
         lines.append(json.dumps(obj, ensure_ascii=False) + "\n")
-    _write_text_atomic(path, "".join(lines))
+    write_text_atomic(path, "".join(lines))
