@@ -2,7 +2,7 @@
 
 Shape letters: V videos, C clip tokens, F frame tokens, T tokens, D hidden, Nq queries, K tokens per search.
 
-FAISS id of a token = ``video_id << 8 | token_index`` (spec/index.md 6.2): the video id is a shift away, no lookup
+FAISS id of a token = ``video_id << 8 | token_index`` (docs/design.md §3.2): the video id is a shift away, no lookup
 table. Vectors are L2-normalised so inner product = cosine. Search returns videos (``Candidates``); FAISS's ``D`` /
 ``I`` arrays never leave this module.
 """
@@ -41,15 +41,15 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Spec fact 4: faiss-cpu only uses BLAS when nq * d >= 128000, a 16x slow-down for batches of 20-250 queries. This is
-# a process-wide FAISS setting; it is set once, when the FAISS back-end is imported.
+# faiss-cpu only uses BLAS when nq * d >= 128000, a 16x slow-down for batches of 20-250 queries (docs/design.md §3.4).
+# This is a process-wide FAISS setting; it is set once, when the FAISS back-end is imported.
 faiss.cvar.distance_compute_blas_threshold = 20
 
 TOKEN_BITS = 8
 TOKEN_STRIDE = 1 << TOKEN_BITS  # 256 token slots per video (32 clips, <= 128 frames)
 MAX_VIDEO_ID = (1 << (63 - TOKEN_BITS)) - 1  # 55 bits left for the video id
-FLAT_MAX_TOKENS = 200_000  # exact search stays interactive up to ~10^5-10^6 tokens on 2 cores (spec 2)
-TRAIN_POINTS_PER_LIST = 64  # training sample = min(T, max(64 * nlist, 65536)) (spec 7)
+FLAT_MAX_TOKENS = 200_000  # exact search stays interactive up to ~10^5-10^6 tokens on 2 cores (§3.3)
+TRAIN_POINTS_PER_LIST = 64  # training sample = min(T, max(64 * nlist, 65536)) (docs/design.md §3.3)
 MIN_TRAIN_SAMPLE = 1 << 16  # PQ / SQ codebooks want >= 39 x 256 points whatever nlist is
 MIN_TRAIN_POINTS_PER_LIST = 39  # FAISS warns below this
 GPU_MAX_K = 2048  # classic GPU FAISS caps k and nprobe at 2048 (faiss #2103)
@@ -104,7 +104,7 @@ def nlist_for(num_tokens: int) -> int:
 
 
 def choose_factory(num_tokens: int, dim: int, *, memory_budget_bytes: int | None = None) -> str:
-    """The FAISS factory string for a token index of ``num_tokens`` vectors (spec/index.md 6.1).
+    """The FAISS factory string for a token index of ``num_tokens`` vectors (docs/design.md §3.3).
 
     * ``T <= FLAT_MAX_TOKENS``: ``IDMap2,Flat`` (exact).
     * larger: ``IVF{nlist},Flat`` with ``nlist = nlist_for(T)``.
@@ -154,7 +154,7 @@ def _metric_code(metric: Metric | str | int) -> int:
 
 
 def _default_nprobe(nlist: int) -> int:
-    """About 3% of the lists (spec 7: recall@100 ~ 0.95 on structured data), at least 16, at most nlist."""
+    """About 3% of the lists (a starting point, docs/design.md §3.3; calibrate), at least 16, at most nlist."""
     return int(min(nlist, max(16, math.ceil(nlist / 32))))
 
 
@@ -356,7 +356,7 @@ class FaissTokenIndex:
 
     Each video contributes its C clip tokens and its valid frame tokens, L2-normalised, with FAISS id
     ``video_id << 8 | position``. ``search`` runs a top-K' token search in each index (``K' = candidates_per_video x
-    n_candidates``, spec 3.6: ~4 tokens per distinct video), keeps each video's best token per index, unions the two
+    n_candidates``, docs/design.md §3.1: ~4 tokens per distinct video), keeps each video's best token per index, unions the two
     video sets and orders them by ``w_c * clip + w_f * frame`` (see :class:`Candidates` for unknown terms).
 
     With ``factory=None`` each index's factory is chosen from the number of tokens it is first trained on

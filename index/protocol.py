@@ -5,7 +5,7 @@ Shape letters: V videos, C clip tokens, F frame tokens, D hidden, Nq queries, N 
 Every back-end (FAISS here; Milvus / Qdrant later) indexes the clip tokens and the valid frame tokens of each video
 and answers a text query with candidate *videos*. Because the DreamPRVR score is a max over tokens at both scales,
 ``S(q, v) = w_c * max_i cos(q, clip_i) + w_f * max_j cos(q, frame_j)``, a top-k token search per scale followed by a
-dedup by video yields the candidates (spec/index.md, fact 1-2); the exact score is computed afterwards from the token
+dedup by video yields the candidates (docs/design.md §3.1); the exact score is computed afterwards from the token
 store (``index.rerank``). Back-end result arrays (FAISS's ``D`` / ``I``) never leave ``index/``.
 """
 

@@ -2,7 +2,7 @@
 
 Shape letters: B videos, C clip tokens, F frame tokens, K registers, Nq queries, D hidden.
 Paper: Li et al., "Imagine Before Concentration: Diffusion-Guided Registers Enhance Partially Relevant Video
-Retrieval" (CVPR 2026); see shared/spec/dreamprvr.md for what this implementation follows.
+Retrieval" (CVPR 2026); the score it computes is stated in docs/design.md §2.
 """
 
 from __future__ import annotations

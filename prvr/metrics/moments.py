@@ -1,6 +1,6 @@
 """Moment retrieval metrics (numpy only): QVHighlights R1@IoU and mAP@IoU over JSONL predictions, TVR VCMR/SVMR/VR.
 
-Definitions follow ``spec/metrics.md``; the prediction format is documented in ``docs/prediction_format.md``.
+Definitions: ``docs/design.md`` §4; the prediction format is documented in ``docs/prediction_format.md``.
 Shape letters: P predictions of one query, G ground-truth windows of one query, T IoU thresholds.
 
 Usage: ``python -m prvr.metrics.moments --submission preds.jsonl --gt highlight_val_release.jsonl [--out m.json]``.
