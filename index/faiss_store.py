@@ -356,8 +356,8 @@ class FaissTokenIndex:
 
     Each video contributes its C clip tokens and its valid frame tokens, L2-normalised, with FAISS id
     ``video_id << 8 | position``. ``search`` runs a top-K' token search in each index (``K' = candidates_per_video x
-    n_candidates``, docs/design.md §3.1: ~4 tokens per distinct video), keeps each video's best token per index, unions the two
-    video sets and orders them by ``w_c * clip + w_f * frame`` (see :class:`Candidates` for unknown terms).
+    n_candidates``, about 4 tokens per distinct video: docs/design.md §3.1), keeps each video's best token per index,
+    unions the two video sets and orders them by ``w_c * clip + w_f * frame`` (see :class:`Candidates` for unknown terms).
 
     With ``factory=None`` each index's factory is chosen from the number of tokens it is first trained on
     (:func:`choose_factory`); a builder that adds in chunks should instead pass ``choose_factory(total_tokens, dim)``
