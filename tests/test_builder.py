@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from prvr.index.builder import DB_NAME, build_index, generation_path
+from prvr.index.builder import build_index
+from prvr.index.layout import DB_NAME, generation_path
 from prvr.index.manifest import load_manifest
 from prvr.checkpoint import save_checkpoint
 from prvr.config import apply_overrides, load_preset
@@ -315,7 +316,7 @@ def test_metadata_in_another_database_by_url(setup, tmp_path, monkeypatch) -> No
     for PostgreSQL), reads the URL back with ${VAR} expanded, and refuses to move databases."""
     from click.testing import CliRunner
 
-    from prvr.index.builder import DATABASE_URL_FILE
+    from prvr.index.layout import DATABASE_URL_FILE
     from prvr.cli import main
 
     out = tmp_path / "index"

@@ -23,7 +23,8 @@ import torch
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
-from prvr.index.builder import DB_NAME, build_index
+from prvr.index.builder import build_index
+from prvr.index.layout import DB_NAME
 from prvr.checkpoint import save_checkpoint
 from prvr.cli import main
 from prvr.config import apply_overrides, load_preset
