@@ -413,8 +413,12 @@ def test_serve_cli_refuses_unsafe_setups(built, monkeypatch) -> None:
 
 def test_query_log_off_by_default_and_on_when_asked(built) -> None:
     def logged() -> list[str]:
-        with open_database(built["dir"] / DB_NAME) as db:
-            return [row.query_text for row in db.recent_queries(1000)]
+        from sqlalchemy import select
+
+        from prvr.index.catalog import QueryLog
+
+        with open_database(built["dir"] / DB_NAME) as db, db.session(readonly=True) as session:
+            return list(session.scalars(select(QueryLog.query_text).order_by(QueryLog.id.desc())))
 
     before = logged()
     with TestClient(create_app(ServiceSettings(index_dir=built["dir"], poll_interval_s=0),
