@@ -2,21 +2,13 @@
 
 Shape letters: V videos, B videos per batch, C clip tokens, F frame tokens, D hidden.
 
-Layout of an index directory::
-
-    index.db                          SQLite metadata (catalog.py): videos, models, generations (the commit point)
-    generations/gen-000001/
-        faiss/                        FaissTokenIndex.save (clip.faiss, frame.faiss, videos.npz, faiss_index.json)
-        tokens/                       TokenStore (bf16 shards + store.npz)
-        manifest.json                 IndexManifest
-    .build.lock                       held (fcntl) by the one running builder
-
-Each generation is a full snapshot: a build on top of an active generation copies its token store, loads its FAISS
-index writable, adds the videos it does not hold yet and saves everything into a fresh directory (`prvr index add`);
-:func:`remove_videos` does the same with FAISS ``remove_ids`` and store tombstones (`prvr index remove`), and
-:func:`rewrite_manifest` swaps only the search settings of the active manifest (`prvr index calibrate`). Only after every
-file is fsynced does :meth:`prvr.index.catalog.Database.activate_generation` flip the active generation in one transaction,
-so a build killed at any point leaves the previous generation active and loadable.
+The index directory's files are described in :mod:`prvr.index.layout`. Each generation is a full snapshot: a build on
+top of an active generation copies its token store, loads its FAISS index writable, adds the videos it does not hold
+yet and saves everything into a fresh directory (`prvr index add`); :func:`remove_videos` does the same with FAISS
+``remove_ids`` and store tombstones (`prvr index remove`), and :func:`rewrite_manifest` swaps only the search settings
+of the active manifest (`prvr index calibrate`). Only after every file is fsynced does
+:meth:`prvr.index.catalog.Database.activate_generation` flip the active generation in one transaction, so a build
+killed at any point leaves the previous generation active and loadable.
 """
 
 from __future__ import annotations
@@ -27,7 +19,6 @@ import fcntl
 import json
 import logging
 import math
-import os
 import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -39,7 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from prvr.index.faiss_store import FaissTokenIndex, choose_factory, nlist_for
-from prvr.index.manifest import MANIFEST_NAME, IndexManifest, _utc_now_iso, load_manifest, write_manifest
+from prvr.index.manifest import MANIFEST_NAME, IndexManifest, _utc_now_iso, write_manifest
 from prvr.index.token_store import TokenStore
 from prvr.checkpoint import load_model
 from prvr.data.dataset import PRVRCorpus, iter_video_batches
@@ -47,82 +38,29 @@ from prvr.fileio import atomic_path, file_sha256, fsync_directory
 from prvr.model import DreamPRVR
 from prvr.types import VideoTokens
 from prvr.index.catalog import Database, GenerationStatus, VideoRecord, open_database
+from prvr.index.layout import (
+    FAISS_DIR,
+    LOCK_NAME,
+    MODELS_DIR,
+    TOKENS_DIR,
+    database_location,
+    find_active,
+    generation_path,
+    open_active,
+    open_index_database,  # noqa: F401  re-exported for scripts/bench_service.py until it imports prvr.index.layout
+    record_database_url,
+)
 
 __all__ = [
-    "DB_NAME",
-    "DATABASE_URL_FILE",
-    "is_index_dir",
-    "open_index_database",
-    "GENERATIONS_DIR",
-    "FAISS_DIR",
-    "TOKENS_DIR",
     "DEFAULT_N_CANDIDATES",
     "BuildResult",
     "build_index",
-    "generation_path",
     "remove_videos",
     "rewrite_manifest",
 ]
 
 logger = logging.getLogger(__name__)
 
-DB_NAME = "index.db"
-DATABASE_URL_FILE = "database.url"  # when present: the SQLAlchemy URL of the index's metadata (else DB_NAME)
-
-
-def is_index_dir(index_dir: str | Path) -> bool:
-    """Whether ``index_dir`` holds an index's metadata (its SQLite file or the URL of another database)."""
-    index_dir = Path(index_dir)
-    return (index_dir / DB_NAME).is_file() or (index_dir / DATABASE_URL_FILE).is_file()
-
-
-def _database_location(index_dir: Path) -> str | Path:
-    """The URL written in ``database.url`` (``${VAR}`` expanded: keep passwords in the environment), else the
-    SQLite file ``index.db`` inside the index directory."""
-    url_file = index_dir / DATABASE_URL_FILE
-    if not url_file.is_file():
-        return index_dir / DB_NAME
-    url = os.path.expandvars(url_file.read_text(encoding="utf-8").strip())
-    if not url or "${" in url:
-        raise ValueError(f"{url_file} holds no usable database URL ({url!r}); write one SQLAlchemy URL such as "
-                         "postgresql+psycopg://prvr:${PRVR_DB_PASSWORD}@db-host/prvr and export the variables it names")
-    return url
-
-
-def open_index_database(index_dir: str | Path) -> Database:
-    """Open the metadata database of an existing index directory.
-
-    Raises:
-        FileNotFoundError: ``index_dir`` is not an index directory.
-    """
-    index_dir = Path(index_dir)
-    if not is_index_dir(index_dir):
-        raise FileNotFoundError(f"{index_dir / DB_NAME} not found: {index_dir} is not an index directory; build one "
-                                "with `prvr build-index`")
-    return open_database(_database_location(index_dir))
-
-
-def _record_database_url(index_dir: Path, database_url: str | None) -> None:
-    """Write ``database.url`` for a new index; refuse another URL than an existing index's."""
-    url_file = index_dir / DATABASE_URL_FILE
-    if database_url is None:
-        return
-    if url_file.is_file():
-        recorded = url_file.read_text(encoding="utf-8").strip()
-        if recorded != database_url.strip():
-            raise ValueError(f"{index_dir} keeps its metadata at {recorded!r} ({url_file}), not {database_url!r}; "
-                             "an index cannot move databases: build a new index directory")
-        return
-    if (index_dir / DB_NAME).is_file():
-        raise ValueError(f"{index_dir} already keeps its metadata in {index_dir / DB_NAME}; an index cannot move "
-                         "databases: build a new index directory for --database-url")
-    with atomic_path(url_file) as tmp:
-        tmp.write_text(database_url.strip() + "\n", encoding="utf-8")
-GENERATIONS_DIR = "generations"
-FAISS_DIR = "faiss"
-TOKENS_DIR = "tokens"
-MODELS_DIR = "models"  # checkpoints copied into the index, named by content hash
-LOCK_NAME = ".build.lock"
 DEFAULT_N_CANDIDATES = 200
 MAX_TRAIN_VIDEOS = 4096  # cap of the IVF / PQ training sample (videos encoded twice)
 
@@ -146,11 +84,6 @@ class BuildResult:
     new_videos: int
     ntotal: int
     manifest: IndexManifest
-
-
-def generation_path(index_dir: str | Path, directory_name: str) -> Path:
-    """The directory of the generation named ``directory_name`` inside ``index_dir``."""
-    return Path(index_dir) / GENERATIONS_DIR / directory_name
 
 
 @contextlib.contextmanager
@@ -290,8 +223,8 @@ def build_index(
                 f"but the checkpoint expects {config.model.video_dim}/{config.model.text_dim}; use the features it "
                 "was trained on"
             )
-        _record_database_url(out_dir, database_url)
-        db = open_database(_database_location(out_dir))
+        record_database_url(out_dir, database_url)
+        db = open_database(database_location(out_dir))
         try:
             db.create_schema()
             return _build_locked(
@@ -344,13 +277,11 @@ def _build_locked(
     token_dtype: str,
     progress: bool,
 ) -> BuildResult:
-    previous = db.active_generation()
-    previous_dir: Path | None = None
+    previous = find_active(db, out_dir)
     search_defaults: dict[str, Any] = {"n_candidates": n_candidates or DEFAULT_N_CANDIDATES}
     calibration: dict[str, Any] | None = None
     if previous is not None:
-        previous_dir = generation_path(out_dir, previous.directory)
-        previous_manifest = load_manifest(previous_dir)
+        previous_manifest = previous.manifest
         if previous_manifest.checkpoint_sha256 != sha:
             raise ValueError(
                 f"{out_dir} holds tokens of checkpoint {previous_manifest.checkpoint_sha256[:12]}... "
@@ -378,9 +309,9 @@ def _build_locked(
         config.name, sha, dim=config.model.hidden_size, config=json.loads(config.to_json())
     )
     dim = config.model.hidden_size
-    if previous_dir is not None:
-        index = FaissTokenIndex.load(previous_dir / FAISS_DIR, mmap=False)
-        members = db.generation_video_ids(previous.id)
+    if previous is not None:
+        index = FaissTokenIndex.load(previous.directory / FAISS_DIR, mmap=False)
+        members = db.generation_video_ids(previous.generation.id)
     else:
         clip_factory = factory or choose_factory(len(video_ids) * corpus.config.clip_bins, dim)
         frame_factory = factory or choose_factory(len(video_ids) * corpus.config.max_frames, dim)
@@ -410,8 +341,8 @@ def _build_locked(
     gen_dir = generation_path(out_dir, generation.directory)
     shutil.rmtree(gen_dir, ignore_errors=True)
     gen_dir.mkdir(parents=True)
-    if previous_dir is not None:
-        shutil.copytree(previous_dir / TOKENS_DIR, gen_dir / TOKENS_DIR)
+    if previous is not None:
+        shutil.copytree(previous.directory / TOKENS_DIR, gen_dir / TOKENS_DIR)
         store = TokenStore(gen_dir / TOKENS_DIR, dim)
     else:
         store = TokenStore(gen_dir / TOKENS_DIR, dim, normalize=True, dtype=token_dtype)
@@ -522,44 +453,35 @@ def remove_videos(index_dir: str | Path, external_ids: Sequence[str], *, compact
     if not external_ids:
         raise ValueError("no video ids to remove; pass at least one")
     index_dir = Path(index_dir)
-    with _build_lock(index_dir):
-        db = open_index_database(index_dir)
-        try:
-            previous = db.active_generation()
-            if previous is None:
-                raise RuntimeError(f"{index_dir} has no active generation; build one with `prvr build-index`")
-            previous_dir = generation_path(index_dir, previous.directory)
-            previous_manifest = load_manifest(previous_dir)
-            ids = _resolve_members(db, previous.id, external_ids)
-            _abandon_stale_builds(db, index_dir)
-            index = FaissTokenIndex.load(previous_dir / FAISS_DIR, mmap=False, use_gpu=False)
-            index.remove(np.asarray(ids, dtype=np.int64))
-            removed = set(ids)
-            members = [vid for vid in db.generation_video_ids(previous.id) if vid not in removed]
-            generation_id = db.begin_generation(
-                model_id=previous.model_id,
-                factories=dict(previous.factories),
-                faiss_version=faiss.__version__,
-                params=dict(previous.params),
-                video_ids=members,
-            )
-            generation = db.get_generation(generation_id)
-            assert generation is not None
-            gen_dir = generation_path(index_dir, generation.directory)
-            shutil.rmtree(gen_dir, ignore_errors=True)
-            gen_dir.mkdir(parents=True)
-            shutil.copytree(previous_dir / TOKENS_DIR, gen_dir / TOKENS_DIR)
-            store = TokenStore(gen_dir / TOKENS_DIR)
-            store.remove(np.asarray(ids, dtype=np.int64))
-            if compact:
-                store.compact()
-            manifest = dataclasses.replace(previous_manifest, generation=generation.directory,
-                                           created_at=_utc_now_iso())
-            counts = {"new_videos": 0, "removed_videos": len(ids)}
-            manifest = _commit_generation(db, generation_id, gen_dir, index, manifest, counts)
-            db.soft_delete(external_ids)
-        finally:
-            db.close()
+    with _build_lock(index_dir), open_active(index_dir) as active:
+        db, previous = active.db, active.generation
+        ids = _resolve_members(db, previous.id, external_ids)
+        _abandon_stale_builds(db, index_dir)
+        index = FaissTokenIndex.load(active.directory / FAISS_DIR, mmap=False, use_gpu=False)
+        index.remove(np.asarray(ids, dtype=np.int64))
+        removed = set(ids)
+        members = [vid for vid in db.generation_video_ids(previous.id) if vid not in removed]
+        generation_id = db.begin_generation(
+            model_id=previous.model_id,
+            factories=dict(previous.factories),
+            faiss_version=faiss.__version__,
+            params=dict(previous.params),
+            video_ids=members,
+        )
+        generation = db.get_generation(generation_id)
+        assert generation is not None
+        gen_dir = generation_path(index_dir, generation.directory)
+        shutil.rmtree(gen_dir, ignore_errors=True)
+        gen_dir.mkdir(parents=True)
+        shutil.copytree(active.directory / TOKENS_DIR, gen_dir / TOKENS_DIR)
+        store = TokenStore(gen_dir / TOKENS_DIR)
+        store.remove(np.asarray(ids, dtype=np.int64))
+        if compact:
+            store.compact()
+        manifest = dataclasses.replace(active.manifest, generation=generation.directory, created_at=_utc_now_iso())
+        counts = {"new_videos": 0, "removed_videos": len(ids)}
+        manifest = _commit_generation(db, generation_id, gen_dir, index, manifest, counts)
+        db.soft_delete(external_ids)
     logger.info("index generation %s active: %d videos (%d removed)", generation.directory, index.num_videos, len(ids))
     return BuildResult(generation_id, gen_dir, index.num_videos, 0, index.ntotal, manifest)
 
@@ -576,7 +498,6 @@ def _generation_files(gen_dir: Path) -> dict[str, dict[str, Any]]:
     return files
 
 
-
 def rewrite_manifest(index_dir: str | Path, manifest: IndexManifest) -> Path:
     """Replace the active generation's manifest (atomic write) and refresh its recorded file hashes.
 
@@ -588,20 +509,11 @@ def rewrite_manifest(index_dir: str | Path, manifest: IndexManifest) -> Path:
             ``calibration``.
     """
     index_dir = Path(index_dir)
-    with _build_lock(index_dir):
-        db = open_index_database(index_dir)
-        try:
-            active = db.active_generation()
-            if active is None:
-                raise RuntimeError(f"{index_dir} has no active generation; build one with `prvr build-index`")
-            gen_dir = generation_path(index_dir, active.directory)
-            current = load_manifest(gen_dir)
-            mutable = {"search_defaults": None, "calibration": None}
-            if dataclasses.replace(current, **mutable) != dataclasses.replace(manifest, **mutable):
-                raise ValueError("only search_defaults and calibration of an active manifest may be rewritten; "
-                                 "build a new generation for anything else")
-            path = write_manifest(manifest, gen_dir)
-            db.activate_generation(active.id, files=_generation_files(gen_dir))
-        finally:
-            db.close()
+    with _build_lock(index_dir), open_active(index_dir) as active:
+        mutable = {"search_defaults": None, "calibration": None}
+        if dataclasses.replace(active.manifest, **mutable) != dataclasses.replace(manifest, **mutable):
+            raise ValueError("only search_defaults and calibration of an active manifest may be rewritten; "
+                             "build a new generation for anything else")
+        path = write_manifest(manifest, active.directory)
+        active.db.activate_generation(active.generation.id, files=_generation_files(active.directory))
     return path

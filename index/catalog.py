@@ -1,11 +1,11 @@
-"""SQL metadata of the index: videos, embedding models, index generations (the build's commit point), token blocks.
+"""SQL metadata of the index: videos, embedding models, index generations (the build's commit point), the query log.
 
-Vectors never live in SQL (spec index.md 6.5): the FAISS files and the token store hold them, and these tables hold
-what points at them. The surrogate ``videos.id`` is the FAISS video id (token id = ``video_id << 8 | token``); it is
-never reused, even after a row is hard-deleted (``sqlite_autoincrement``). A re-registered deleted video gets a new
-id, so stale tombstones of the old id can never hide its new tokens.
+Vectors never live in SQL: the FAISS files and the token store hold them, and these tables hold what points at
+them. The surrogate ``videos.id`` is the FAISS video id (token id = ``video_id << 8 | token``); it is never reused,
+even if a row is ever hard-deleted (``sqlite_autoincrement``). A re-registered deleted video gets a new id, so stale
+tombstones of the old id can never hide its new tokens.
 
-Commit point (spec 6.3): a build writes and fsyncs its files into a generation directory, then
+Commit point: a build writes and fsyncs its files into a generation directory, then
 :meth:`Database.activate_generation` flips the generation to ``active`` in ONE transaction: the previous active one
 becomes ``retired`` and the new one's member videos become ``indexed``. A crash before that commit leaves the old
 generation active and the half-built one ``building``.
@@ -70,8 +70,6 @@ __all__ = [
     "GenerationVideo",
     "IndexGeneration",
     "QueryLog",
-    "TokenBlock",
-    "TokenKind",
     "Video",
     "VideoRecord",
     "VideoStatus",
@@ -116,12 +114,16 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(timezone.utc)
 
 
-# BIGINT ids (spec 6.5), but SQLite only autoincrements a column declared exactly INTEGER PRIMARY KEY (a rowid alias).
+# BIGINT ids (room beyond 2**31 videos and tokens), but SQLite only autoincrements a column declared exactly INTEGER PRIMARY KEY (a rowid alias).
 _Id = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class VideoStatus(str, enum.Enum):
-    """Pipeline state of a video; ``indexed`` means: a member of the active index generation."""
+    """Pipeline state of a video: ``pending`` when registered, ``indexed`` while a member of the active index
+    generation, ``embedded`` when a later generation no longer holds it, ``deleted`` after :meth:`Database.soft_delete`.
+
+    ``failed`` stays a valid value of the column (older databases may hold it); nothing in prvr sets it.
+    """
 
     PENDING = "pending"
     EMBEDDED = "embedded"
@@ -136,13 +138,6 @@ class GenerationStatus(str, enum.Enum):
     BUILDING = "building"
     ACTIVE = "active"
     RETIRED = "retired"
-
-
-class TokenKind(str, enum.Enum):
-    """Which token block of a video a :class:`TokenBlock` row locates."""
-
-    CLIP = "clip"
-    FRAME = "frame"
 
 
 def _enum_values(enum_class: type[enum.Enum]) -> list[str]:
@@ -285,30 +280,6 @@ class GenerationVideo(Base):
     video_id: Mapped[int] = mapped_column(_Id, ForeignKey("videos.id"), primary_key=True)
 
 
-class TokenBlock(Base):
-    """Where one token block of a video lives in the token store: shard file and first row (vectors stay in files)."""
-
-    __tablename__ = "token_blocks"
-    __table_args__ = (
-        CheckConstraint("n_tokens >= 0", name="ck_token_blocks_n_tokens"),
-        CheckConstraint("row_offset >= 0", name="ck_token_blocks_row_offset"),
-    )
-
-    video_id: Mapped[int] = mapped_column(_Id, ForeignKey("videos.id", ondelete="CASCADE"), primary_key=True)
-    kind: Mapped[TokenKind] = mapped_column(_enum_type(TokenKind, "token_kind"), primary_key=True)
-    n_tokens: Mapped[int] = mapped_column(Integer)
-    shard: Mapped[int] = mapped_column(Integer)
-    row_offset: Mapped[int] = mapped_column(BigInteger)
-    dtype: Mapped[str] = mapped_column(String(16), default="bfloat16")
-    sha256: Mapped[str | None] = mapped_column(String(64))
-
-    def __repr__(self) -> str:
-        return (
-            f"TokenBlock(video_id={self.video_id}, kind={self.kind.value}, n_tokens={self.n_tokens}, "
-            f"shard={self.shard}, row_offset={self.row_offset})"
-        )
-
-
 class QueryLog(Base):
     """One served query (optional logging; callers keep it off by default)."""
 
@@ -321,7 +292,7 @@ class QueryLog(Base):
     k: Mapped[int] = mapped_column(Integer)
     latency_ms: Mapped[float] = mapped_column(Float)
     n_results: Mapped[int] = mapped_column(Integer)
-    generation_id: Mapped[int | None] = mapped_column(_Id)  # no FK: old generations are pruned, the log stays
+    generation_id: Mapped[int | None] = mapped_column(_Id)  # no FK: generation rows may be dropped, the log stays
 
     def __repr__(self) -> str:
         return f"QueryLog(id={self.id}, k={self.k}, latency_ms={self.latency_ms:.1f}, query_text={self.query_text!r})"
@@ -459,16 +430,6 @@ def _check_files(files: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return checked
 
 
-# Allowed set_status moves. ``indexed`` is only reached by activate_generation and ``deleted`` only by soft_delete.
-_TRANSITIONS: dict[VideoStatus, frozenset[VideoStatus]] = {
-    VideoStatus.PENDING: frozenset({VideoStatus.EMBEDDED, VideoStatus.FAILED}),
-    VideoStatus.EMBEDDED: frozenset({VideoStatus.PENDING, VideoStatus.FAILED}),
-    VideoStatus.FAILED: frozenset({VideoStatus.PENDING, VideoStatus.EMBEDDED}),
-    VideoStatus.INDEXED: frozenset({VideoStatus.PENDING}),
-    VideoStatus.DELETED: frozenset(),
-}
-
-
 def _mark_generation_videos(session: Session, generation_id: int, now: datetime) -> None:
     """Inside activation: members of the generation become ``indexed``; other ``indexed`` videos fall back to
     ``embedded`` (they are no longer in the active index). Soft-deleted members stay deleted."""
@@ -491,7 +452,7 @@ def _mark_generation_videos(session: Session, generation_id: int, now: datetime)
 
 
 class Database:
-    """An engine plus a session factory, with the typed helpers the index builder, CLI and Retriever use.
+    """An engine plus a session factory, with the typed helpers the index builder, CLI, Retriever and service use.
 
     Every helper runs in its own transaction and returns plain values or detached ORM rows (loaded attributes stay
     readable after the session closes). Build one with :func:`open_database`.
@@ -519,10 +480,6 @@ class Database:
     def close(self) -> None:
         """Dispose of the pooled connections (later calls open new ones; an in-memory database is lost)."""
         self.engine.dispose()
-
-    @property
-    def is_sqlite(self) -> bool:
-        return self.engine.dialect.name == "sqlite"
 
     def create_schema(self) -> None:
         """Create the missing tables and indexes (idempotent; use Alembic migrations to change existing ones)."""
@@ -596,11 +553,6 @@ class Database:
             session.flush()
             return model.id
 
-    def get_model(self, model_id: int) -> EmbeddingModel | None:
-        """The embedding model with this id, or ``None``."""
-        with self.session(readonly=True) as session:
-            return session.get(EmbeddingModel, _as_id(model_id))
-
     # -------------------------------------------------------------------------------------------- videos
 
     def register_videos(self, records: Iterable[VideoRecord | Mapping[str, Any]]) -> dict[str, int]:
@@ -666,66 +618,6 @@ class Database:
         if missing:
             raise ValueError(f"unknown video ids {missing[:10]}{' ...' if len(missing) > 10 else ''} ({len(missing)})")
         return statuses
-
-    def set_status(self, ids: Iterable[int], status: VideoStatus | str, reason: str | None = None) -> None:
-        """Move videos to ``pending``, ``embedded`` or ``failed`` (all or none of them).
-
-        Allowed moves: pending -> embedded | failed; embedded -> pending | failed; failed -> pending | embedded;
-        indexed -> pending (re-embed); setting the current status again is allowed (updates the reason).
-        ``indexed`` is set only by :meth:`activate_generation`, ``deleted`` only by :meth:`soft_delete`.
-
-        Args:
-            ids: video ids (ints or numpy integers).
-            status: the new status.
-            reason: why it failed; only with ``failed`` (cleared by any other status).
-
-        Raises:
-            ValueError: on unknown ids, a disallowed move, or a reason without ``failed``.
-        """
-        target = _as_enum(VideoStatus, status)
-        if target is VideoStatus.INDEXED:
-            raise ValueError("videos become 'indexed' only through activate_generation(), which commits a build")
-        if target is VideoStatus.DELETED:
-            raise ValueError("use soft_delete(external_ids) to delete videos")
-        if reason is not None and target is not VideoStatus.FAILED:
-            raise ValueError(f"a reason is only recorded with status 'failed', not {target.value!r}")
-        unique_ids = list(dict.fromkeys(_as_ids(ids)))
-        if not unique_ids:
-            return
-        with self.session() as session:
-            current = self._current_statuses(session, unique_ids)
-            bad = [
-                (vid, st.value) for vid, st in current.items() if st is not target and target not in _TRANSITIONS[st]
-            ]
-            if bad:
-                raise ValueError(
-                    f"cannot move {len(bad)} videos to {target.value!r}, e.g. (id, status) {bad[:5]}; allowed moves: "
-                    + "; ".join(
-                        f"{s.value} -> {sorted(t.value for t in allowed)}" for s, allowed in _TRANSITIONS.items()
-                    )
-                )
-            for chunk in _chunks(unique_ids):
-                session.execute(
-                    update(Video).where(Video.id.in_(chunk)).values(status=target, failure_reason=reason),
-                    execution_options={"synchronize_session": False},
-                )
-
-    def videos_by_status(self, status: VideoStatus | str, *, limit: int | None = None) -> list[Video]:
-        """Videos with this status, by ascending id.
-
-        Args:
-            status: the status to select.
-            limit: at most this many (the lowest ids).
-
-        Returns:
-            Detached :class:`Video` rows.
-        """
-        target = _as_enum(VideoStatus, status)
-        statement = select(Video).where(Video.status == target).order_by(Video.id)
-        if limit is not None:
-            statement = statement.limit(limit)
-        with self.session(readonly=True) as session:
-            return list(session.scalars(statement))
 
     def count_by_status(self) -> dict[VideoStatus, int]:
         """Number of videos per status (every status present, zeros included)."""
@@ -830,70 +722,6 @@ class Database:
         logger.info("soft-deleted %d videos", len(deleted))
         return deleted
 
-    def purge_deleted(self) -> list[int]:
-        """Hard-delete soft-deleted videos that no remaining index generation contains (with their token blocks).
-
-        Their ids are still never reused. Run after :meth:`retire_old_generations` has dropped the generations that
-        held them.
-
-        Returns:
-            The purged video ids, ascending.
-        """
-        with self.session() as session:
-            held = select(GenerationVideo.video_id)
-            ids = list(
-                session.scalars(
-                    select(Video.id)
-                    .where(Video.status == VideoStatus.DELETED, Video.id.not_in(held))
-                    .order_by(Video.id)
-                )
-            )
-            for chunk in _chunks(ids):
-                session.execute(delete(TokenBlock).where(TokenBlock.video_id.in_(chunk)))
-                session.execute(
-                    delete(Video).where(Video.id.in_(chunk)), execution_options={"synchronize_session": False}
-                )
-        if ids:
-            logger.info("purged %d deleted videos", len(ids))
-        return ids
-
-    # -------------------------------------------------------------------------------------------- token blocks
-
-    def put_token_blocks(self, blocks: Iterable[TokenBlock]) -> None:
-        """Insert or replace token-block locations (keyed by ``(video_id, kind)``); commit them only after the
-        shard bytes they point at are fsynced.
-
-        Args:
-            blocks: new (transient) :class:`TokenBlock` objects.
-
-        Raises:
-            ValueError: on unknown video ids or a repeated ``(video_id, kind)``.
-        """
-        rows: dict[tuple[int, TokenKind], TokenBlock] = {}
-        for block in blocks:
-            key = (_as_id(block.video_id), _as_enum(TokenKind, block.kind))
-            if key in rows:
-                raise ValueError(f"token block (video {key[0]}, {key[1].value}) appears twice")
-            block.video_id, block.kind = key
-            rows[key] = block
-        if not rows:
-            return
-        with self.session() as session:
-            video_ids = list(dict.fromkeys(video_id for video_id, _ in rows))
-            self._current_statuses(session, video_ids)
-            for video_id, kind in rows:
-                session.execute(delete(TokenBlock).where(TokenBlock.video_id == video_id, TokenBlock.kind == kind))
-            session.add_all(rows.values())
-
-    def token_blocks(self, video_ids: Iterable[int]) -> list[TokenBlock]:
-        """Token-block locations of these videos, by (video id, kind)."""
-        unique_ids = list(dict.fromkeys(_as_ids(video_ids)))
-        found: list[TokenBlock] = []
-        with self.session(readonly=True) as session:
-            for chunk in _chunks(unique_ids):
-                found.extend(session.scalars(select(TokenBlock).where(TokenBlock.video_id.in_(chunk))))
-        return sorted(found, key=lambda block: (block.video_id, block.kind.value))
-
     # -------------------------------------------------------------------------------------------- generations
 
     def begin_generation(
@@ -914,7 +742,7 @@ class Database:
             faiss_version: ``faiss.__version__`` of the builder.
             directory: the generation's directory name, unique; default ``gen-{id:06d}``.
             params: search defaults to record (nlist, nprobe, k', metric, ...).
-            video_ids: members known now (more with :meth:`add_generation_videos`).
+            video_ids: its member videos.
 
         Returns:
             The generation id.
@@ -977,22 +805,6 @@ class Database:
         rows = [{"generation_id": generation_id, "video_id": vid} for vid in video_ids if vid not in already]
         for row_chunk in _chunks(rows):
             session.execute(insert(GenerationVideo), list(row_chunk))
-
-    def add_generation_videos(self, generation_id: int, video_ids: Iterable[int]) -> None:
-        """Record more member videos of a ``building`` generation (idempotent; for chunked, resumable builds).
-
-        Raises:
-            ValueError: on an unknown generation or video, or a generation that is not ``building``.
-        """
-        members = list(dict.fromkeys(_as_ids(video_ids)))
-        with self.session() as session:
-            generation = self._generation(session, generation_id)
-            if generation.status is not GenerationStatus.BUILDING:
-                raise ValueError(
-                    f"index generation {generation.id} is {generation.status.value}, not building: generations are "
-                    "immutable once activated; begin a new one"
-                )
-            self._add_members(session, generation.id, members)
 
     def generation_video_ids(self, generation_id: int) -> list[int]:
         """Member video ids of a generation, ascending."""
@@ -1081,39 +893,6 @@ class Database:
         with self.session(readonly=True) as session:
             return list(session.scalars(statement))
 
-    def retire_old_generations(self, keep: int) -> list[str]:
-        """Drop the rows of retired generations beyond the ``keep`` most recently retired ones.
-
-        The active generation and ``building`` ones are never touched. The caller deletes the returned directories
-        (after this commit, so a crash leaves only orphan directories, never rows pointing at missing files).
-
-        Args:
-            keep: retired generations to keep for rollback, besides the active one (0 keeps none).
-
-        Returns:
-            The directory names of the dropped generations, oldest first.
-        """
-        keep = _count(keep, "keep")
-        with self.session() as session:
-            retired = list(
-                session.execute(
-                    select(IndexGeneration.id, IndexGeneration.directory)
-                    .where(IndexGeneration.status == GenerationStatus.RETIRED)
-                    .order_by(IndexGeneration.retired_at.desc(), IndexGeneration.id.desc())
-                )
-            )
-            dropped = sorted(retired[keep:])
-            dropped_ids = [generation_id for generation_id, _ in dropped]
-            for chunk in _chunks(dropped_ids):
-                session.execute(delete(GenerationVideo).where(GenerationVideo.generation_id.in_(chunk)))
-                session.execute(
-                    delete(IndexGeneration).where(IndexGeneration.id.in_(chunk)),
-                    execution_options={"synchronize_session": False},
-                )
-        if dropped:
-            logger.info("dropped %d retired index generations", len(dropped))
-        return [directory for _, directory in dropped]
-
     def abandon_generation(self, generation_id: int) -> str:
         """Drop a ``building`` (e.g. crashed) or ``retired`` generation's rows.
 
@@ -1170,12 +949,6 @@ class Database:
             session.add(row)
             session.flush()
             return row.id
-
-    def recent_queries(self, limit: int = 100) -> list[QueryLog]:
-        """The last ``limit`` logged queries, newest first."""
-        with self.session(readonly=True) as session:
-            return list(session.scalars(select(QueryLog).order_by(QueryLog.id.desc()).limit(limit)))
-
 
 # ------------------------------------------------------------------------------------------------------ engines
 

@@ -2,11 +2,10 @@
 
 Shape letters: Nq queries, L text tokens, D_text text feature width, D hidden, N candidates, F frames.
 
-Two stages (spec/index.md 6.1): FAISS token search -> candidate videos, then the exact DreamPRVR score of each
-candidate from the bf16 token store (``index.search.search_topk``). On an exact (Flat) index the candidate search is
-widened until the top-k is provably the brute-force top-k; approximate indexes use their calibrated nprobe /
-efSearch and candidate count (``prvr index calibrate``). When a moment localiser is attached, each result also
-carries its top moments in seconds.
+Two stages: FAISS token search -> candidate videos, then the exact DreamPRVR score of each candidate from the bf16
+token store (``index.search.search_topk``). On an exact (Flat) index the candidate search is widened until the top-k
+is provably the brute-force top-k; approximate indexes use their calibrated nprobe / efSearch and candidate count
+(``prvr index calibrate``). When a moment localiser is attached, each result also carries its top moments in seconds.
 """
 
 from __future__ import annotations
@@ -22,9 +21,9 @@ from typing import Any, overload
 import numpy as np
 import torch
 
-from prvr.index.builder import FAISS_DIR, TOKENS_DIR, generation_path, open_index_database
 from prvr.index.faiss_store import FaissTokenIndex
-from prvr.index.manifest import IndexManifest, load_manifest
+from prvr.index.layout import FAISS_DIR, TOKENS_DIR, open_active
+from prvr.index.manifest import IndexManifest
 from prvr.index.search import search_topk
 from prvr.index.token_store import TokenStore
 from prvr.checkpoint import load_model
@@ -164,14 +163,9 @@ class Retriever:
             ValueError: when the checkpoint (or the moment checkpoint) is not the one the index was built with.
         """
         index_dir = Path(index_dir)
-        db = open_index_database(index_dir)
+        active = open_active(index_dir)
+        db, generation, gen_dir, manifest = active.db, active.generation, active.directory, active.manifest
         try:
-            generation = db.active_generation()
-            if generation is None:
-                raise RuntimeError(f"{index_dir} has no active index generation (no build finished yet); run "
-                                   "`prvr build-index` and wait for it to complete")
-            gen_dir = generation_path(index_dir, generation.directory)
-            manifest = load_manifest(gen_dir)
             # the builder stores the checkpoint inside the index (a path relative to it); older or external
             # manifests may hold an absolute path
             checkpoint_path = Path(checkpoint) if checkpoint is not None else index_dir / manifest.checkpoint_path
@@ -200,7 +194,7 @@ class Retriever:
             retriever = cls(db, generation.id, manifest, model, config, faiss_index, store, text_encoder,
                             localizer=localizer, moment_checkpoint=moment_checkpoint)
         except BaseException:
-            db.close()
+            active.close()
             raise
         logger.info("serving index generation %s: %d videos", generation.directory, faiss_index.num_videos)
         return retriever

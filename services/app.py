@@ -40,7 +40,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy import select
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from prvr.index.builder import open_index_database
+from prvr.index.layout import open_index_database
 from prvr.retriever import Retriever, SearchResult
 from prvr.services import media
 from prvr.index.catalog import Database, GenerationVideo, Video, VideoStatus

@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import update
 from test_service import built, load_with_localizer, serve_in_thread  # noqa: F401  (built is a fixture)
 
-from prvr.index.builder import DB_NAME
+from prvr.index.layout import DB_NAME
 from prvr.retriever import Retriever
 from prvr.services.app import ServiceSettings, create_app
 from prvr.index.catalog import Video, open_database

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from prvr.index.builder import DB_NAME, build_index, generation_path
+from prvr.index.builder import build_index
+from prvr.index.layout import DB_NAME, find_active, generation_path, open_active
 from prvr.index.manifest import load_manifest
 from prvr.checkpoint import save_checkpoint
 from prvr.config import apply_overrides, load_preset
@@ -86,6 +87,21 @@ def test_layout_and_manifest(setup) -> None:
         active = db.active_generation()
         assert active is not None and active.id == result.generation_id and active.num_videos == 30
         assert "manifest.json" in active.files and active.ntotal == result.ntotal
+
+
+def test_open_active_reads_the_active_generation(setup, tmp_path) -> None:
+    result = setup["result"]
+    with open_active(setup["out"]) as active:
+        assert active.generation.id == result.generation_id
+        assert active.directory == result.directory and active.manifest == load_manifest(result.directory)
+        assert active.db.active_generation().id == result.generation_id
+    with pytest.raises(FileNotFoundError, match="not an index directory"):
+        open_active(tmp_path / "nothing")
+    with open_database(tmp_path / DB_NAME) as db:
+        db.create_schema()
+        assert find_active(db, tmp_path) is None
+    with pytest.raises(RuntimeError, match=f"{tmp_path} has no active index generation.*prvr build-index"):
+        open_active(tmp_path)
 
 
 def test_exact_search_ranks_like_evaluate(setup) -> None:
@@ -315,7 +331,7 @@ def test_metadata_in_another_database_by_url(setup, tmp_path, monkeypatch) -> No
     for PostgreSQL), reads the URL back with ${VAR} expanded, and refuses to move databases."""
     from click.testing import CliRunner
 
-    from prvr.index.builder import DATABASE_URL_FILE
+    from prvr.index.layout import DATABASE_URL_FILE
     from prvr.cli import main
 
     out = tmp_path / "index"

@@ -1,4 +1,5 @@
-"""SQL metadata: schema, SQLite settings, video registry, id stability, status moves, generations, WAL concurrency."""
+"""SQL metadata: schema, SQLite settings, video registry, id stability, generations and the video statuses they
+set, the query log, WAL concurrency."""
 
 from __future__ import annotations
 
@@ -25,8 +26,6 @@ from prvr.index.catalog import (
     GenerationStatus,
     IndexGeneration,
     QueryLog,
-    TokenBlock,
-    TokenKind,
     Video,
     VideoRecord,
     VideoStatus,
@@ -94,7 +93,6 @@ def test_schema_creation_is_idempotent(db: Database) -> None:
         "videos",
         "index_generations",
         "generation_videos",
-        "token_blocks",
         "query_log",
     } <= tables
     with db.engine.connect() as connection:
@@ -102,6 +100,30 @@ def test_schema_creation_is_idempotent(db: Database) -> None:
         videos_sql = connection.exec_driver_sql("SELECT sql FROM sqlite_master WHERE name='videos'").scalar_one()
     assert {"uq_videos_live_external_id", "uq_index_generations_one_active", "ix_videos_status"} <= indexes
     assert "AUTOINCREMENT" in videos_sql
+
+
+def test_a_database_with_the_old_token_blocks_table_still_opens(tmp_path: Path) -> None:
+    """Index databases written while the catalog had a token_blocks table keep working (the ORM ignores it)."""
+    path = tmp_path / "index.db"
+    with open_database(path) as old:
+        old.create_schema()
+        with old.engine.begin() as connection:
+            connection.exec_driver_sql(
+                "CREATE TABLE token_blocks (video_id INTEGER NOT NULL REFERENCES videos (id) ON DELETE CASCADE, "
+                "kind VARCHAR(16) NOT NULL, n_tokens INTEGER NOT NULL, shard INTEGER NOT NULL, "
+                "row_offset BIGINT NOT NULL, dtype VARCHAR(16) NOT NULL, sha256 VARCHAR(64), "
+                "PRIMARY KEY (video_id, kind))"
+            )
+        ids = _register(old, ["a"])
+        with old.engine.begin() as connection:
+            connection.exec_driver_sql(
+                f"INSERT INTO token_blocks VALUES ({ids['a']}, 'clip', 32, 0, 0, 'bfloat16', NULL)"
+            )
+    with open_database(path) as reopened:
+        reopened.create_schema()
+        assert _register(reopened, ["a", "b"])["a"] == ids["a"]
+        assert reopened.soft_delete(["a"]) == [ids["a"]]
+        assert "token_blocks" in inspect(reopened.engine).get_table_names()
 
 
 def test_file_database_settings_on_every_connection(tmp_path: Path) -> None:
@@ -115,7 +137,7 @@ def test_file_database_settings_on_every_connection(tmp_path: Path) -> None:
             assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar_one() == 1
             assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar_one() == db_module.BUSY_TIMEOUT_MS
     with pytest.raises(IntegrityError), database.session() as session:  # foreign keys are enforced
-        session.add(TokenBlock(video_id=12345, kind=TokenKind.CLIP, n_tokens=4, shard=0, row_offset=0))
+        session.add(IndexGeneration(directory="orphan", faiss_version="1.15.1", model_id=12345))
     database.close()
     reopened = open_database(f"sqlite:///{path}")
     assert reopened.register_videos([VideoRecord("x")]) == {"x": 1}
@@ -132,7 +154,6 @@ def test_open_database_rejects_bad_locations(tmp_path: Path) -> None:
     memory = open_database("sqlite://")
     memory.create_schema()
     assert memory.active_generation() is None
-    assert memory.is_sqlite
 
 
 def test_session_commits_or_rolls_back(db: Database) -> None:
@@ -191,7 +212,7 @@ def test_register_rejects_bad_input_atomically(db: Database) -> None:
 
 
 def test_ids_are_never_reused(db: Database) -> None:
-    """Random registers, soft deletes, purges and raw hard deletes: every new id exceeds every id ever issued."""
+    """Random registers, soft deletes and raw hard deletes: every new id exceeds every id ever issued."""
     rng = random.Random(0)
     issued: set[int] = set()
     live: dict[str, int] = {}
@@ -210,7 +231,6 @@ def test_ids_are_never_reused(db: Database) -> None:
             name = max(live, key=live.__getitem__)  # the highest id: the one plain SQLite rowids would reuse
             db.soft_delete([name])
             del live[name]
-            db.purge_deleted()
         else:
             name = max(live, key=live.__getitem__)
             with db.session() as session:
@@ -258,78 +278,8 @@ def test_get_video_by_either_key(db: Database) -> None:
     by_name, by_id = db.get_video("a"), db.get_video(np.int64(ids["a"]))  # type: ignore[arg-type]
     assert by_name is not None and by_id is not None and by_name.id == by_id.id == ids["a"]
     assert db.get_video("missing") is None and db.get_video(42) is None
-    assert db.videos_by_status("pending", limit=1)[0].external_id == "a"
-    with pytest.raises(ValueError, match="unknown VideoStatus"):
-        db.videos_by_status("done")
-
-
-# ------------------------------------------------------------------------------------------------------ status
-
-
-# the documented set_status moves, written out independently of prvr.index.catalog._TRANSITIONS
-ALLOWED_MOVES = {
-    ("pending", "embedded"),
-    ("pending", "failed"),
-    ("embedded", "pending"),
-    ("embedded", "failed"),
-    ("failed", "pending"),
-    ("failed", "embedded"),
-    ("indexed", "pending"),
-}
-
-
-def _video_in_status(db: Database, name: str, status: str, model_id: int) -> int:
-    video_id = _register(db, [name])[name]
-    if status in ("embedded", "indexed"):
-        db.set_status([video_id], "embedded")
-    if status == "failed":
-        db.set_status([video_id], "failed", reason="decode error")
-    if status == "indexed":
-        db.activate_generation(_generation(db, model_id, [video_id]))
-    if status == "deleted":
-        db.soft_delete([name])
-    assert db.get_video(video_id).status.value == status  # type: ignore[union-attr]
-    return video_id
-
-
-@pytest.mark.parametrize("source", ["pending", "embedded", "indexed", "failed", "deleted"])
-def test_status_transitions(db: Database, source: str) -> None:
-    model_id = _model(db)
-    for target in ("pending", "embedded", "failed", "indexed", "deleted"):
-        name = f"{source}-to-{target}"
-        video_id = _video_in_status(db, name, source, model_id)
-        reason = "bad" if target == "failed" else None
-        if target in ("indexed", "deleted"):
-            with pytest.raises(ValueError, match=r"activate_generation|soft_delete"):
-                db.set_status([video_id], target)
-        elif source == target or (source, target) in ALLOWED_MOVES:
-            db.set_status([video_id], target, reason=reason)
-            video = db.get_video(video_id)
-            assert video is not None and video.status.value == target
-            assert video.failure_reason == reason
-        else:
-            with pytest.raises(ValueError, match="cannot move"):
-                db.set_status([video_id], target, reason=reason)
-            assert db.get_video(video_id).status.value == source  # type: ignore[union-attr]
-
-
-def test_set_status_is_all_or_nothing(db: Database) -> None:
-    ids = _register(db, ["a", "b"])
-    db.soft_delete(["b"])
-    before = db.get_video(ids["a"])
-    with pytest.raises(ValueError, match="cannot move"):
-        db.set_status([ids["a"], ids["b"]], "embedded")
-    with pytest.raises(ValueError, match="unknown video ids"):
-        db.set_status([ids["a"], 777], "embedded")
-    with pytest.raises(ValueError, match="only recorded"):
-        db.set_status([ids["a"]], "embedded", reason="why")
-    after = db.get_video(ids["a"])
-    assert before is not None and after is not None
-    assert after.status is VideoStatus.PENDING and after.updated_at == before.updated_at
-    time.sleep(0.002)
-    db.set_status(np.array([ids["a"]]), VideoStatus.EMBEDDED)
-    moved = db.get_video(ids["a"])
-    assert moved is not None and moved.updated_at > before.updated_at
+    with pytest.raises(ValueError, match="unknown GenerationStatus"):
+        db.generations("done")
 
 
 # ------------------------------------------------------------------------------------------------------ models
@@ -347,8 +297,6 @@ def test_register_model_is_idempotent(db: Database) -> None:
         db.register_model("tiny", SHA_A, dim=16, config={"preset": "tiny"})
     with pytest.raises(ValueError, match="64 hex"):
         db.register_model("tiny", "xyz", dim=8)
-    model = db.get_model(model_id)
-    assert model is not None and model.config == {"preset": "tiny"} and model.dim == 8
 
 
 # ------------------------------------------------------------------------------------------------------ generations
@@ -357,9 +305,7 @@ def test_register_model_is_idempotent(db: Database) -> None:
 def test_generation_lifecycle(db: Database) -> None:
     model_id = _model(db)
     ids = _register(db, ["a", "b", "c", "d"])
-    db.set_status(ids.values(), "embedded")
-    first = _generation(db, model_id, [ids["a"], ids["b"]])
-    db.add_generation_videos(first, [ids["c"], ids["c"]])
+    first = _generation(db, model_id, [ids["a"], ids["b"], ids["c"], ids["c"]])
     assert db.active_generation() is None, "a building generation is not searched"
     assert db.get_generation(first).status is GenerationStatus.BUILDING  # type: ignore[union-attr]
     files = {"clip/index.faiss": {"size": 1024, "sha256": SHA_B.upper()}}
@@ -369,9 +315,7 @@ def test_generation_lifecycle(db: Database) -> None:
     assert active is not None and active.id == first and active.num_videos == 3 and active.ntotal == 96
     assert active.files["clip/index.faiss"]["sha256"] == SHA_B and active.activated_at is not None
     assert active.factories == {"clip": "IDMap2,Flat", "frame": "IDMap2,Flat"} and active.params == {"nprobe": 1}
-    assert _statuses(db) == {"a": "indexed", "b": "indexed", "c": "indexed", "d": "embedded"}
-    with pytest.raises(ValueError, match="immutable"):
-        db.add_generation_videos(first, [ids["d"]])
+    assert _statuses(db) == {"a": "indexed", "b": "indexed", "c": "indexed", "d": "pending"}
 
     # the next build drops "a" (deleted) and "b" (say it failed re-embedding), adds "d"
     db.soft_delete(["a"])
@@ -431,7 +375,6 @@ def test_generation_bad_input(db: Database) -> None:
 def test_activation_is_atomic_when_a_step_fails(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     model_id = _model(db)
     ids = _register(db, ["a", "b"])
-    db.set_status(ids.values(), "embedded")
     old = _generation(db, model_id, [ids["a"]])
     db.activate_generation(old, ntotal=32)
     new = _generation(db, model_id, [ids["b"]])
@@ -455,7 +398,7 @@ def test_activation_is_atomic_when_a_step_fails(db: Database, monkeypatch: pytes
     failed = db.get_generation(new)
     assert failed is not None and failed.status is GenerationStatus.BUILDING and failed.files == {}
     assert failed.activated_at is None
-    assert _statuses(db) == before == {"a": "indexed", "b": "embedded"}
+    assert _statuses(db) == before == {"a": "indexed", "b": "pending"}
     monkeypatch.undo()
     db.activate_generation(new)
     assert db.active_generation().id == new  # type: ignore[union-attr]
@@ -466,7 +409,6 @@ def test_activation_is_atomic_when_the_database_refuses(file_db: Database) -> No
     """A failure raised by SQLite itself (a trigger) in the last statement rolls back the whole activation."""
     model_id = _model(file_db)
     ids = _register(file_db, ["a", "b"])
-    file_db.set_status(ids.values(), "embedded")
     old = _generation(file_db, model_id, [ids["a"]])
     file_db.activate_generation(old)
     new = _generation(file_db, model_id, [ids["a"], ids["b"]])
@@ -481,79 +423,33 @@ def test_activation_is_atomic_when_the_database_refuses(file_db: Database) -> No
         file_db.activate_generation(new)
     assert file_db.active_generation().id == old  # type: ignore[union-attr]
     assert file_db.get_generation(new).status is GenerationStatus.BUILDING  # type: ignore[union-attr]
-    assert _statuses(file_db) == {"a": "indexed", "b": "embedded"}
+    assert _statuses(file_db) == {"a": "indexed", "b": "pending"}
 
 
-def test_retire_old_generations(db: Database) -> None:
+def test_abandon_generation(db: Database) -> None:
     model_id = _model(db)
     ids = _register(db, ["a"])
     generations = []
-    for _ in range(5):
+    for _ in range(3):
         generations.append(_generation(db, model_id, [ids["a"]]))
         db.activate_generation(generations[-1])
     building = _generation(db, model_id, [ids["a"]], directory="in-progress")
-    with pytest.raises(ValueError, match="keep"):
-        db.retire_old_generations(-1)
-    assert db.retire_old_generations(2) == [f"gen-{g:06d}" for g in generations[:2]]
-    assert [g.id for g in db.generations()] == [*generations[2:], building]
-    assert db.retire_old_generations(2) == []
-    with pytest.raises(ValueError, match="unknown index generation"):
-        db.generation_video_ids(generations[0])
-
-    db.activate_generation(generations[2])  # roll back: generations[4] is now the most recently retired
-    assert db.retire_old_generations(1) == [f"gen-{generations[3]:06d}"]
+    db.activate_generation(generations[1])  # roll back: re-activate a retired generation
     assert {g.id: g.status for g in db.generations()} == {
-        generations[2]: GenerationStatus.ACTIVE,
-        generations[4]: GenerationStatus.RETIRED,
+        generations[0]: GenerationStatus.RETIRED,
+        generations[1]: GenerationStatus.ACTIVE,
+        generations[2]: GenerationStatus.RETIRED,
         building: GenerationStatus.BUILDING,
     }
-    assert db.retire_old_generations(0) == [f"gen-{generations[4]:06d}"]
-    assert db.active_generation().id == generations[2]  # type: ignore[union-attr]
-
     assert db.abandon_generation(building) == "in-progress"
+    assert db.abandon_generation(generations[0]) == f"gen-{generations[0]:06d}"
+    with pytest.raises(ValueError, match="unknown index generation"):
+        db.generation_video_ids(generations[0])
     with pytest.raises(ValueError, match="is active"):
-        db.abandon_generation(generations[2])
-    assert [g.id for g in db.generations()] == [generations[2]]
+        db.abandon_generation(generations[1])
+    assert [g.id for g in db.generations()] == [generations[1], generations[2]]
+    assert db.active_generation().id == generations[1]  # type: ignore[union-attr]
     assert _generation(db, model_id, []) > building, "generation ids (and so directory names) are never reused"
-
-
-def test_purge_deleted_waits_for_generations(db: Database) -> None:
-    model_id = _model(db)
-    ids = _register(db, ["a", "b"])
-    db.put_token_blocks(
-        [
-            TokenBlock(video_id=ids["a"], kind="clip", n_tokens=32, shard=0, row_offset=0),
-            TokenBlock(video_id=ids["a"], kind=TokenKind.FRAME, n_tokens=100, shard=0, row_offset=32),
-        ]
-    )
-    first = _generation(db, model_id, [ids["a"], ids["b"]])
-    db.activate_generation(first)
-    db.soft_delete(["a"])
-    assert db.purge_deleted() == [], "the active generation still holds the deleted video"
-    second = _generation(db, model_id, [ids["b"]])
-    db.activate_generation(second)
-    assert db.purge_deleted() == []
-    db.retire_old_generations(0)
-    assert db.purge_deleted() == [ids["a"]]
-    assert db.get_video(ids["a"]) is None and db.token_blocks([ids["a"]]) == []
-    assert db.register_videos([VideoRecord("c")])["c"] > ids["b"]
-
-
-# ------------------------------------------------------------------------------------------------------ token blocks
-
-
-def test_token_blocks_replace_and_validate(db: Database) -> None:
-    ids = _register(db, ["a"])
-    db.put_token_blocks([TokenBlock(video_id=ids["a"], kind="clip", n_tokens=32, shard=0, row_offset=0)])
-    db.put_token_blocks([TokenBlock(video_id=np.int64(ids["a"]), kind="clip", n_tokens=32, shard=3, row_offset=64)])
-    (block,) = db.token_blocks([ids["a"]])
-    assert (block.kind, block.shard, block.row_offset, block.dtype) == (TokenKind.CLIP, 3, 64, "bfloat16")
-    with pytest.raises(ValueError, match="unknown video ids"):
-        db.put_token_blocks([TokenBlock(video_id=999, kind="frame", n_tokens=1, shard=0, row_offset=0)])
-    with pytest.raises(ValueError, match="twice"):
-        db.put_token_blocks([TokenBlock(video_id=ids["a"], kind="frame", n_tokens=1, shard=0, row_offset=0)] * 2)
-    with pytest.raises(ValueError, match="TokenKind"):
-        db.put_token_blocks([TokenBlock(video_id=ids["a"], kind="register", n_tokens=1, shard=0, row_offset=0)])
 
 
 # ------------------------------------------------------------------------------------------------------ query log
@@ -563,11 +459,11 @@ def test_query_log(db: Database) -> None:
     first = db.log_query("a person opens a door", k=10, latency_ms=12.5, n_results=10)
     second = db.log_query("a dog runs", k=5, latency_ms=3.0, n_results=2, generation_id=7)
     assert second > first
-    recent = db.recent_queries()
+    with db.session(readonly=True) as session:
+        recent = list(session.scalars(select(QueryLog).order_by(QueryLog.id.desc())))
     assert [q.query_text for q in recent] == ["a dog runs", "a person opens a door"]
     assert (recent[0].k, recent[0].n_results, recent[0].latency_ms, recent[0].generation_id) == (5, 2, 3.0, 7)
-    assert recent[0].created_at.tzinfo is not None
-    assert [q.id for q in db.recent_queries(limit=1)] == [second]
+    assert recent[0].created_at.tzinfo is not None and recent[0].id == second
     with pytest.raises(ValueError, match="latency_ms"):
         db.log_query("x", k=1, latency_ms=-1.0, n_results=0)
     with pytest.raises(ValueError, match="n_results"):
@@ -624,8 +520,10 @@ def test_threads_read_while_one_writes(file_db: Database) -> None:
     def writer() -> None:
         try:
             for i in range(n_rounds):
-                ids = _register(file_db, [f"w{i}-{j}" for j in range(5)])
-                file_db.set_status(ids.values(), "embedded")
+                names = [f"w{i}-{j}" for j in range(5)]
+                ids = _register(file_db, names)
+                if i % 2 == 0:
+                    file_db.soft_delete(names)
                 if i % 10 == 9:
                     file_db.activate_generation(_generation(file_db, model_id, ids.values()))
         except Exception as error:
@@ -638,10 +536,9 @@ def test_threads_read_while_one_writes(file_db: Database) -> None:
             while not done.is_set():
                 counts = file_db.count_by_status()
                 assert sum(counts.values()) % 5 == 0, "a reader saw half of a transaction"
-                embedded = file_db.videos_by_status("embedded")
-                if embedded:
-                    file_db.external_ids([video.id for video in embedded])
-                file_db.active_generation()
+                active = file_db.active_generation()
+                if active is not None:
+                    file_db.external_ids(file_db.generation_video_ids(active.id))
         except Exception as error:
             errors.append(error)
 
@@ -662,8 +559,9 @@ WRITER_SCRIPT = textwrap.dedent(
 
     db = open_database(sys.argv[1])
     for i in range(int(sys.argv[3])):
-        ids = db.register_videos([VideoRecord(f"{sys.argv[2]}-{i}-{j}") for j in range(3)])
-        db.set_status(ids.values(), "embedded")
+        names = [f"{sys.argv[2]}-{i}-{j}" for j in range(3)]
+        db.register_videos([VideoRecord(name) for name in names])
+        db.soft_delete(names)
     db.close()
     """
 )
@@ -686,7 +584,7 @@ def test_processes_read_while_another_writes(file_db: Database, tmp_path: Path) 
     while process.poll() is None:
         counts = file_db.count_by_status()
         assert sum(counts.values()) % 3 == 0
-        file_db.videos_by_status("embedded", limit=50)
+        file_db.get_video(f"proc-{reads}-0")
         reads += 1
         if own < 20:
             _register(file_db, [f"main-{own}-{j}" for j in range(3)])
@@ -694,5 +592,5 @@ def test_processes_read_while_another_writes(file_db: Database, tmp_path: Path) 
     _, stderr = process.communicate(timeout=30)
     assert process.returncode == 0, stderr
     assert reads > 0
-    assert file_db.count_by_status()[VideoStatus.EMBEDDED] == 90
+    assert file_db.count_by_status()[VideoStatus.DELETED] == 90
     assert sum(file_db.count_by_status().values()) == 90 + 3 * own

@@ -23,7 +23,8 @@ import torch
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
-from prvr.index.builder import DB_NAME, build_index
+from prvr.index.builder import build_index
+from prvr.index.layout import DB_NAME
 from prvr.checkpoint import save_checkpoint
 from prvr.cli import main
 from prvr.config import apply_overrides, load_preset
@@ -412,8 +413,12 @@ def test_serve_cli_refuses_unsafe_setups(built, monkeypatch) -> None:
 
 def test_query_log_off_by_default_and_on_when_asked(built) -> None:
     def logged() -> list[str]:
-        with open_database(built["dir"] / DB_NAME) as db:
-            return [row.query_text for row in db.recent_queries(1000)]
+        from sqlalchemy import select
+
+        from prvr.index.catalog import QueryLog
+
+        with open_database(built["dir"] / DB_NAME) as db, db.session(readonly=True) as session:
+            return list(session.scalars(select(QueryLog.query_text).order_by(QueryLog.id.desc())))
 
     before = logged()
     with TestClient(create_app(ServiceSettings(index_dir=built["dir"], poll_interval_s=0),

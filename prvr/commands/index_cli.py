@@ -15,18 +15,6 @@ __all__ = ["index_group"]
 
 
 
-def _active(index_dir: Path) -> tuple[Any, Any, Path]:
-    """(database, active generation, its directory); the caller closes the database."""
-    from prvr.index.builder import generation_path, open_index_database
-
-    db = open_index_database(index_dir)
-    generation = db.active_generation()
-    if generation is None:
-        db.close()
-        raise RuntimeError(f"{index_dir} has no active generation (no build finished); run `prvr build-index`")
-    return db, generation, generation_path(index_dir, generation.directory)
-
-
 @click.group("index")
 def index_group() -> None:
     """Inspect and maintain an index: info, add, remove, calibrate (each change is a new generation)."""
@@ -38,22 +26,19 @@ def index_group() -> None:
 @fail_cleanly
 def info_command(index_dir: str, as_json: bool) -> None:
     """Generations, counts, FAISS factories, nprobe and the active manifest."""
-    from prvr.index.manifest import load_manifest
+    from prvr.index.layout import open_active
 
-    db, active, gen_dir = _active(Path(index_dir))
-    try:
+    with open_active(Path(index_dir)) as active:
         generations = [
             {"id": g.id, "directory": g.directory, "status": g.status.value, "videos": g.num_videos,
              "ntotal": g.ntotal, "created_at": g.created_at.isoformat(timespec="seconds")}
-            for g in db.generations()
+            for g in active.db.generations()
         ]
-        statuses = {status.value: count for status, count in db.count_by_status().items()}
-    finally:
-        db.close()
-    manifest = load_manifest(gen_dir)
+        statuses = {status.value: count for status, count in active.db.count_by_status().items()}
+    manifest = active.manifest
     info = {
         "index": str(index_dir),
-        "active": active.directory,
+        "active": active.generation.directory,
         "generations": generations,
         "video_status": statuses,
         "counts": manifest.counts,
@@ -67,7 +52,7 @@ def info_command(index_dir: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
-    click.echo(f"index {index_dir}: active generation {active.directory}")
+    click.echo(f"index {index_dir}: active generation {active.generation.directory}")
     click.echo(f"{'id':>4}  {'directory':<12} {'status':<9} {'videos':>8} {'tokens':>10}  created")
     for g in generations:
         click.echo(f"{g['id']:>4}  {g['directory']:<12} {g['status']:<9} {g['videos']:>8} {g['ntotal']:>10}  "
@@ -133,14 +118,13 @@ def add_command(index_dir: str, root: str | None, collection: str | None, split:
                 text_feature: str | None, batch_size: int, no_progress: bool) -> None:
     """Add a split's videos (those not indexed yet) as a new generation, with the index's own checkpoint."""
     from prvr.index.builder import build_index
-    from prvr.index.manifest import load_manifest
+    from prvr.index.layout import open_active
     from prvr.checkpoint import read_checkpoint
     from prvr.commands.common import feature_overrides, open_corpus
     from prvr.config import ExperimentConfig, apply_overrides
 
-    db, _, gen_dir = _active(Path(index_dir))
-    db.close()
-    manifest = load_manifest(gen_dir)
+    with open_active(Path(index_dir)) as active:
+        manifest = active.manifest
     checkpoint = Path(index_dir) / manifest.checkpoint_path
     config = ExperimentConfig.from_json(read_checkpoint(checkpoint)["model_config"])
     config = apply_overrides(config, list(feature_overrides(video_feature, text_feature)))
