@@ -46,8 +46,8 @@ def serve_command(index_dir: str, host: str, port: int, api_key_env: str | None,
     check_bind(host, api_key)
     settings = ServiceSettings(index_dir=Path(index_dir), api_key=api_key, max_k=max_k, max_query_chars=max_query_chars,
                                poll_interval_s=poll_interval, query_log=query_log)
-    if logging.getLogger("services").getEffectiveLevel() > logging.INFO:
-        logging.getLogger("services").setLevel(logging.INFO)  # request lines are the server's output
+    if logging.getLogger("prvr.services").getEffectiveLevel() > logging.INFO:
+        logging.getLogger("prvr.services").setLevel(logging.INFO)  # request lines are the server's output
     app = create_app(settings)
     click.echo(f"serving {index_dir} on http://{host}:{port}/ (API docs at /docs)", err=True)
     # our middleware logs every request; uvicorn's access log would repeat it
