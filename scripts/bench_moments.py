@@ -106,8 +106,8 @@ def accuracy(localizer: DiffusionMomentLocalizer, data: MomentData, batch_size: 
     predictions = predict_split(localizer, data, batch_size=batch_size, num_spans=spans, steps=steps)
     seconds = time.perf_counter() - started
     curves = {p["qid"]: np.asarray(p["relevance"]) for p in predictions}
-    return {"queries": len(data), "spans": spans or localizer.config.num_spans,
-            "steps": steps or localizer.config.sampling_steps, "denoiser": _metrics(predictions, data),
+    return {"queries": len(data), "spans": spans or localizer.config.inference.num_spans,
+            "steps": steps or localizer.config.inference.sampling_steps, "denoiser": _metrics(predictions, data),
             "relevance_baseline": _curve_baseline(data, curves), "wall_s": round(seconds, 1)}
 
 
@@ -300,10 +300,11 @@ def main(argv: list[str] | None = None) -> int:
         name, _, path = item.partition("=")
         localizers[name] = load_localizer(path)
         if args.rescore is not None:
-            localizers[name].config = dataclasses.replace(localizers[name].config, relevance_rescore=args.rescore)
+            localizers[name].config = dataclasses.replace(localizers[name].config, inference=dataclasses.replace(
+                localizers[name].config.inference, relevance_rescore=args.rescore))
         if args.proposal_step is not None:
-            localizers[name].config = dataclasses.replace(localizers[name].config,
-                                                          relevance_proposal_step=_step(args.proposal_step))
+            localizers[name].config = dataclasses.replace(localizers[name].config, inference=dataclasses.replace(
+                localizers[name].config.inference, relevance_proposal_step=_step(args.proposal_step)))
         report.setdefault("checkpoints", {})[name] = {"path": path, "config": dataclasses.asdict(
             localizers[name].config)}
 

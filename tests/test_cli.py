@@ -122,7 +122,7 @@ def test_eval_reports_moment_metrics_with_a_moment_checkpoint(runner, tmp_path) 
     run(runner, "train", "--data", str(data), "--collection", "synth", "--preset", "tiny", "--out",
         str(tmp_path / "run"), "--set", "train.epochs=1", *features, "--no-progress")
     run(runner, "train-moments", "--data", str(data), "--collection", "synth", "--preset", "tiny", "--out",
-        str(tmp_path / "moments"), "--set", "epochs=1", *features, "--no-progress")
+        str(tmp_path / "moments"), "--set", "train.epochs=1", *features, "--no-progress")
     args = ["eval", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--data", str(data), "--collection", "synth",
             "--split", "test", "--moment-checkpoint", str(tmp_path / "moments" / "best.pt")]
     result = json.loads(run(runner, *args, "--json").output)

@@ -20,8 +20,9 @@ def _config(decoder: str) -> MomentConfig:
     extras = decoder.endswith("+")  # the optional RoI query features and relevance-in-memory
     decoder = decoder.rstrip("+")
     layers = 2 if decoder == "momentdiff" else 3
-    return dataclasses.replace(base, video_dim=12, text_dim=10, decoder=decoder, decoder_layers=layers,
-                               roi_points=4, dynamic_dim=8, decoder_roi=extras, relevance_feature=extras)
+    network = dataclasses.replace(base.network, decoder=decoder, decoder_layers=layers, roi_points=4, dynamic_dim=8,
+                                  decoder_roi=extras, relevance_feature=extras)
+    return dataclasses.replace(base, video_dim=12, text_dim=10, network=network)
 
 
 def _inputs(seed: int = 0):
@@ -42,14 +43,14 @@ def test_decoder_shapes_ranges_and_determinism(decoder: str) -> None:
     torch.manual_seed(0)
     model = MomentDenoiser(config).eval()
     condition = model.encode(*_inputs())
-    assert condition.memory.shape == (3, 9, config.hidden_size)
+    assert condition.memory.shape == (3, 9, config.network.hidden_size)
     assert condition.relevance.shape == (3, 9)
     spans = random_spans_cw((3, 7), torch.Generator().manual_seed(1))
     t = torch.tensor([0, 500, 999])
     with torch.no_grad():
         first = model(spans, t, condition)
         second = model(spans, t, condition)
-    assert len(first.spans) == config.decoder_layers == len(first.logits)
+    assert len(first.spans) == config.network.decoder_layers == len(first.logits)
     for layer_spans, layer_logits in zip(first.spans, first.logits):
         assert layer_spans.shape == (3, 7, 2) and layer_logits.shape == (3, 7, 2)
         assert bool(((layer_spans >= 0) & (layer_spans <= 1)).all())
@@ -112,7 +113,7 @@ class _ToyDenoiser:
 
 
 def _reference_ddim(x_T: np.ndarray, steps: int, total: int = 1000, scale: float = 2.0) -> np.ndarray:
-    """The DDIM loop of the spec, eta = 0, straight from the formulas (float64)."""
+    """The DDIM loop with eta = 0, straight from the formulas (float64)."""
 
     def abar(u: float) -> float:
         return math.cos((u / total + 0.008) / 1.008 * math.pi / 2) ** 2
@@ -173,6 +174,6 @@ def test_presets_load_and_validate() -> None:
     with pytest.raises(ValueError, match="unknown"):
         apply_moment_overrides(load_moment_preset("tiny"), ["no_such_field=1"])
     with pytest.raises(ValueError, match="loss name"):
-        dataclasses.replace(load_moment_preset("tiny"), loss_weights={"typo": 1.0})
+        apply_moment_overrides(load_moment_preset("tiny"), ['loss.weights={"typo": 1.0}'])
     with pytest.raises(ValueError, match="num_heads"):
-        dataclasses.replace(load_moment_preset("tiny"), num_heads=5)
+        apply_moment_overrides(load_moment_preset("tiny"), ["network.num_heads=5"])

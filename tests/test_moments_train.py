@@ -17,17 +17,17 @@ from prvr.data.dataset import PRVRCorpus
 from prvr.data.synthetic import make_synthetic_corpus
 from prvr.metrics.moments import moment_metrics
 from prvr.moments.baselines import span_relevance_gain
-from prvr.moments.config import load_moment_preset
+from prvr.moments.config import apply_moment_overrides, load_moment_preset
 from prvr.moments.localizer import DiffusionMomentLocalizer, load_localizer, pad_batch, read_moment_checkpoint
 from prvr.moments.spans import span_cw_to_se
 from prvr.moments.train import MomentData, frame_source, predict_split, train_moments
 from prvr.types import Localization, MomentLocalizer
 
 
-def _tiny_config(**changes: object):
+def _tiny_config(*overrides: str):
     base = load_moment_preset("tiny")
     data = dataclasses.replace(base.data, video_feature="synth", text_feature="synth")
-    return dataclasses.replace(base, data=data, **changes)
+    return apply_moment_overrides(dataclasses.replace(base, data=data), overrides)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def trained(synth_root: Path, tmp_path_factory: pytest.TempPathFactory):
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("moments_run")
-    result = train_moments(synth_root, "synth", out, _tiny_config(epochs=6, patience=6))
+    result = train_moments(synth_root, "synth", out, _tiny_config("train.epochs=6", "train.patience=6"))
     return out, result
 
 
@@ -109,7 +109,8 @@ def test_localize_api_sorted_clamped_batched_and_seeded(trained, synth_root: Pat
     for a, b in zip(single.moments, many[1].moments):  # batching does not change a pair's answer
         assert a.start_sec == pytest.approx(b.start_sec, abs=1e-4) and a.score == pytest.approx(b.score, abs=1e-5)
     assert all(0.0 <= m.start_sec <= m.end_sec <= other.duration for m in many[1].moments)
-    nms = DiffusionMomentLocalizer(localizer.model, dataclasses.replace(localizer.config, nms_threshold=0.3))
+    nms_config = apply_moment_overrides(localizer.config, ["inference.nms_threshold=0.3"])
+    nms = DiffusionMomentLocalizer(localizer.model, nms_config)
     kept = nms.localize(query, frames, record.duration, num_moments=10, num_spans=20)
     for i, a in enumerate(kept.moments):
         for b in kept.moments[i + 1:]:
@@ -148,15 +149,15 @@ def test_relevance_proposal_adds_one_refined_span(trained, synth_root: Path) -> 
     again, _, _ = localizer.predict(video, video_mask, text, text_mask, num_spans=6, proposal_step=0)
     torch.testing.assert_close(again, spans)  # seeded
     with pytest.raises(ValueError, match="proposal_step"):
-        localizer.predict(video, video_mask, text, text_mask, proposal_step=localizer.config.diffusion_steps)
-    configured = DiffusionMomentLocalizer(localizer.model,
-                                          dataclasses.replace(localizer.config, relevance_proposal_step=50))
+        localizer.predict(video, video_mask, text, text_mask, proposal_step=localizer.config.diffusion.steps)
+    configured = DiffusionMomentLocalizer(localizer.model, apply_moment_overrides(
+        localizer.config, ["inference.relevance_proposal_step=50"]))
     found = configured.localize(corpus.query_tokens(records[0].query_id), corpus.video(records[0].video_id)[1],
                                 records[0].duration, num_moments=3)
     assert len(found.moments) == 3 and all(0 <= m.start_sec <= m.end_sec <= records[0].duration
                                            for m in found.moments)
     with pytest.raises(ValueError, match="relevance_proposal_step"):
-        dataclasses.replace(localizer.config, relevance_proposal_step=-3)
+        apply_moment_overrides(localizer.config, ["inference.relevance_proposal_step=-3"])
 
 
 def test_bad_input_gets_clear_errors_or_sensible_answers(trained) -> None:
@@ -184,12 +185,13 @@ def test_bad_input_gets_clear_errors_or_sensible_answers(trained) -> None:
 
 def test_resume_equals_an_uninterrupted_run(synth_root: Path, tmp_path: Path) -> None:
     torch.set_num_threads(1)
-    config = _tiny_config(epochs=2, patience=5)
+    config = _tiny_config("train.epochs=2", "train.patience=5")
     full = train_moments(synth_root, "synth", tmp_path / "full", config, max_train_queries=96, max_val_queries=40)
-    train_moments(synth_root, "synth", tmp_path / "part", dataclasses.replace(config, epochs=1),
+    train_moments(synth_root, "synth", tmp_path / "part", apply_moment_overrides(config, ["train.epochs=1"]),
                   max_train_queries=96, max_val_queries=40)
     payload = torch.load(tmp_path / "part" / "last.pt", weights_only=True)
-    payload["moment_config"] = json.dumps({**json.loads(payload["moment_config"]), "epochs": 2})
+    saved = json.loads(payload["moment_config"])
+    payload["moment_config"] = json.dumps({**saved, "train": {**saved["train"], "epochs": 2}})
     torch.save(payload, tmp_path / "part" / "last.pt")
     resumed = train_moments(synth_root, "synth", tmp_path / "part", resume=True, max_train_queries=96,
                             max_val_queries=40)
@@ -212,20 +214,22 @@ def test_retrieval_conditioned_training_uses_the_index_frame_tokens(synth_root: 
         model=dataclasses.replace(retrieval.model, video_dim=64, text_dim=48))
     checkpoint = tmp_path / "retrieval.pt"
     save_checkpoint(checkpoint, model=DreamPRVR(retrieval.model, seed=0), config=retrieval, epoch=0)
-    result = train_moments(synth_root, "synth", tmp_path / "run", _tiny_config(epochs=1),
+    result = train_moments(synth_root, "synth", tmp_path / "run", _tiny_config("train.epochs=1"),
                            retrieval_checkpoint=checkpoint, max_train_queries=64, max_val_queries=20)
     localizer = load_localizer(result.best_path)
     assert localizer.config.condition == "retrieval"
     assert localizer.config.video_dim == retrieval.model.hidden_size
     with pytest.raises(ValueError, match="retrieval"):
-        train_moments(synth_root, "synth", tmp_path / "bad", dataclasses.replace(localizer.config, epochs=1))
+        train_moments(synth_root, "synth", tmp_path / "bad",
+                      apply_moment_overrides(localizer.config, ["train.epochs=1"]))
 
 
 def test_cli_train_moments_and_localize(synth_root: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     out = tmp_path / "cli_run"
     args = ["train-moments", "--data", str(synth_root), "--collection", "synth", "--out", str(out),
-            "--preset", "tiny", "--video-feature", "synth", "--text-feature", "synth", "--set", "epochs=1",
+            "--preset", "tiny", "--video-feature", "synth", "--text-feature", "synth",
+            "--set", "epochs=1",  # the flat name of before the nesting (train.epochs) is still accepted
             "--max-train-queries", "64", "--max-val-queries", "20", "--no-progress"]
     result = runner.invoke(main, args)
     assert result.exit_code == 0, result.output

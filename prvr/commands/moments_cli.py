@@ -20,7 +20,7 @@ __all__ = ["train_moments_command", "localize_command"]
 @click.option("--preset", default="cpu", show_default=True,
               help="Moment preset (tiny, cpu, diffusionvmr_cpu, default) or a JSON file.")
 @click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE",
-              help="Config override, e.g. --set epochs=5 --set decoder=diffusionvmr (repeatable).")
+              help="Config override, e.g. --set train.epochs=5 --set network.decoder=diffusionvmr (repeatable).")
 @click.option("--video-feature", default=None, help="FeatureData/<name> to use (sets data.video_feature).")
 @click.option("--text-feature", default=None, help="Query feature name (sets data.text_feature).")
 @click.option("--retrieval-checkpoint", default=None, type=click.Path(exists=True, dir_okay=False),

@@ -442,10 +442,10 @@ def _train_moments(directory: Path, settings: DemoSettings, progress: bool,
     trainer, why = _moment_trainer()
     if trainer is None:
         return [], {"skipped": why}
-    from prvr.moments.config import load_moment_preset
+    from prvr.moments.config import apply_moment_overrides, load_moment_preset
 
-    config = dataclasses.replace(load_moment_preset("tiny"), epochs=settings.moment_epochs,
-                                 patience=settings.patience, seed=settings.seed, threads=0)
+    config = apply_moment_overrides(load_moment_preset("tiny"), [f"train.epochs={settings.moment_epochs}",
+                                    f"train.patience={settings.patience}", f"seed={settings.seed}", "train.threads=0"])
     out = _stage_dir(directory, "moments")
 
     def train(resume: bool) -> Any:

@@ -5,7 +5,7 @@ Shape letters: F frames.
 The best contiguous span of a curve s is the run of frames [i, j] maximising sum_{k=i..j} (s_k - mean(s)) (the
 maximum-sum subarray of the mean-centred curve, Kadane's algorithm): the frames "above the per-video mean", merged
 where short dips do not outweigh them. Applied to the denoiser's relevance curve it is the relevance baseline; applied
-to the zero-shot cosine between frames and the pooled query it is the zero-shot floor of the benchmark spec.
+to the zero-shot cosine between frames and the pooled query it is the zero-shot floor (no trained weights at all).
 """
 
 from __future__ import annotations

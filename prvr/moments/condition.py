@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from prvr.moments.config import MomentConfig
+from prvr.moments.config import NetworkConfig
 from prvr.moments.embeddings import frame_positions, row_frame_positions, sine_code
 from prvr.nn.layers import LinearLayer, TransformerLayer
 
@@ -56,14 +56,20 @@ class _Projection(nn.Module):
 
 
 class ConditionGenerator(nn.Module):
-    """Query-conditioned video memory and per-frame relevance (see the module docstring)."""
+    """Query-conditioned video memory and per-frame relevance (see the module docstring).
 
-    def __init__(self, config: MomentConfig) -> None:
+    Args:
+        config: the network config (width, heads, layers, dropouts, ``relevance_feature``).
+        video_dim: D_v of the frame tokens.
+        text_dim: D_t of the query tokens.
+    """
+
+    def __init__(self, config: NetworkConfig, video_dim: int, text_dim: int) -> None:
         super().__init__()
         dim = config.hidden_size
         self.dim = dim
-        self.video_projection = _Projection(config.video_dim, dim, config.input_dropout)
-        self.text_projection = _Projection(config.text_dim, dim, config.input_dropout)
+        self.video_projection = _Projection(video_dim, dim, config.input_dropout)
+        self.text_projection = _Projection(text_dim, dim, config.input_dropout)
         self.cross_layers = nn.ModuleList(
             TransformerLayer(dim, config.num_heads, config.ffn_size, config.dropout) for _ in range(config.cross_layers)
         )

@@ -28,7 +28,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from prvr.moments.condition import Condition
-from prvr.moments.config import MomentConfig
+from prvr.moments.config import NetworkConfig
 from prvr.moments.embeddings import TimestepEmbedding, row_frame_positions, sine_code, span_code
 from prvr.moments.spans import span_cw_to_se
 from prvr.nn.layers import MultiHeadAttention, masked_softmax
@@ -123,7 +123,7 @@ class _IntensityAwareLayer(nn.Module):
 class MomentDiffDecoder(SpanDecoder):
     """Span embedding + timestep embedding -> intensity-aware cross-attention layers -> shared heads."""
 
-    def __init__(self, config: MomentConfig) -> None:
+    def __init__(self, config: NetworkConfig) -> None:
         super().__init__()
         dim = config.hidden_size
         self.dim = dim
@@ -194,7 +194,7 @@ def roi_align_1d(memory: Tensor, mask: Tensor, spans_se: Tensor, points: int) ->
 class _DenoisingLayer(nn.Module):
     """One cascade stage: RoI features -> proposal self-attention -> dynamic interaction -> FFN -> time -> heads."""
 
-    def __init__(self, config: MomentConfig) -> None:
+    def __init__(self, config: NetworkConfig) -> None:
         super().__init__()
         dim, dyn = config.hidden_size, config.dynamic_dim
         self.dim, self.dynamic_dim, self.points = dim, dyn, config.roi_points
@@ -242,7 +242,7 @@ class _DenoisingLayer(nn.Module):
 class DiffusionVMRDecoder(SpanDecoder):
     """``decoder_layers`` cascading denoising layers; each layer's (detached) spans are the next layer's input."""
 
-    def __init__(self, config: MomentConfig) -> None:
+    def __init__(self, config: NetworkConfig) -> None:
         super().__init__()
         self.timestep_embedding = TimestepEmbedding(config.hidden_size)
         self.layers = nn.ModuleList(_DenoisingLayer(config) for _ in range(config.decoder_layers))
@@ -260,7 +260,7 @@ class DiffusionVMRDecoder(SpanDecoder):
         return DecoderOutput(spans, logits)
 
 
-def build_decoder(config: MomentConfig) -> SpanDecoder:
+def build_decoder(config: NetworkConfig) -> SpanDecoder:
     """The decoder named by ``config.decoder``."""
     if config.decoder == "momentdiff":
         return MomentDiffDecoder(config)

@@ -25,13 +25,13 @@ _MIN_WIDTH = 0.01
 
 
 class MomentDenoiser(nn.Module):
-    """Condition generator + span decoder (the one named by ``config.decoder``)."""
+    """Condition generator + span decoder (the one named by ``config.network.decoder``)."""
 
     def __init__(self, config: MomentConfig) -> None:
         super().__init__()
         self.config = config
-        self.condition = ConditionGenerator(config)
-        self.decoder = build_decoder(config)
+        self.condition = ConditionGenerator(config.network, config.video_dim, config.text_dim)
+        self.decoder = build_decoder(config.network)
 
     def encode(self, video: Tensor, video_mask: Tensor, text: Tensor, text_mask: Tensor) -> Condition:
         """(B, F, D_v), (B, F), (B, L, D_t), (B, L) -> the condition (memory, mask, relevance logits)."""
@@ -55,13 +55,14 @@ class SpanDiffusion:
     """Gaussian diffusion of (centre, width) spans in the signal space [-lambda, lambda] (x0-prediction).
 
     Args:
-        config: gives the schedule (T, kind), the signal scale lambda and the sampler's eta.
+        config: gives the schedule (``diffusion.steps`` T, ``diffusion.schedule``), the signal scale lambda
+            (``diffusion.signal_scale``) and the sampler's ``inference.eta``.
     """
 
     def __init__(self, config: MomentConfig) -> None:
-        self.scale = float(config.signal_scale)
-        self.schedule = NoiseSchedule(config.diffusion_steps, kind=config.schedule)
-        self.sampler = DDIMSampler(self.schedule, eta=config.eta)
+        self.scale = float(config.diffusion.signal_scale)
+        self.schedule = NoiseSchedule(config.diffusion.steps, kind=config.diffusion.schedule)
+        self.sampler = DDIMSampler(self.schedule, eta=config.inference.eta)
 
     def to_signal(self, spans_cw: Tensor) -> Tensor:
         """[0, 1] spans -> signal space: x = lambda (2 g - 1)."""

@@ -57,7 +57,8 @@ class DiffusionMomentLocalizer:
 
     Args:
         model: the denoiser (put in eval mode here).
-        config: its config (sampling defaults: ``num_spans``, ``sampling_steps``, ``nms_threshold``, ``seed``).
+        config: its config (sampling defaults: ``inference.num_spans``, ``inference.sampling_steps``,
+            ``inference.nms_threshold``, ``seed``).
         device: where the network runs.
     """
 
@@ -80,11 +81,12 @@ class DiffusionMomentLocalizer:
         Args:
             video: (B, F, D_v) frame tokens, zero-padded; video_mask (B, F).
             text: (B, L, D_t) query tokens, zero-padded; text_mask (B, L).
-            num_spans: Q (default ``config.num_spans``).
-            steps: DDIM steps (default ``config.sampling_steps``).
-            rescore: w of the relevance-aware span score (default ``config.relevance_rescore``; 0 = p_fg alone).
+            num_spans: Q (default ``config.inference.num_spans``).
+            steps: DDIM steps (default ``config.inference.sampling_steps``).
+            rescore: w of the relevance-aware span score (default ``config.inference.relevance_rescore``; 0 = p_fg
+                alone).
             proposal_step: refine the relevance curve's best contiguous span from this diffusion step and add it as
-                span Q + 1 (-1 = ``config.relevance_proposal_step``; None = off).
+                span Q + 1 (-1 = ``config.inference.relevance_proposal_step``; None = off).
             generator: seeds the starting noise, drawn per batch (default: every pair starts from the SAME Q spans of
                 noise, drawn from ``config.seed``, so a pair's answer does not depend on its batch).
 
@@ -93,13 +95,13 @@ class DiffusionMomentLocalizer:
             with a relevance proposal; the scores are the foreground probabilities ``p_fg``, times
             ``exp(w * (gain - 1))`` when ``rescore`` w > 0.
         """
-        num_spans = self.config.num_spans if num_spans is None else int(num_spans)
-        steps = self.config.sampling_steps if steps is None else int(steps)
+        num_spans = self.config.inference.num_spans if num_spans is None else int(num_spans)
+        steps = self.config.inference.sampling_steps if steps is None else int(steps)
         if num_spans < 1:
             raise ValueError(f"num_spans must be >= 1, got {num_spans}")
-        if not 1 <= steps <= self.config.diffusion_steps:
-            raise ValueError(f"steps must lie in [1, {self.config.diffusion_steps}], got {steps}")
-        rescore = self.config.relevance_rescore if rescore is None else float(rescore)
+        if not 1 <= steps <= self.config.diffusion.steps:
+            raise ValueError(f"steps must lie in [1, {self.config.diffusion.steps}], got {steps}")
+        rescore = self.config.inference.relevance_rescore if rescore is None else float(rescore)
         if not (math.isfinite(rescore) and rescore >= 0):
             raise ValueError(f"rescore must be a finite number >= 0, got {rescore}")
         x_T = None
@@ -111,7 +113,7 @@ class DiffusionMomentLocalizer:
                                       text_mask.to(self.device))
         spans_cw, logits = self.diffusion.sample(self.model, condition, num_spans, steps, generator, x_T)
         relevance = condition.relevance.sigmoid() * condition.mask  # (B, F)
-        proposal_step = self.config.relevance_proposal_step if proposal_step == -1 else proposal_step
+        proposal_step = self.config.inference.relevance_proposal_step if proposal_step == -1 else proposal_step
         if proposal_step is not None:
             refined, refined_logits = self._refine_relevance_span(condition, relevance, int(proposal_step))
             spans_cw = torch.cat([spans_cw, refined], dim=1)  # (B, Q + 1, 2)
@@ -128,8 +130,8 @@ class DiffusionMomentLocalizer:
         Returns:
             ``(spans_cw (B, 1, 2), logits (B, 1, 2))``.
         """
-        if not 0 <= step < self.config.diffusion_steps:
-            raise ValueError(f"proposal_step must lie in [0, {self.config.diffusion_steps}), got {step}")
+        if not 0 <= step < self.config.diffusion.steps:
+            raise ValueError(f"proposal_step must lie in [0, {self.config.diffusion.steps}), got {step}")
         proposal = span_se_to_cw(best_contiguous_spans_se(relevance, condition.mask))[:, None]  # (B, 1, 2)
         noise = torch.randn((1, 1, 2), generator=torch.Generator().manual_seed(self.config.seed + 1))
         x_start = self.diffusion.to_signal(proposal)
@@ -176,8 +178,8 @@ class DiffusionMomentLocalizer:
         """(Q, 2), (Q,) of one pair -> moments in seconds, best first, clamped, NMS'd, at most ``num_moments``."""
         spans_se = span_cw_to_se(spans_cw.float()).clamp(0.0, 1.0)  # (Q, 2)
         order = torch.sort(p_fg, descending=True, stable=True).indices  # (Q,)
-        if self.config.nms_threshold is not None:
-            order = temporal_nms(spans_se, p_fg, self.config.nms_threshold)
+        if self.config.inference.nms_threshold is not None:
+            order = temporal_nms(spans_se, p_fg, self.config.inference.nms_threshold)
         order = order[:num_moments]
         seconds = (spans_se[order].double() * float(duration)).clamp(0.0, float(duration))  # (K, 2)
         moments = tuple(Moment(float(s), float(e), float(p)) for (s, e), p in zip(seconds.tolist(), p_fg[order]))
@@ -192,8 +194,9 @@ class DiffusionMomentLocalizer:
             frame_tokens: (F, D_v) float32 frame tokens of the video (F >= 1).
             duration: seconds, finite and > 0.
             num_moments: at most this many spans are returned.
-            num_spans: spans sampled (default ``config.num_spans``; raised to ``num_moments`` when smaller).
-            steps: DDIM steps (default ``config.sampling_steps``).
+            num_spans: spans sampled (default ``config.inference.num_spans``; raised to ``num_moments`` when
+                smaller).
+            steps: DDIM steps (default ``config.inference.sampling_steps``).
 
         Returns:
             Moments best first (seconds within [0, duration]) and the (F,) relevance curve in [0, 1].
@@ -223,7 +226,7 @@ class DiffusionMomentLocalizer:
             return []
         query = self._check_query(query_tokens)
         frames = [self._check_video(video, duration) for video, duration in zip(videos, durations)]
-        num_spans = max(self.config.num_spans if num_spans is None else int(num_spans), num_moments)
+        num_spans = max(self.config.inference.num_spans if num_spans is None else int(num_spans), num_moments)
         video, video_mask = pad_batch(frames, self.device)  # (K, F, D_v), (K, F)
         text, text_mask = pad_batch([query] * len(frames), self.device)  # (K, L, D_t), (K, L)
         spans_cw, p_fg, relevance = self.predict(video, video_mask, text, text_mask, num_spans=num_spans,

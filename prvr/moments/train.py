@@ -151,11 +151,13 @@ def frame_source(corpus: PRVRCorpus, retrieval_checkpoint: str | Path | None = N
 
 
 def train_step_proposals(config: MomentConfig, epoch: int) -> int:
-    """Training proposals of an epoch: ``train_proposals``, or DiffusionVMR's growth from 1 to it over the epochs."""
-    if not config.progressive_proposals:
-        return config.train_proposals
-    fraction = epoch / max(config.epochs - 1, 1)
-    return max(1, min(config.train_proposals, 1 + round((config.train_proposals - 1) * fraction)))
+    """Training proposals of an epoch: ``diffusion.train_proposals``, or DiffusionVMR's growth from 1 to it over the
+    epochs (``diffusion.progressive_proposals``)."""
+    proposals = config.diffusion.train_proposals
+    if not config.diffusion.progressive_proposals:
+        return proposals
+    fraction = epoch / max(config.train.epochs - 1, 1)
+    return max(1, min(proposals, 1 + round((proposals - 1) * fraction)))
 
 
 def _epoch_generator(seed: int, epoch: int, purpose: int) -> torch.Generator:
@@ -167,19 +169,19 @@ def _losses(model: MomentDenoiser, diffusion: SpanDiffusion, criterion: SetCrite
             batch: MomentBatch, num_proposals: int, generator: torch.Generator) -> dict[str, Tensor]:
     condition = model.encode(batch.video, batch.video_mask, batch.text, batch.text_mask)
     x_start = diffusion.training_targets(batch.targets_cw, num_proposals, generator)  # (B, Q, 2)
-    t = torch.randint(0, config.diffusion_steps, (x_start.shape[0],), generator=generator)  # (B,)
+    t = torch.randint(0, config.diffusion.steps, (x_start.shape[0],), generator=generator)  # (B,)
     noisy = diffusion.corrupt(x_start, t, generator)  # (B, Q, 2)
     output = model(noisy, t, condition)
     losses = criterion(output.spans, output.logits, batch.targets_cw)
     negative = None
-    if config.loss_weights.get("sim_nce", 0.0) and batch.video.shape[0] > 1:
+    if config.loss.weights.get("sim_nce", 0.0) and batch.video.shape[0] > 1:
         rolled_text = torch.roll(batch.text, -1, 0)  # (B, L, D_t): each video with the next pair's query
         rolled_mask = torch.roll(batch.text_mask, -1, 0)
         negative = model.encode(batch.video, batch.video_mask, rolled_text, rolled_mask).relevance  # (B, F)
     labels = frame_labels(batch.windows_se, batch.video_mask)  # (B, F)
     sim = similarity_losses(condition.relevance, labels, condition.mask, negative,
-                            negative_valid=~batch.same_query_video, margin=config.sim_margin,
-                            temperature=config.sim_temperature, generator=generator)
+                            negative_valid=~batch.same_query_video, margin=config.loss.sim_margin,
+                            temperature=config.loss.sim_temperature, generator=generator)
     losses.update(sim)
     return losses
 
@@ -292,8 +294,8 @@ def train_moments(
         config = MomentConfig.from_json(resumed["moment_config"])
     elif config is None:
         config = load_moment_preset(preset)
-    if config.threads > 0:
-        torch.set_num_threads(config.threads)
+    if config.train.threads > 0:
+        torch.set_num_threads(config.train.threads)
     data_config = config.data
     if retrieval_checkpoint is not None:
         _, retrieval_config, _ = load_model(retrieval_checkpoint)
@@ -320,10 +322,11 @@ def train_moments(
 
     torch.manual_seed(config.seed)
     model = MomentDenoiser(config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
     diffusion = SpanDiffusion(config)
-    criterion = SetCriterion(HungarianMatcher(config.cost_l1, config.cost_giou, config.cost_class),
-                             config.background_weight)
+    matcher = config.matcher
+    criterion = SetCriterion(HungarianMatcher(matcher.cost_l1, matcher.cost_giou, matcher.cost_class),
+                             config.loss.background_weight)
     history: list[dict[str, Any]] = []
     start_epoch, best_epoch, best_score, best_metrics, stale = 0, 0, -math.inf, {}, 0
     if resumed is not None:
@@ -337,8 +340,8 @@ def train_moments(
     localizer = DiffusionMomentLocalizer(model, config)
 
     epoch = start_epoch
-    for epoch in range(start_epoch, config.epochs):
-        if stale >= config.patience:
+    for epoch in range(start_epoch, config.train.epochs):
+        if stale >= config.train.patience:
             break
         started = time.perf_counter()
         model.train()
@@ -348,17 +351,17 @@ def train_moments(
         num_proposals = train_step_proposals(config, epoch)
         totals: dict[str, float] = {}
         steps = 0
-        batches = range(0, len(order), config.batch_size)
+        batches = range(0, len(order), config.train.batch_size)
         for start in tqdm(batches, desc=f"epoch {epoch + 1}", disable=not progress, leave=False):
-            batch = train_data.batch(order[start : start + config.batch_size].tolist())
+            batch = train_data.batch(order[start : start + config.train.batch_size].tolist())
             losses = _losses(model, diffusion, criterion, config, batch, num_proposals, generator)
-            loss = weighted_sum(losses, config.loss_weights)
+            loss = weighted_sum(losses, config.loss.weights)
             if not torch.isfinite(loss):
-                raise RuntimeError(f"the moment loss became {loss.item()} at epoch {epoch + 1}; lower lr "
-                                   f"({config.lr}) or grad_clip ({config.grad_clip})")
+                raise RuntimeError(f"the moment loss became {loss.item()} at epoch {epoch + 1}; lower train.lr "
+                                   f"({config.train.lr}) or train.grad_clip ({config.train.grad_clip})")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
             optimizer.step()
             steps += 1
             totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())
@@ -366,7 +369,8 @@ def train_moments(
                 totals[key] = totals.get(key, 0.0) + float(value.detach())
         train_seconds = time.perf_counter() - started
         model.eval()
-        metrics = evaluate_moments(localizer, val_data, batch_size=config.eval_batch_size, progress=progress)
+        metrics = evaluate_moments(localizer, val_data, batch_size=config.train.eval_batch_size,
+                                   progress=progress)
         record = {"epoch": epoch + 1, "proposals": num_proposals,
                   "train": {key: value / max(steps, 1) for key, value in totals.items()},
                   "val": metrics, "train_s": round(train_seconds, 2),
@@ -385,7 +389,8 @@ def train_moments(
         if on_epoch is not None:
             on_epoch(record)
     if not best_path.is_file():
-        raise RuntimeError(f"no epoch ran (epochs={config.epochs}, resumed at {start_epoch}); raise epochs")
+        raise RuntimeError(f"no epoch ran (train.epochs={config.train.epochs}, resumed at {start_epoch}); raise "
+                           "train.epochs")
     return MomentTrainResult(best_path, last_path, best_epoch, best_metrics, len(history), history)
 
 
@@ -413,4 +418,4 @@ def evaluate_checkpoint_on_split(moment_checkpoint: str | Path, root: str | Path
                          "moment metrics need that sidecar: drop --moment-checkpoint or pick a split that has it")
     source = frame_source(corpus, retrieval_checkpoint if config.condition == "retrieval" else None)
     data = MomentData(corpus, source)
-    return {"queries": len(data), **evaluate_moments(localizer, data, batch_size=config.eval_batch_size)}
+    return {"queries": len(data), **evaluate_moments(localizer, data, batch_size=config.train.eval_batch_size)}
