@@ -33,10 +33,10 @@ from prvr.index.faiss_store import FaissTokenIndex, choose_factory, nlist_for
 from prvr.index.manifest import MANIFEST_NAME, IndexManifest, _utc_now_iso, write_manifest
 from prvr.index.token_store import TokenStore
 from prvr.checkpoint import load_model
-from prvr.data.dataset import PRVRCorpus, iter_video_batches
+from prvr.data.dataset import iter_video_batches
 from prvr.fileio import atomic_path, file_sha256, fsync_directory
 from prvr.model import DreamPRVR
-from prvr.types import VideoTokens
+from prvr.types import VideoCorpus, VideoTokens
 from prvr.index.catalog import Database, GenerationStatus, VideoRecord, open_database
 from prvr.index.layout import (
     FAISS_DIR,
@@ -118,17 +118,12 @@ def _as_numpy(tokens: VideoTokens) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     )
 
 
-def _video_duration(corpus: PRVRCorpus, video_id: str) -> float | None:
-    durations = [record.duration for record in corpus.captions_of(video_id) if record.duration is not None]
-    return float(durations[0]) if durations else None
-
-
 def _needs_training(factory: str) -> bool:
     return not factory.endswith("Flat") or factory.startswith("IVF")
 
 
 def _train_sample(
-    model: DreamPRVR, corpus: PRVRCorpus, video_ids: Sequence[str], factory: str, batch_size: int
+    model: DreamPRVR, corpus: VideoCorpus, video_ids: Sequence[str], factory: str, batch_size: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Encode an evenly spaced sample of videos for IVF / PQ training: ~max(64 x nlist, 65536) clip tokens."""
     clips = corpus.config.clip_bins
@@ -149,7 +144,7 @@ def _train_sample(
 
 def build_index(
     checkpoint: str | Path,
-    corpus: PRVRCorpus,
+    corpus: VideoCorpus,
     out_dir: str | Path,
     *,
     collection_name: str,
@@ -264,7 +259,7 @@ def _build_locked(
     config: Any,
     checkpoint: Path,
     sha: str,
-    corpus: PRVRCorpus,
+    corpus: VideoCorpus,
     out_dir: Path,
     *,
     collection_name: str,
@@ -300,10 +295,8 @@ def _build_locked(
 
     video_ids = corpus.video_ids
     # a corpus of extracted video files knows each video's duration and source file; a caption split only durations
-    records = getattr(corpus, "video_records", None)
     id_of = db.register_videos(
-        records() if records is not None
-        else [VideoRecord(external_id=vid, duration_s=_video_duration(corpus, vid)) for vid in video_ids]
+        [VideoRecord(external_id=vid, **dataclasses.asdict(corpus.video_info(vid))) for vid in video_ids]
     )
     model_id = db.register_model(
         config.name, sha, dim=config.model.hidden_size, config=json.loads(config.to_json())

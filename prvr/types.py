@@ -6,14 +6,28 @@ Shape letters: B videos, C clip tokens, F frame tokens, K registers, L text toke
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 import torch
 from torch import Tensor
 
-__all__ = ["QueryRecord", "VideoBatch", "QueryBatch", "VideoTokens", "Moment", "Localization", "MomentLocalizer"]
+if TYPE_CHECKING:
+    from prvr.config import DataConfig
+
+__all__ = [
+    "QueryRecord",
+    "VideoBatch",
+    "QueryBatch",
+    "VideoTokens",
+    "Moment",
+    "Localization",
+    "MomentLocalizer",
+    "VideoInfo",
+    "VideoCorpus",
+]
 
 
 @dataclass(frozen=True)
@@ -174,3 +188,41 @@ class MomentLocalizer(Protocol):
             K localisations, in the order of ``videos``.
         """
         ...
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a corpus knows of one video besides its features (all optional): what the index catalog records."""
+
+    duration_s: float | None = None
+    uri: str | None = None  # the source file, when the features came from one
+    fps: float | None = None
+    n_frames: int | None = None
+
+
+class VideoCorpus(Protocol):
+    """The videos an index is built from: a caption split (``prvr.data.dataset.PRVRCorpus``) or a folder of
+    extracted video features (``prvr.features.corpus.ExtractedVideoCorpus``).
+
+    ``video`` returns the preprocessed ``(clip, frames)`` features, (C, D_in) and (F, D_in) float32.
+    """
+
+    root: Path
+    collection: str
+    split: str
+    config: DataConfig
+
+    @property
+    def video_ids(self) -> list[str]: ...
+
+    @property
+    def video_dim(self) -> int: ...
+
+    @property
+    def text_dim(self) -> int: ...
+
+    def video(self, video_id: str) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def captions_of(self, video_id: str) -> list[QueryRecord]: ...
+
+    def video_info(self, video_id: str) -> VideoInfo: ...

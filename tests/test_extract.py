@@ -221,8 +221,7 @@ def test_the_extracted_folder_builds_a_searchable_index(tmp_path: Path, extracte
                                   expected_backbone=setup["backbone"].backbone_id)
     assert set(corpus.video_ids) == OK_IDS and corpus.captions_of("a") == []
     assert 3.2 < corpus.duration_of("a") <= 3.3 + 1e-6  # 33 frames 0.1 s apart, plus the last one's duration
-    records = {r.external_id: r for r in corpus.video_records()}
-    assert records["a-2"].uri.endswith("sub/a.mp4") and records["vfr"].n_frames == 13
+    assert corpus.video_info("a-2").uri.endswith("sub/a.mp4") and corpus.video_info("vfr").n_frames == 13
     clip, frames = corpus.video("a")
     assert clip.shape == (config.data.clip_bins, 12) and frames.shape == (4, 12)
 

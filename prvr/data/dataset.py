@@ -25,7 +25,7 @@ from prvr.config import DataConfig
 from prvr.data.captions import Windows, caption_path, moments_path, read_captions, read_moments
 from prvr.data.features import FeatureStore, open_query_features, open_video_features, query_feature_path
 from prvr.data.preprocess import collate_queries, collate_videos, preprocess_query, preprocess_video
-from prvr.types import QueryBatch, QueryRecord, VideoBatch
+from prvr.types import QueryBatch, QueryRecord, VideoBatch, VideoCorpus, VideoInfo
 
 __all__ = [
     "PRVRCorpus",
@@ -225,6 +225,11 @@ class PRVRCorpus:
             raise KeyError(f"video {video_id!r} has no captions in {self.caption_file}")
         return list(self._captions_of[video_id])
 
+    def video_info(self, video_id: str) -> VideoInfo:
+        """What the split knows of a video besides its features: its duration, from its first caption that has one."""
+        durations = [record.duration for record in self.captions_of(video_id) if record.duration is not None]
+        return VideoInfo(duration_s=float(durations[0]) if durations else None)
+
     def video_row(self, video_id: str) -> int:
         """The index of ``video_id`` in :attr:`video_ids`."""
         if video_id not in self._row_of:
@@ -413,7 +418,7 @@ def make_train_loader(
 
 
 def iter_video_batches(
-    corpus: PRVRCorpus, batch_size: int, video_ids: Sequence[str] | None = None
+    corpus: VideoCorpus, batch_size: int, video_ids: Sequence[str] | None = None
 ) -> Iterator[VideoBatch]:
     """Preprocessed videos in corpus order (or in the order of ``video_ids``), ``batch_size`` at a time.
 

@@ -4,9 +4,9 @@ Shape letters: C clip tokens, F frame tokens, D_in video feature width.
 
 ``build_index`` reads ``video_ids``, ``video(video_id)`` (through ``iter_video_batches``), ``video_dim``,
 ``text_dim``, ``config`` (``clip_bins``, ``max_frames``, the feature names), ``root``, ``collection``, ``split`` and
-``captions_of``; :class:`ExtractedVideoCorpus` provides them for a folder written by ``prvr extract``, with the
-videos' durations and source files from its ``videos.jsonl`` (``duration_of``, ``source_of``,
-``video_records`` for the index database).
+``captions_of`` and ``video_info`` (the :class:`prvr.types.VideoCorpus` protocol); :class:`ExtractedVideoCorpus`
+provides them for a folder written by ``prvr extract``, with the videos' durations and source files from its
+``videos.jsonl`` (``duration_of``, ``source_of``, ``video_info``).
 """
 
 from __future__ import annotations
@@ -34,8 +34,7 @@ from prvr.features.extract import (
     read_sidecar,
 )
 from prvr.features.frames import SamplingConfig
-from prvr.types import QueryRecord
-from prvr.index.catalog import VideoRecord
+from prvr.types import QueryRecord, VideoInfo
 
 __all__ = ["EXTRACTED_SPLIT", "ExtractedVideoCorpus", "find_feature_name", "extract_for_index"]
 
@@ -151,13 +150,11 @@ class ExtractedVideoCorpus:
         """The path of the video file the features came from."""
         return str(self._records[video_id]["source"])
 
-    def video_records(self) -> list[VideoRecord]:
-        """One :class:`prvr.index.catalog.VideoRecord` per video (uri = source path, duration, fps, frames, features)."""
-        return [
-            VideoRecord(external_id=vid, uri=str(row["source"]), duration_s=row.get("duration_sec"),
-                        fps=row.get("fps") or None, n_frames=row.get("frame_count"))
-            for vid, row in self._records.items()
-        ]
+    def video_info(self, video_id: str) -> VideoInfo:
+        """The source file, duration, fps and frame count of one video, from the sidecar."""
+        row = self._records[video_id]
+        return VideoInfo(duration_s=row.get("duration_sec"), uri=str(row["source"]), fps=row.get("fps") or None,
+                         n_frames=row.get("frame_count"))
 
     def video(self, video_id: str) -> tuple[np.ndarray, np.ndarray]:
         """``(clip, frames)``: (C, D_in) and (F, D_in) float32, as :meth:`prvr.data.dataset.PRVRCorpus.video`."""
