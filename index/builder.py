@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import logging
 import math
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ from prvr.index.manifest import MANIFEST_NAME, IndexManifest, _utc_now_iso, writ
 from prvr.index.token_store import TokenStore
 from prvr.checkpoint import load_model
 from prvr.data.dataset import iter_video_batches
-from prvr.fileio import atomic_path, file_sha256, fsync_directory
+from prvr.fileio import atomic_path, exclusive_lock, file_sha256, fsync_directory
 from prvr.model import DreamPRVR
 from prvr.types import VideoCorpus, VideoTokens
 from prvr.index.catalog import Database, GenerationStatus, VideoRecord, open_database
@@ -86,20 +85,10 @@ class BuildResult:
     manifest: IndexManifest
 
 
-@contextlib.contextmanager
-def _build_lock(index_dir: Path) -> Iterator[None]:
-    """Serialise builders of one index directory (an exclusive ``fcntl`` lock, released when the process dies)."""
-    with open(index_dir / LOCK_NAME, "a+") as handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RuntimeError(
-                f"another build holds {index_dir / LOCK_NAME}; wait for it to finish (one writer per index)"
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+def _build_lock(index_dir: Path) -> contextlib.AbstractContextManager[None]:
+    """Serialise builders of one index directory (an exclusive lock file, released when the process dies)."""
+    return exclusive_lock(index_dir / LOCK_NAME, busy_message=f"another build holds {index_dir / LOCK_NAME}; wait "
+                                                              "for it to finish (one writer per index)")
 
 
 def _abandon_stale_builds(db: Database, index_dir: Path) -> None:

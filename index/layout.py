@@ -9,7 +9,7 @@ Layout of an index directory::
         faiss/                        FaissTokenIndex.save (clip.faiss, frame.faiss, videos.npz, faiss_index.json)
         tokens/                       TokenStore (bf16 shards + store.npz)
         manifest.json                 IndexManifest
-    .build.lock                       held (fcntl) by the one running builder
+    .build.lock                       held (an fcntl lock) by the one running builder
 
 Every reader of an index starts the same way: open its database, find the active generation, its directory and its
 manifest. :func:`open_active` does that once for all of them (the Retriever, the builder's add / remove / calibrate,
@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from prvr.fileio import atomic_path
+from prvr.fileio import write_text_atomic
 from prvr.index.catalog import Database, IndexGeneration, open_database
 from prvr.index.manifest import IndexManifest, load_manifest
 
@@ -104,8 +104,7 @@ def record_database_url(index_dir: str | Path, database_url: str | None) -> None
     if (index_dir / DB_NAME).is_file():
         raise ValueError(f"{index_dir} already keeps its metadata in {index_dir / DB_NAME}; an index cannot move "
                          "databases: build a new index directory for --database-url")
-    with atomic_path(url_file) as tmp:
-        tmp.write_text(database_url.strip() + "\n", encoding="utf-8")
+    write_text_atomic(url_file, database_url.strip() + "\n")
 
 
 def open_index_database(index_dir: str | Path) -> Database:
