@@ -5,9 +5,11 @@ Shape letters: V videos in a corpus, Nq queries, C clip tokens, F frame tokens, 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +23,7 @@ from torch.nn.utils import clip_grad_norm_
 from tqdm import tqdm
 
 from prvr.checkpoint import read_checkpoint, save_checkpoint
-from prvr.config import ExperimentConfig, TrainConfig
+from prvr.config import DataConfig, ExperimentConfig, TrainConfig
 from prvr.data.dataset import PRVRCorpus, iter_query_batches, iter_video_batches, make_train_loader
 from prvr.fileio import atomic_path
 from prvr.losses import Criterion
@@ -30,6 +32,8 @@ from prvr.model import DreamPRVR
 from prvr.types import VideoTokens
 
 __all__ = [
+    "feature_backbone",
+    "config_for_corpus",
     "resolve_device",
     "build_optimizer",
     "train_one_epoch",
@@ -42,6 +46,59 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+def feature_backbone(root: str | os.PathLike[str], collection: str, data: DataConfig) -> str | None:
+    """The frame backbone id recorded in ``<root>/<collection>/FeatureData/<data.video_feature>/feature.hdf5``.
+
+    Args:
+        root: the data root holding ``<collection>/``.
+        collection: the collection name.
+        data: names the video feature, and the backbone it must have been made by (``data.video_backbone``, or None).
+
+    Returns:
+        The recorded id; None for feature releases without one, or for other layouts than ``feature.hdf5``.
+
+    Raises:
+        ValueError: ``data.video_backbone`` is set and the file records a different backbone.
+    """
+    from prvr.features.backbones import check_backbone, feature_file_backbone
+
+    feature_file = Path(root) / collection / "FeatureData" / data.video_feature / "feature.hdf5"
+    if not feature_file.is_file():
+        return None
+    found = feature_file_backbone(feature_file)
+    if data.video_backbone is not None and found is not None:
+        check_backbone(data.video_backbone, found=found, what="the checkpoint")
+    return found
+
+
+def config_for_corpus(config: ExperimentConfig, corpus: PRVRCorpus) -> ExperimentConfig:
+    """``config`` prepared to train on ``corpus``: the input dims and the frame backbone id are read from the data.
+
+    ``model.video_dim`` / ``model.text_dim`` become the corpus's feature dims (a preset's dims are only a guess) and
+    ``data.video_backbone`` the backbone recorded in the corpus's feature file, when it records one: the checkpoint
+    then carries it, and indexing features of another backbone is refused.
+
+    Args:
+        config: the resolved preset and overrides; ``corpus`` must have been opened with its ``config.data``.
+        corpus: typically the training split.
+
+    Returns:
+        The config to train (and save in the checkpoint) with.
+
+    Raises:
+        ValueError: ``config.data.video_backbone`` is set and the feature file records a different backbone.
+    """
+    backbone_id = feature_backbone(corpus.root, corpus.collection, config.data)
+    if backbone_id is not None:
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, video_backbone=backbone_id))
+    dims = {"video_dim": corpus.video_dim, "text_dim": corpus.text_dim}
+    if (config.model.video_dim, config.model.text_dim) != (dims["video_dim"], dims["text_dim"]):
+        logger.info("input dims taken from the data: %s (preset had %d / %d)", dims, config.model.video_dim,
+                    config.model.text_dim)
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, **dims))
+    return config
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -131,3 +131,60 @@ def test_eval_reports_moment_metrics_with_a_moment_checkpoint(runner, tmp_path) 
     assert "moments:" in run(runner, *args).output
     (data / "synth" / "TextData" / "synthtest.moments.jsonl").unlink()
     assert "no timestamps" in run(runner, *args, code=1).output
+
+
+def test_every_command_is_registered_on_the_group(runner) -> None:
+    top = {"build-index", "config", "data", "demo", "eval", "extract", "index", "localize", "presets", "query",
+           "quickstart", "serve", "train", "train-moments"}
+    assert set(main.commands) == top
+    assert set(main.commands["data"].commands) == {"synth", "check", "annotations"}
+    assert set(main.commands["index"].commands) == {"info", "add", "remove", "calibrate"}
+    out = run(runner, "--help").output
+    assert all(f"  {name} " in out for name in top)
+
+
+def _videos_or_data(tmp_path: Path, config=None, **given):
+    from prvr.commands.common import corpus_to_index
+    from prvr.config import load_preset
+
+    options = {"videos": (), "root": None, "collection": None, "split": None, "backbone": None, "fps": 1.0,
+               "device": "cpu", "progress": False, **given}
+    return corpus_to_index(config or load_preset("tiny"), str(tmp_path / "index"), **options)
+
+
+BUILD_INDEX = {"split_is_option": False, "verb": "index", "match_indexed_videos": False,
+               "check_feature_backbone": True}
+INDEX_ADD = {"split_is_option": True, "verb": "add", "match_indexed_videos": True, "check_feature_backbone": False}
+
+
+def test_videos_or_data_refuses_both_and_neither_in_each_commands_words(tmp_path) -> None:
+    video = tmp_path / "a.mp4"
+    video.write_bytes(b"")
+    with pytest.raises(ValueError) as error:
+        _videos_or_data(tmp_path, videos=(str(video),), root=str(tmp_path), split="test", **BUILD_INDEX)
+    assert str(error.value) == "give either --videos or --data/--collection, not both"
+    with pytest.raises(ValueError) as error:
+        _videos_or_data(tmp_path, videos=(str(video),), split="val", **INDEX_ADD)
+    assert str(error.value) == "give either --videos or --data/--collection/--split, not both"
+    with pytest.raises(ValueError) as error:
+        _videos_or_data(tmp_path, root=str(tmp_path), split="test", **BUILD_INDEX)
+    assert str(error.value) == ("nothing to index: give --data ROOT --collection NAME (features in the standard "
+                                "layout) or --videos DIR (video files)")
+    with pytest.raises(ValueError) as error:
+        _videos_or_data(tmp_path, root=str(tmp_path), collection="synth", **INDEX_ADD)
+    assert str(error.value) == ("nothing to add: give --data ROOT --collection NAME --split SPLIT (features in the "
+                                "standard layout) or --videos DIR (video files)")
+
+
+def test_videos_or_data_opens_the_split_of_the_data_options(tmp_path) -> None:
+    from prvr.config import apply_overrides, load_preset
+    from prvr.data.synthetic import make_synthetic_corpus
+
+    config = apply_overrides(load_preset("tiny"), ["data.video_feature=synth", "data.text_feature=synth"])
+    make_synthetic_corpus(tmp_path / "data", "synth", splits={"val": 3, "test": 2}, video_dim=config.model.video_dim,
+                          text_dim=config.model.text_dim, frame_range=(4, 6))
+    data = {"root": str(tmp_path / "data"), "collection": "synth"}
+    corpus, collection = _videos_or_data(tmp_path, config, **data, split="test", **BUILD_INDEX)
+    assert (collection, corpus.split, len(corpus.video_ids)) == ("synth", "test", 2)
+    corpus, collection = _videos_or_data(tmp_path, config, **data, split="val", **INDEX_ADD)
+    assert (collection, corpus.split, len(corpus.video_ids)) == ("synth", "val", 3)

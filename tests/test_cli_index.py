@@ -3,7 +3,6 @@ info|add|remove|calibrate`, with CliRunner on a tiny random model and a tiny loc
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 
@@ -16,6 +15,7 @@ from prvr.cli import main
 from prvr.config import apply_overrides, load_preset
 from prvr.data.dataset import PRVRCorpus
 from prvr.data.synthetic import make_synthetic_corpus
+from prvr.engine import config_for_corpus
 from prvr.model import DreamPRVR
 from tests.test_retriever import LOCALIZER_SOURCE, TEXT_DIM, WORDS
 
@@ -32,9 +32,7 @@ def workspace(tmp_path_factory):
     config = apply_overrides(load_preset("tiny"), ["data.video_feature=synth", "data.text_feature=synth",
                                                    "model.block.widths=[null]", "model.registers.diffusion.steps=2"])
     corpus = PRVRCorpus(tmp / "data", "synth", "val", config.data)
-    config = dataclasses.replace(
-        config, model=dataclasses.replace(config.model, video_dim=corpus.video_dim, text_dim=corpus.text_dim)
-    )
+    config = config_for_corpus(config, corpus)
     assert config.model.hidden_size == HIDDEN
     torch.manual_seed(0)
     save_checkpoint(tmp / "model.pt", model=DreamPRVR(config.model), config=config, epoch=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -13,7 +14,15 @@ from prvr.checkpoint import load_model, read_checkpoint
 from prvr.config import apply_overrides, load_preset
 from prvr.data.dataset import PRVRCorpus
 from prvr.data.synthetic import make_synthetic_corpus
-from prvr.engine import build_optimizer, encode_corpus, encode_corpus_queries, evaluate, fit, rank_corpus
+from prvr.engine import (
+    build_optimizer,
+    config_for_corpus,
+    encode_corpus,
+    encode_corpus_queries,
+    evaluate,
+    fit,
+    rank_corpus,
+)
 from prvr.metrics.retrieval import ranks_from_scores
 from prvr.model import DreamPRVR
 
@@ -33,8 +42,45 @@ def corpora(root, config):
     config = apply_overrides(config, ["data.video_feature=synth", "data.text_feature=synth"])
     train = PRVRCorpus(root, "synth", "train", config.data)
     val = PRVRCorpus(root, "synth", "val", config.data)
-    model = dataclasses.replace(config.model, video_dim=train.video_dim, text_dim=train.text_dim)
-    return dataclasses.replace(config, model=model), train, val
+    return config_for_corpus(config, train), train, val
+
+
+def _corpus_with_backbone(root, backbone_id: str | None):
+    """A small synthetic split of unusual dims (40 / 24) whose feature file records ``backbone_id``."""
+    make_synthetic_corpus(root, "synth", splits={"train": 4}, video_dim=40, text_dim=24, seed=1,
+                          frame_range=(4, 8))
+    if backbone_id is not None:
+        with h5py.File(root / "synth" / "FeatureData" / "synth" / "feature.hdf5", "a") as handle:
+            handle.attrs["backbone"] = backbone_id
+    config = apply_overrides(load_preset("tiny"), ["data.video_feature=synth", "data.text_feature=synth"])
+    return config, PRVRCorpus(root, "synth", "train", config.data)
+
+
+def test_config_for_corpus_reads_dims_and_backbone_from_the_data(tmp_path) -> None:
+    config, corpus = _corpus_with_backbone(tmp_path, "clip:some-model@0123456789ab")
+    assert (config.model.video_dim, config.model.text_dim) != (40, 24)  # the preset's guess is wrong
+    assert config.data.video_backbone is None
+    prepared = config_for_corpus(config, corpus)
+    assert (prepared.model.video_dim, prepared.model.text_dim) == (40, 24)
+    assert prepared.data.video_backbone == "clip:some-model@0123456789ab"
+    # nothing else moves: the rest of the model, the data settings, training and loss stay the preset's
+    assert dataclasses.replace(prepared.model, video_dim=config.model.video_dim,
+                               text_dim=config.model.text_dim) == config.model
+    assert dataclasses.replace(prepared.data, video_backbone=None) == config.data
+    assert (prepared.train, prepared.loss, prepared.seed, prepared.name) == (config.train, config.loss,
+                                                                              config.seed, config.name)
+    assert config_for_corpus(prepared, corpus) == prepared  # idempotent
+    DreamPRVR(prepared.model)  # the prepared dims build a model
+
+
+def test_config_for_corpus_without_a_recorded_backbone_and_with_another_one(tmp_path) -> None:
+    config, corpus = _corpus_with_backbone(tmp_path / "plain", None)
+    assert config_for_corpus(config, corpus).data.video_backbone is None
+    config, corpus = _corpus_with_backbone(tmp_path / "clip", "clip:some-model@0123456789ab")
+    expecting = dataclasses.replace(config, data=dataclasses.replace(config.data,
+                                                                     video_backbone="clip:other-model@ba9876543210"))
+    with pytest.raises(ValueError, match="some-model"):
+        config_for_corpus(expecting, corpus)
 
 
 def test_tiny_model_learns_the_synthetic_corpus(tmp_path) -> None:

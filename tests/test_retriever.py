@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 
 import numpy as np
@@ -14,6 +13,7 @@ from prvr.checkpoint import save_checkpoint
 from prvr.config import apply_overrides, load_preset
 from prvr.data.dataset import PRVRCorpus, iter_query_batches
 from prvr.data.synthetic import make_synthetic_corpus
+from prvr.engine import config_for_corpus
 from prvr.model import DreamPRVR
 from prvr.retriever import Retriever, SearchResult
 from prvr.text_encoders import TokenFeatureEncoder
@@ -34,9 +34,7 @@ def index_dir(tmp_path_factory):
          "model.registers.diffusion.steps=2"],
     )
     corpus = PRVRCorpus(tmp / "data", "synth", "val", config.data)
-    config = dataclasses.replace(
-        config, model=dataclasses.replace(config.model, video_dim=corpus.video_dim, text_dim=corpus.text_dim)
-    )
+    config = config_for_corpus(config, corpus)
     torch.manual_seed(0)
     save_checkpoint(tmp / "model.pt", model=DreamPRVR(config.model), config=config, epoch=0)
     build_index(tmp / "model.pt", corpus, tmp / "index", collection_name="synth", progress=False)

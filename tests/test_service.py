@@ -8,7 +8,6 @@ carry what the localiser says, whatever it is).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import http.client
 import shutil
 import socket
@@ -30,6 +29,7 @@ from prvr.cli import main
 from prvr.config import apply_overrides, load_preset
 from prvr.data.dataset import PRVRCorpus
 from prvr.data.synthetic import make_synthetic_corpus
+from prvr.engine import config_for_corpus
 from prvr.model import DreamPRVR
 from prvr.retriever import Retriever
 from prvr.text_encoders import TokenFeatureEncoder
@@ -103,9 +103,7 @@ def built(tmp_path_factory):
          "model.registers.diffusion.steps=2"],
     )
     corpus = PRVRCorpus(tmp / "data", "synth", "val", config.data)
-    config = dataclasses.replace(
-        config, model=dataclasses.replace(config.model, video_dim=corpus.video_dim, text_dim=corpus.text_dim)
-    )
+    config = config_for_corpus(config, corpus)
     torch.manual_seed(0)
     save_checkpoint(tmp / "model.pt", model=DreamPRVR(config.model), config=config, epoch=0)
     bert = _tiny_bert(tmp / "bert")

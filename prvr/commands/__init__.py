@@ -1,1 +1,1 @@
-"""Subcommands of the `prvr` CLI that live in their own modules (registered at the bottom of prvr/cli.py)."""
+"""The commands of the `prvr` CLI, one module per area; prvr/cli.py holds the group and registers them."""

@@ -1,6 +1,6 @@
 """What every `prvr` command shares: the error policy (exit code 1 with a fix-it message) and the small option
-helpers. It imports nothing of prvr.cli, so the command modules can import it at import time (also under
-``python -m prvr``)."""
+helpers. It imports no command module and nothing heavy (torch, faiss, transformers load inside the helpers), so
+every command module imports it at import time."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any
 
 import click
 
-__all__ = ["InputError", "fail_cleanly", "feature_overrides", "open_corpus", "text_backbone_record",
-           "video_files_corpus", "VIDEO_OPTIONS_HELP", "feature_backbone"]
+__all__ = ["InputError", "fail_cleanly", "resolve_config", "feature_overrides", "open_corpus",
+           "text_backbone_record", "video_files_corpus", "VIDEO_OPTIONS_HELP", "corpus_to_index"]
 
 
 class InputError(click.ClickException):
@@ -32,6 +32,18 @@ def fail_cleanly(function: Any) -> Any:
             raise InputError(str(error)) from error
 
     return wrapper
+
+
+def resolve_config(preset: str, overrides: tuple[str, ...], seed: int | None) -> Any:
+    """``--preset`` with the ``--set PATH=VALUE`` overrides applied, and ``--seed`` when given."""
+    import dataclasses
+
+    from prvr.config import apply_overrides, load_preset
+
+    config = apply_overrides(load_preset(preset), list(overrides))
+    if seed is not None:
+        config = dataclasses.replace(config, seed=seed)
+    return config
 
 
 def feature_overrides(video_feature: str | None, text_feature: str | None) -> tuple[str, ...]:
@@ -88,15 +100,79 @@ def video_files_corpus(videos: tuple[str, ...], index_dir: str | Path, config: A
     return corpus
 
 
-def feature_backbone(root: str, collection: str, config: Any) -> str | None:
-    """The frame backbone id recorded in ``<root>/<collection>/FeatureData/<video_feature>/feature.hdf5`` (None for
-    feature releases without one, or other layouts), refused when the config records a different one."""
-    from prvr.features.backbones import check_backbone, feature_file_backbone
+def _indexed_backbone(index_dir: Path) -> str | None:
+    """The frame backbone id of the video files already extracted into this index (None when there are none)."""
+    from prvr.features.backbones import feature_file_backbone
+    from prvr.features.corpus import find_feature_name
+    from prvr.features.extract import FEATURE_FILE
 
-    feature_file = Path(root) / collection / "FeatureData" / config.data.video_feature / "feature.hdf5"
-    if not feature_file.is_file():
+    try:
+        name = find_feature_name(index_dir / "features", "videos")
+    except FileNotFoundError:
         return None
-    found = feature_file_backbone(feature_file)
-    if config.data.video_backbone is not None and found is not None:
-        check_backbone(config.data.video_backbone, found=found, what="the checkpoint")
-    return found
+    feature_file = index_dir / "features" / "videos" / "FeatureData" / name / FEATURE_FILE
+    return feature_file_backbone(feature_file) if feature_file.is_file() else None
+
+
+def _loadable_spec(backbone_id: str) -> str:
+    """``kind:name`` of an id ``kind:name@sha12`` when that name can be loaded again (a hub id or an existing path)."""
+    spec = backbone_id.rsplit("@", 1)[0]
+    name = spec.partition(":")[2] or spec
+    if "/" in name or Path(name).expanduser().exists():
+        return spec
+    raise ValueError(f"the index's videos were extracted with {backbone_id}, loaded from a local folder named "
+                     f"{name!r}; pass --backbone <kind>:<that folder> to extract the new videos the same way")
+
+
+def corpus_to_index(config: Any, index_dir: str, *, videos: tuple[str, ...], root: str | None,
+                    collection: str | None, split: str | None, split_is_option: bool, verb: str,
+                    backbone: str | None, fps: float, device: str, progress: bool, match_indexed_videos: bool,
+                    check_feature_backbone: bool) -> tuple[Any, str]:
+    """What `build-index` and `index add` index: the ``--videos`` files, or a split of ``--data/--collection``.
+
+    Exactly one of the two must be given; the error messages name the command's own options.
+
+    Args:
+        config: the checkpoint's experiment config (with the ``--video-feature`` / ``--text-feature`` overrides).
+        index_dir: the index directory (``--videos`` features are cached in its ``features/``).
+        videos: ``--videos`` files or folders (empty: use the data options).
+        root, collection, split: ``--data``, ``--collection``, ``--split``.
+        split_is_option: ``--split`` has no default and counts as one of the data options (`index add`); else it
+            has a default and only picks the split (`build-index`).
+        verb: what the command does, for "nothing to <verb>" (``"index"``, ``"add"``).
+        backbone, fps, device: ``--backbone``, ``--fps``, ``--device`` for ``--videos``.
+        progress: show progress bars.
+        match_indexed_videos: ``--videos`` must be extracted with the frame backbone of the video files already
+            in the index, which is also the default ``--backbone`` (`index add`).
+        check_feature_backbone: refuse data whose feature file records another backbone than the checkpoint's
+            (`build-index`).
+
+    Returns:
+        (corpus, collection name).
+
+    Raises:
+        ValueError: both or neither source given, or a backbone mismatch.
+    """
+    data_options = [root, collection, split] if split_is_option else [root, collection]
+    names = "/".join(("--data", "--collection", "--split")[: len(data_options)])
+    if videos:
+        if any(data_options):
+            raise ValueError(f"give either --videos or {names}, not both")
+        expected = None
+        if match_indexed_videos:
+            expected = _indexed_backbone(Path(index_dir))
+            if backbone is None and expected is not None:
+                backbone = _loadable_spec(expected)
+        corpus = video_files_corpus(videos, index_dir, config, backbone, fps=fps, device=device, progress=progress,
+                                    expected_backbone=expected)
+        return corpus, corpus.collection
+    if all(data_options):
+        assert root is not None and collection is not None and split is not None
+        if check_feature_backbone:
+            from prvr.engine import feature_backbone
+
+            feature_backbone(root, collection, config.data)
+        return open_corpus(root, collection, split, config, expected_video_dim=config.model.video_dim), collection
+    usage = " ".join(("--data ROOT", "--collection NAME", "--split SPLIT")[: len(data_options)])
+    raise ValueError(f"nothing to {verb}: give {usage} (features in the standard layout) or --videos DIR "
+                     "(video files)")

@@ -1,4 +1,5 @@
-"""`prvr index info|add|remove|calibrate`: inspect and maintain an index directory written by `prvr build-index`."""
+"""`prvr build-index` and `prvr query` (write an index, search it) and `prvr index info|add|remove|calibrate`
+(inspect and maintain it)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,15 @@ from typing import Any
 
 import click
 
-from prvr.commands.common import VIDEO_OPTIONS_HELP, fail_cleanly, video_files_corpus
+from prvr.commands.common import (
+    VIDEO_OPTIONS_HELP,
+    corpus_to_index,
+    fail_cleanly,
+    feature_overrides,
+    text_backbone_record,
+)
 
-__all__ = ["index_group"]
+__all__ = ["build_index_command", "query_command", "index_group"]
 
 
 
@@ -73,30 +80,6 @@ def info_command(index_dir: str, as_json: bool) -> None:
     click.echo(f"video status: {json.dumps(statuses, sort_keys=True)}")
 
 
-def _indexed_backbone(index_dir: Path) -> str | None:
-    """The frame backbone id of the video files already extracted into this index (None when there are none)."""
-    from prvr.features.backbones import feature_file_backbone
-    from prvr.features.corpus import find_feature_name
-    from prvr.features.extract import FEATURE_FILE
-
-    try:
-        name = find_feature_name(index_dir / "features", "videos")
-    except FileNotFoundError:
-        return None
-    feature_file = index_dir / "features" / "videos" / "FeatureData" / name / FEATURE_FILE
-    return feature_file_backbone(feature_file) if feature_file.is_file() else None
-
-
-def _loadable_spec(backbone_id: str) -> str:
-    """``kind:name`` of an id ``kind:name@sha12`` when that name can be loaded again (a hub id or an existing path)."""
-    spec = backbone_id.rsplit("@", 1)[0]
-    name = spec.partition(":")[2] or spec
-    if "/" in name or Path(name).expanduser().exists():
-        return spec
-    raise ValueError(f"the index's videos were extracted with {backbone_id}, loaded from a local folder named "
-                     f"{name!r}; pass --backbone <kind>:<that folder> to extract the new videos the same way")
-
-
 @index_group.command("add")
 @click.argument("index_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--data", "root", default=None, type=click.Path(exists=True, file_okay=False),
@@ -119,29 +102,15 @@ def add_command(index_dir: str, root: str | None, collection: str | None, split:
     """Add a split's videos (those not indexed yet) as a new generation, with the index's own checkpoint."""
     from prvr.index.builder import build_index
     from prvr.index.layout import open_active
-    from prvr.checkpoint import read_checkpoint
-    from prvr.commands.common import feature_overrides, open_corpus
-    from prvr.config import ExperimentConfig, apply_overrides
 
     with open_active(Path(index_dir)) as active:
         manifest = active.manifest
     checkpoint = Path(index_dir) / manifest.checkpoint_path
-    config = ExperimentConfig.from_json(read_checkpoint(checkpoint)["model_config"])
-    config = apply_overrides(config, list(feature_overrides(video_feature, text_feature)))
-    if videos:
-        if root or collection or split:
-            raise ValueError("give either --videos or --data/--collection/--split, not both")
-        indexed = _indexed_backbone(Path(index_dir))
-        if backbone is None and indexed is not None:
-            backbone = _loadable_spec(indexed)
-        corpus = video_files_corpus(videos, index_dir, config, backbone, fps=fps, device=device,
-                                    progress=not no_progress, expected_backbone=indexed)
-        collection = corpus.collection
-    elif root and collection and split:
-        corpus = open_corpus(root, collection, split, config, expected_video_dim=config.model.video_dim)
-    else:
-        raise ValueError("nothing to add: give --data ROOT --collection NAME --split SPLIT (features in the "
-                         "standard layout) or --videos DIR (video files)")
+    config = _checkpoint_config(checkpoint, video_feature, text_feature)
+    corpus, collection = corpus_to_index(config, index_dir, videos=videos, root=root, collection=collection,
+                                         split=split, split_is_option=True, verb="add", backbone=backbone, fps=fps,
+                                         device=device, progress=not no_progress, match_indexed_videos=True,
+                                         check_feature_backbone=False)
     result = build_index(checkpoint, corpus, index_dir, collection_name=collection, batch_size=batch_size,
                          progress=not no_progress)
     click.echo(json.dumps({"index": str(index_dir), "generation": result.generation_id,
@@ -266,3 +235,105 @@ def _real_queries(retriever: Any, root: str, collection: str, split: str, num_qu
         rows = np.sort(np.random.default_rng(seed).choice(everything.shape[0], num_queries, replace=False))
         everything = everything[rows]
     return everything, f"{collection}/{split}"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# write an index, search it
+
+
+def _checkpoint_config(checkpoint: str | Path, video_feature: str | None, text_feature: str | None) -> Any:
+    """The experiment config saved in a checkpoint, with ``--video-feature`` / ``--text-feature`` applied."""
+    from prvr.checkpoint import read_checkpoint
+    from prvr.config import ExperimentConfig, apply_overrides
+
+    config = ExperimentConfig.from_json(read_checkpoint(checkpoint)["model_config"])
+    return apply_overrides(config, list(feature_overrides(video_feature, text_feature)))
+
+
+@click.command("build-index")
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False), help="best.pt / last.pt.")
+@click.option("--data", "root", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Data root of features in the standard layout (or give --videos).")
+@click.option("--collection", default=None, help="Collection name (folder under the data root).")
+@click.option("--split", default="test", show_default=True, help="Caption split whose videos are indexed.")
+@click.option("--videos", multiple=True, type=click.Path(exists=True), help=VIDEO_OPTIONS_HELP)
+@click.option("--backbone", default=None,
+              help="Frame backbone for --videos, <kind>:<model folder or hub id> (default: "
+                   "clip:openai/clip-vit-base-patch32); must be the checkpoint's when it records one.")
+@click.option("--fps", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Features per second of video for --videos.")
+@click.option("--device", default="auto", show_default=True, help="Frame backbone device for --videos.")
+@click.option("--out", "index_dir", required=True, type=click.Path(file_okay=False), help="Index directory.")
+@click.option("--video-feature", default=None, help="FeatureData/<name> (default: the checkpoint's).")
+@click.option("--text-feature", default=None, help="Query feature name (default: the checkpoint's).")
+@click.option("--factory", default=None, help="FAISS factory string (default: chosen by corpus size).")
+@click.option("--text-backbone", default=None,
+              help="Query text encoder recorded for `prvr query`: 'minilm-l6' or a local model folder.")
+@click.option("--moment-checkpoint", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Moment localiser checkpoint, copied into the index; `prvr query` then shows moments.")
+@click.option("--candidates", default=None, type=click.IntRange(min=1),
+              help="Default candidate videos per query (default 200, or the previous generation's).")
+@click.option("--token-dtype", default="bfloat16", show_default=True, type=click.Choice(["bfloat16", "float32"]),
+              help="Re-rank token store precision of a new index (float32: scores equal `prvr eval`'s, 2x bytes).")
+@click.option("--database-url", default=None,
+              help="SQLAlchemy URL of a new index's metadata (e.g. postgresql+psycopg://prvr:${PRVR_DB_PASSWORD}@host/"
+                   "prvr; ${VAR} is read from the environment when opened). Default: index.db inside --out.")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@fail_cleanly
+def build_index_command(checkpoint: str, root: str | None, collection: str | None, split: str,
+                        videos: tuple[str, ...], backbone: str | None, fps: float, device: str, index_dir: str,
+                        video_feature: str | None, text_feature: str | None, factory: str | None,
+                        text_backbone: str | None, moment_checkpoint: str | None, candidates: int | None,
+                        token_dtype: str, database_url: str | None, batch_size: int,
+                        no_progress: bool) -> None:
+    """Encode a split's videos once and index their clip and frame tokens (a new generation, committed last)."""
+    from prvr.index.builder import build_index
+
+    config = _checkpoint_config(checkpoint, video_feature, text_feature)
+    corpus, collection = corpus_to_index(config, index_dir, videos=videos, root=root, collection=collection,
+                                         split=split, split_is_option=False, verb="index", backbone=backbone,
+                                         fps=fps, device=device, progress=not no_progress,
+                                         match_indexed_videos=False, check_feature_backbone=True)
+    result = build_index(checkpoint, corpus, index_dir, collection_name=collection, factory=factory,
+                         batch_size=batch_size, text_backbone=text_backbone_record(text_backbone),
+                         n_candidates=candidates, moment_checkpoint=moment_checkpoint, token_dtype=token_dtype,
+                         database_url=database_url,
+                         progress=not no_progress)
+    click.echo(json.dumps({"index": str(index_dir), "generation": result.generation_id,
+                           "videos": result.num_videos, "new_videos": result.new_videos, "tokens": result.ntotal}))
+
+
+@click.command("query")
+@click.argument("text")
+@click.option("--index", "index_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Index directory written by `prvr build-index`.")
+@click.option("-k", "k", default=10, show_default=True, type=click.IntRange(min=1, max=10_000))
+@click.option("--candidates", default=None, type=click.IntRange(min=1), help="Videos re-ranked exactly.")
+@click.option("--no-moments", is_flag=True, help="Skip moment localisation (faster; no moment model needed).")
+@click.option("--moments", "num_moments", default=3, show_default=True, type=click.IntRange(min=1),
+              help="Moments shown per video.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@fail_cleanly
+def query_command(text: str, index_dir: str, k: int, candidates: int | None, no_moments: bool, num_moments: int,
+                  as_json: bool) -> None:
+    """Rank the indexed videos for a sentence (with their top moments when the index has a moment model)."""
+    from prvr.retriever import Retriever
+
+    if not text.strip():
+        raise ValueError("the query is empty; give a sentence such as \"a man is playing a guitar\"")
+    with Retriever.load(index_dir) as retriever:
+        results = retriever.search(text, k=k, n_candidates=candidates, localize=not no_moments,
+                                   num_moments=num_moments)
+        show_moments = retriever.has_localizer and not no_moments
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(r) for r in results]))
+        return
+    header = f"{'rank':>4}  {'score':>7}  {'video':<24}" + ("  moments (start-end s, score)" if show_moments else "")
+    click.echo(header.rstrip())
+    for rank, result in enumerate(results, start=1):
+        line = f"{rank:>4}  {result.score:>7.4f}  {result.video_id:<24}"
+        if show_moments:
+            spans = ", ".join(f"{m.start_sec:.1f}-{m.end_sec:.1f} ({m.score:.2f})" for m in result.moments)
+            line += "  " + (spans or "(no duration known)" if result.duration is None else spans or "-")
+        click.echo(line.rstrip())

@@ -360,7 +360,8 @@ def read_timelines(directory: str | os.PathLike[str]) -> dict[str, dict[str, Any
 # stage 2: the retrieval model
 
 
-def _experiment_config(settings: DemoSettings, video_dim: int, text_dim: int) -> Any:
+def _experiment_config(settings: DemoSettings) -> Any:
+    """The preset with the demo's features and training settings (input dims still the preset's)."""
     from prvr.config import apply_overrides, load_preset
 
     config = apply_overrides(load_preset(settings.preset), [
@@ -371,19 +372,18 @@ def _experiment_config(settings: DemoSettings, video_dim: int, text_dim: int) ->
         f"train.epochs={settings.epochs}",
         f"train.patience={settings.patience}",
     ])
-    model = dataclasses.replace(config.model, video_dim=video_dim, text_dim=text_dim)
-    return dataclasses.replace(config, name=f"demo-{settings.preset}", seed=settings.seed, model=model)
+    return dataclasses.replace(config, name=f"demo-{settings.preset}", seed=settings.seed)
 
 
 def _train_model(directory: Path, settings: DemoSettings, progress: bool,
                  on_epoch: Callable[[dict[str, Any]], None] | None) -> tuple[list[Path], dict[str, Any]]:
     from prvr.data.dataset import PRVRCorpus
-    from prvr.engine import fit
+    from prvr.engine import config_for_corpus, fit
 
     root, run_dir = _data_root(directory), _stage_dir(directory, "model")
-    probe = _experiment_config(settings, 1, 1)
-    train = PRVRCorpus(root, DEMO_COLLECTION, "train", probe.data)
-    config = _experiment_config(settings, train.video_dim, train.text_dim)
+    config = _experiment_config(settings)
+    train = PRVRCorpus(root, DEMO_COLLECTION, "train", config.data)
+    config = config_for_corpus(config, train)
     val = PRVRCorpus(root, DEMO_COLLECTION, "val", config.data, expected_video_dim=train.video_dim,
                      expected_text_dim=train.text_dim)
     result = None
