@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from prvr.benchmarks.capproxy import query_sentence_path
+from prvr.benchmarks.capproxy_dataset import query_sentence_path
 from prvr.config import DataConfig
 from prvr.data.dataset import PRVRCorpus
 from prvr.data.features import HDF5FeatureStore

@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from prvr.benchmarks.capproxy import build_capproxy, zero_shot_floor
+from prvr.benchmarks.capproxy_dataset import build_capproxy, zero_shot_floor
 
 __all__ = ["main", "build_command", "floor_command"]
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import click
 
-# Row name -> (label, overrides of the preset). The "trivial" row is not a DreamPRVR config: it trains the spec's
+# Row name -> (label, overrides of the preset). The "trivial" row is not a DreamPRVR config: it trains the benchmark's
 # trivial reference (prvr.benchmarks.trivial) in the same loader and metrics.
 TRIVIAL = "trivial"
 ROWS: dict[str, tuple[str, tuple[str, ...]]] = {
