@@ -16,7 +16,8 @@ def test_linear_percentile_is_numpys() -> None:
         assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
 
 
-@pytest.mark.parametrize(("q", "expected"), [(0, 1.0), (10, 1.0), (50, 3.0), (51, 3.0), (61, 4.0), (99, 5.0), (100, 5.0)])
+@pytest.mark.parametrize(("q", "expected"),
+                         [(0, 1.0), (10, 1.0), (50, 3.0), (51, 3.0), (61, 4.0), (99, 5.0), (100, 5.0)])
 def test_nearest_rank_percentile_is_a_measurement(q: float, expected: float) -> None:
     assert percentile([5.0, 1.0, 4.0, 2.0, 3.0], q, method="nearest_rank") == expected
 

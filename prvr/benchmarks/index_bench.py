@@ -145,32 +145,32 @@ def directory_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def run_size(num_videos: int, args: IndexBenchOptions, work: Path) -> dict[str, Any]:
+def run_size(num_videos: int, options: IndexBenchOptions, work: Path) -> dict[str, Any]:
     """Build, calibrate and measure one corpus of ``num_videos`` videos under ``work``; returns its result row."""
-    corpus = SyntheticCorpus(num_videos, clips=args.clips, frames=args.frames, dim=args.dim, rank=args.rank,
-                             seed=args.seed, chunk=args.chunk)
-    factory = args.factory_small if num_videos <= args.small_max else args.factory_large
+    corpus = SyntheticCorpus(num_videos, clips=options.clips, frames=options.frames, dim=options.dim, rank=options.rank,
+                             seed=options.seed, chunk=options.chunk)
+    factory = options.factory_small if num_videos <= options.small_max else options.factory_large
     directory = work / f"v{num_videos}"
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
     logger.info("corpus %d videos, factory %s", num_videos, factory)
     model = ModelConfig()  # the fusion weights of the model the index would serve
-    index = FaissTokenIndex(args.dim, factory=factory, use_gpu=False, seed=args.seed, clip_weight=model.clip_weight,
-                            frame_weight=model.frame_weight)
-    store = TokenStore(directory / "tokens", args.dim)
+    index = FaissTokenIndex(options.dim, factory=factory, use_gpu=False, seed=options.seed,
+                            clip_weight=model.clip_weight, frame_weight=model.frame_weight)
+    store = TokenStore(directory / "tokens", options.dim)
     timings: dict[str, float] = {}
 
     started = time.perf_counter()
-    sample_videos = min(num_videos, args.train_videos)
-    parts = [corpus.chunk(first, min(args.chunk, sample_videos - first)) for first in range(0, sample_videos,
-                                                                                            args.chunk)]
+    sample_videos = min(num_videos, options.train_videos)
+    parts = [corpus.chunk(first, min(options.chunk, sample_videos - first)) for first in range(0, sample_videos,
+                                                                                            options.chunk)]
     clip, frame, mask = (np.concatenate([p[i] for p in parts]) for i in (1, 2, 3))
     index.train(clip, frame, mask)
     timings["train_s"] = time.perf_counter() - started
     del clip, frame, mask, parts
     add_s = store_s = 0.0
-    for first in range(0, num_videos, args.chunk):
-        ids, clip, frame, mask = corpus.chunk(first, min(args.chunk, num_videos - first))
+    for first in range(0, num_videos, options.chunk):
+        ids, clip, frame, mask = corpus.chunk(first, min(options.chunk, num_videos - first))
         t0 = time.perf_counter()
         index.add(ids, clip, frame, mask)
         t1 = time.perf_counter()
@@ -193,10 +193,10 @@ def run_size(num_videos: int, args: IndexBenchOptions, work: Path) -> dict[str, 
 
     # calibration on queries disjoint from the measured ones
     t0 = time.perf_counter()
-    calibration_queries = corpus.queries(args.calibration_queries, seed=1)
-    result = calibrate(index, store, calibration_queries, k=10, target=args.target,
-                       n_candidates_grid=tuple(args.candidates),
-                       knob_grid=list(args.knob_grid) if args.knob_grid else None,
+    calibration_queries = corpus.queries(options.calibration_queries, seed=1)
+    result = calibrate(index, store, calibration_queries, k=10, target=options.target,
+                       n_candidates_grid=tuple(options.candidates),
+                       knob_grid=list(options.knob_grid) if options.knob_grid else None,
                        query_source="synthetic calibration queries", **weights)
     timings["calibrate_s"] = time.perf_counter() - t0
     defaults = result.search_defaults()
@@ -207,10 +207,10 @@ def run_size(num_videos: int, args: IndexBenchOptions, work: Path) -> dict[str, 
     n_candidates = int(defaults["n_candidates"])
     logger.info("calibrated: %s (reached: %s)", result.chosen, result.reached)
 
-    queries = corpus.queries(args.queries, seed=2)
+    queries = corpus.queries(options.queries, seed=2)
     # brute force, in the same run: exact scores of every video (one query at a time, then batched)
     brute_single = []
-    for row in range(min(args.brute_single, queries.shape[0])):
+    for row in range(min(options.brute_single, queries.shape[0])):
         t0 = time.perf_counter()
         exact_scores(store, queries[row : row + 1], **weights)
         brute_single.append(1000 * (time.perf_counter() - t0))
@@ -232,7 +232,7 @@ def run_size(num_videos: int, args: IndexBenchOptions, work: Path) -> dict[str, 
     ranked100 = search_topk(index, store, queries, 100, max(n_candidates, 400), **weights)
     found100 = [r.pairs() for r in ranked100]
     batch_runs = []
-    for _ in range(args.repeats):
+    for _ in range(options.repeats):
         t0 = time.perf_counter()
         search_topk(index, store, queries, 10, n_candidates, **weights)
         batch_runs.append(time.perf_counter() - t0)
@@ -242,12 +242,12 @@ def run_size(num_videos: int, args: IndexBenchOptions, work: Path) -> dict[str, 
     brute_p50 = median(brute_single)
     return {
         "videos": num_videos,
-        "tokens_per_video": {"clip": args.clips, "frame_max": args.frames},
+        "tokens_per_video": {"clip": options.clips, "frame_max": options.frames},
         "factory": index.describe()["clip"]["factory"],
         "frame_factory": index.describe()["frame"]["factory"],
         "nlist": index.describe()["clip"]["nlist"],
         "exact_index": index.is_exact,
-        "calibration": {"target": args.target, "k": 10, "chosen": result.chosen, "reached": result.reached,
+        "calibration": {"target": options.target, "k": 10, "chosen": result.chosen, "reached": result.reached,
                         "queries": int(calibration_queries.shape[0]), "grid": result.grid},
         "search": {"n_candidates": n_candidates, **{k: v for k, v in defaults.items() if k != "n_candidates"}},
         "timings_s": {key: round(value, 2) for key, value in timings.items()},
@@ -284,8 +284,9 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {row['videos']:,} | {row['factory']} / {row['frame_factory']} | {setting} | "
             f"{row['timings_s']['build_s']} | {row['bytes_per_video']['faiss']:,.0f} + "
             f"{row['bytes_per_video']['store']:,.0f} | {row['rss_mb']['peak']:,.0f} | "
-            f"{row['single_query_ms']['p50']:.2f} / {row['single_query_ms']['p99']:.2f} | {row['batch']['qps_median']} | "
-            f"{row['recall']['at10']:.4f} | {row['recall']['at100']:.4f} | {row['brute_force_ms']['single_p50']:,.1f} | "
+            f"{row['single_query_ms']['p50']:.2f} / {row['single_query_ms']['p99']:.2f} | "
+            f"{row['batch']['qps_median']} | {row['recall']['at10']:.4f} | {row['recall']['at100']:.4f} | "
+            f"{row['brute_force_ms']['single_p50']:,.1f} | "
             f"{row['speedup_vs_brute_force_single']}x |"
         )
     lines += ["", *[f"- {line}" for line in report["notes"]], ""]
