@@ -46,7 +46,6 @@ from prvr.index.layout import (
     find_active,
     generation_path,
     open_active,
-    open_index_database,  # noqa: F401  re-exported for scripts/bench_service.py until it imports prvr.index.layout
     record_database_url,
 )
 

@@ -3,7 +3,8 @@
 Shape letters: Nq queries, V videos, D hidden, K results per query.
 
 For every setting of the grid (IVF ``nprobe`` or HNSW ``efSearch``, times the candidate count) the two-stage search
-runs once, without widening, and its top-K is compared with the exact top-K from scoring every stored video. The
+runs once, without widening, and its top-K is compared with the exact top-K from scoring every stored video
+(``prvr.index.exact.exact_topk``, re-exported here). The
 cheapest setting whose mean recall reaches the target is chosen. Cost is a deterministic work model (vectors the
 token search compares plus tokens the re-rank reads), so the choice does not depend on how loaded the machine is;
 measured milliseconds are reported beside it.
@@ -20,8 +21,7 @@ from typing import Any
 import numpy as np
 
 from prvr.index.faiss_store import FaissTokenIndex
-from prvr.index.protocol import Candidates
-from prvr.index.rerank import exact_rerank
+from prvr.index.exact import exact_topk
 from prvr.index.search import search_topk
 from prvr.index.token_store import TokenStore
 
@@ -70,16 +70,6 @@ class CalibrationResult:
         if self.knob is not None:
             out[self.knob] = int(self.chosen[self.knob])
         return out
-
-
-def exact_topk(
-    queries: np.ndarray, store: TokenStore, k: int, *, clip_weight: float, frame_weight: float
-) -> list[list[tuple[int, float]]]:
-    """Brute force: the exact top-k of each (Nq, D) query over every stored video."""
-    all_ids = np.asarray(store.video_ids, dtype=np.int64)
-    everything = Candidates(all_ids, np.zeros(all_ids.shape[0], dtype=np.float32))
-    return exact_rerank(queries, [everything] * queries.shape[0], store, clip_weight=clip_weight,
-                        frame_weight=frame_weight, k=k)
 
 
 def video_recall(found: list[tuple[int, float]], truth: list[tuple[int, float]], k: int) -> float:

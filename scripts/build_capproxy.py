@@ -1,5 +1,7 @@
 """Command line for the ANet-CapProxy benchmark: build its features from two annotation sets, or score its floor.
 
+The builder and the floor are ``prvr.benchmarks.capproxy_dataset``.
+
     python scripts/build_capproxy.py build --out /data/prvr \
         --val1 ../shared/data/activitynet_captions/val_1.json --val2 ../shared/data/activitynet_captions/val_2.json
     python scripts/build_capproxy.py build --out /data/heldout --val1 val_1_full.json --val2 val_2_full.json \
@@ -19,7 +21,7 @@ from typing import Any
 
 import click
 
-from prvr.benchmarks.capproxy import build_capproxy, zero_shot_floor
+from prvr.benchmarks.capproxy_dataset import build_capproxy, zero_shot_floor
 
 __all__ = ["main", "build_command", "floor_command"]
 

@@ -14,8 +14,8 @@ import h5py
 import numpy as np
 import pytest
 
-from prvr.benchmarks import capproxy
-from prvr.benchmarks.capproxy import (
+from prvr.benchmarks import capproxy_dataset as capproxy
+from prvr.benchmarks.capproxy_dataset import (
     build_capproxy,
     dev_split,
     frame_count,

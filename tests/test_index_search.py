@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from prvr.index.calibrate import calibrate, exact_topk, heldout_token_queries, video_recall
+from prvr.index.calibrate import calibrate, heldout_token_queries, video_recall
+from prvr.index.exact import exact_topk
 from prvr.index.faiss_store import FaissTokenIndex
 from prvr.index.search import search_topk
 from prvr.index.token_store import TokenStore

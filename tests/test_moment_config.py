@@ -25,7 +25,6 @@ from prvr.moments.config import (
     VCMRConfig,
     apply_moment_overrides,
     load_moment_preset,
-    migrate_flat_moment_config,
     migrate_moment_path,
 )
 from prvr.moments.denoiser import MomentDenoiser

@@ -1,10 +1,11 @@
-"""The capproxy spec's "trivial trained reference", reproduced inside the project's data and evaluation pipeline.
+"""ANet-CapProxy's "trivial trained reference", reproduced inside the project's data and evaluation pipeline.
 
 Two linear maps (one per side) on the features, attention-pooled query tokens, the DreamPRVR score
 ``0.6 max-clip + 0.4 max-frame cosine`` and a two-way multi-positive InfoNCE over that score with a temperature.
 It is a yardstick, not a product: it measures, in the same loader and metrics as the trained DreamPRVR rows, what a
-model with no video context at all reaches on the same features. The spec measured its version with outside tools
-(SumR 181.9 after 12 epochs); this one, whose exact recipe differs, reaches about 177.7 (docs/BENCHMARKS.md).
+model with no video context at all reaches on the same features. The benchmark's authors measured their version
+with outside tools (SumR 181.9 after 12 epochs); this one, whose exact recipe differs, reaches about 177.7
+(docs/BENCHMARKS.md).
 Metrics are written when the run ends: a killed run starts again from scratch (it takes about a minute).
 
 Shape letters: B videos, C clip tokens, F frame tokens, Nq queries, L text tokens, D_in input, D hidden.

@@ -5,7 +5,7 @@ Stages, each recorded in ``<demo dir>/manifest.json`` only after its files are c
 1. ``corpus``: the generated timelines (``prvr.demo.generator``) become the standard PRVR layout. Video side: one
    frame per second = the "camera" (paraphrase-MiniLM-L3-v2, ONNX) sentence vector of the caption covering that
    second (the place's idle description in the gaps), plus the ANet-CapProxy per-frame noise and per-video scene
-   vector (``prvr.benchmarks.capproxy.make_frames``). Query side: all-MiniLM-L6-v2 token features of the query
+   vector (``prvr.benchmarks.capproxy_dataset.make_frames``). Query side: all-MiniLM-L6-v2 token features of the query
    sentences, the same backbone ``prvr query`` runs on free text.
 2. ``model``: a small DreamPRVR trained on the train split with early stopping on val (``prvr.engine.fit``).
 3. ``moments``: a moment localiser (``prvr.moments.train.train_moments``), when that module is installed.
@@ -278,7 +278,7 @@ def _batched_sentence_vectors(encode: Callable[[list[str]], np.ndarray], texts: 
 
 def _build_corpus(directory: Path, settings: DemoSettings, progress: bool,
                   encoders: dict[str, Any] | None) -> tuple[list[Path], dict[str, Any]]:
-    from prvr.benchmarks.capproxy import make_frames
+    from prvr.benchmarks.capproxy_dataset import make_frames
     from prvr.data.captions import caption_path, moments_path, write_captions, write_moments
     from prvr.data.features import query_feature_path, write_hdf5_features
     from prvr.text_encoders import OnnxSentenceEncoder, TokenFeatureEncoder

@@ -1,15 +1,14 @@
-"""ANet-CapProxy builder: ActivityNet Captions val_1 timelines become frame features, val_2 sentences the queries.
+"""Builds the ANet-CapProxy dataset: ActivityNet Captions val_1 timelines become frames, val_2 sentences queries.
 
 Shape letters: n frames of one video, S sentences of one video, D feature dimension, L query tokens,
 Nq queries, V videos, T frames of all videos of a split.
 
-Spec: ``shared/spec/capproxy_benchmark.md``. The recipe, so that every implementation builds the same numbers:
+The recipe, fixed so that every build writes the same numbers:
 
 * videos = the ids present in both files; DEV split by ``bucket = int(sha1(video_id).hexdigest(), 16) % 10``
   (4-5 "val", 6-9 "train", 0-3 "test", the maintainers' held-out part);
 * E_video(s) = the L2-normalised mean-pooled camera embedding of a val_1 sentence (paraphrase-MiniLM-L3-v2; the
-  spec leaves the normalisation implicit: unit sentence vectors reproduce its floor table to the last digit, raw
-  ones do not);
+  unit sentence vectors reproduce the benchmark's published floor table to the last digit, raw ones do not);
 * n = max(1, ceil(duration)) frames; frame t (centre t + 0.5 s) = mean of E_video(s) over the val_1 sentences
   whose raw ``[start, end]`` contains the centre (inclusive), the zero vector where none does;
 * rng = numpy.random.default_rng(int(sha1(video_id).hexdigest(), 16) % 2**63);
@@ -156,7 +155,7 @@ def frame_coverage(num_frames: int, windows: Sequence[tuple[float, float]]) -> n
 def make_frames(
     video_id: str, duration: float, windows: Sequence[tuple[float, float]], embeddings: np.ndarray
 ) -> np.ndarray:
-    """The frames of one video, exactly as the spec writes them.
+    """The frames of one video, by the recipe above.
 
     Args:
         video_id: seeds the noise.

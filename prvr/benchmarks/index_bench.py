@@ -1,0 +1,337 @@
+"""The index benchmark: build, calibrate and measure the two-stage search on synthetic corpora with token structure.
+
+Shape letters: V videos, C clip tokens, F frame tokens, D hidden, r intrinsic rank, Nq queries.
+
+For each corpus size: build time (FAISS train + add, token store append), bytes per video (FAISS files + token store),
+RSS, p50/p99 single-query latency of candidate search + exact re-rank (no text encoding, no moments), batch
+throughput, video-level recall@10 / @100 against exact scoring of every video (``prvr.index.exact.exact_scores``),
+and that exact scoring's latency in the same run (the ratio is the figure, since a shared machine's speed drifts).
+The search settings (nprobe, candidates) come from ``prvr.index.calibrate`` on calibration queries disjoint from the
+measured ones. The fusion weights are ``ModelConfig``'s, saved with the index and read back from it.
+
+Tokens: a random rank-r basis in D dimensions; each video has a centre in that subspace; its clip tokens and its
+frame tokens (an AR(1) walk in time, so neighbouring frames are alike) scatter around the centre; isotropic noise
+is added in all D dimensions. Queries are noisy copies of one token of one video (partially relevant queries).
+
+The command line is ``scripts/bench_index.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import resource
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import torch
+
+from prvr.benchmarks.report import median, percentile
+from prvr.config import ModelConfig
+from prvr.index.calibrate import calibrate, video_recall
+from prvr.index.exact import exact_scores, top_pairs
+from prvr.index.faiss_store import FaissTokenIndex
+from prvr.index.search import search_topk
+from prvr.index.token_store import TokenStore
+
+__all__ = ["IndexBenchOptions", "SyntheticCorpus", "markdown", "run_index_bench", "run_size"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IndexBenchOptions:
+    """Settings of one index benchmark (the ``scripts/bench_index.py`` options, same names and defaults)."""
+
+    sizes: tuple[int, ...] = (10000, 100000)
+    clips: int = 32  # C clip tokens per video
+    frames: int = 32  # F frame tokens per video at most (max_frames)
+    dim: int = 256  # D (the cpu preset's hidden size)
+    rank: int = 32  # intrinsic rank of the token distribution
+    factory_small: str = "IVF{nlist},Flat"  # factory up to small_max videos
+    factory_large: str = "IVF2048,SQ8"  # factory above small_max videos
+    small_max: int = 20000
+    train_videos: int = 4096  # videos in the IVF training sample
+    chunk: int = 2000  # videos generated and added per step
+    queries: int = 200  # measured queries
+    calibration_queries: int = 100
+    candidates: tuple[int, ...] = (50, 100, 200)  # candidate counts for calibration
+    knob_grid: tuple[int, ...] | None = (8, 16, 32, 64)  # nprobe values for calibration
+    target: float = 0.99  # calibration target recall@10
+    brute_single: int = 5  # single-query exact-scoring runs
+    repeats: int = 3  # batch throughput runs (median)
+    threads: int = 1  # FAISS / torch threads (set by the caller; recorded in the report)
+    seed: int = 0
+    work: str | None = None  # scratch directory (None: a temp dir, deleted)
+
+
+class SyntheticCorpus:
+    """Deterministic structured token corpus, generated chunk by chunk (never held whole in memory)."""
+
+    def __init__(self, num_videos: int, *, clips: int, frames: int, dim: int, rank: int, seed: int,
+                 chunk: int) -> None:
+        self.num_videos, self.clips, self.frames, self.dim, self.rank, self.seed = (
+            num_videos, clips, frames, dim, rank, seed)
+        self.chunk_size = chunk
+        rng = np.random.default_rng(seed)
+        self.basis = (rng.standard_normal((rank, dim)) / math.sqrt(rank)).astype(np.float32)  # (r, D)
+
+    def chunk(self, first: int, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Videos ``first .. first + count - 1``: ids (B,), clip (B, C, D), frame (B, F, D), mask (B, F).
+
+        ``first`` must be a multiple of the chunk size (the random stream is keyed by it).
+        """
+        assert first % self.chunk_size == 0 and count <= self.chunk_size
+        rng = np.random.default_rng([self.seed, first])
+        b, r = count, self.rank
+        centre = rng.standard_normal((b, 1, r)).astype(np.float32)  # (B, 1, r)
+        clip = centre + 0.7 * rng.standard_normal((b, self.clips, r)).astype(np.float32)  # (B, C, r)
+        walk = np.empty((b, self.frames, r), dtype=np.float32)  # AR(1) in time, stationary variance 0.8^2
+        walk[:, 0] = 0.8 * rng.standard_normal((b, r))
+        innovation = 0.8 * math.sqrt(1 - 0.9**2)
+        for t in range(1, self.frames):
+            walk[:, t] = 0.9 * walk[:, t - 1] + innovation * rng.standard_normal((b, r))
+        frame = centre + walk  # (B, F, r)
+        clip = clip @ self.basis + 0.15 * rng.standard_normal((b, self.clips, self.dim)).astype(np.float32)
+        frame = frame @ self.basis + 0.15 * rng.standard_normal((b, self.frames, self.dim)).astype(np.float32)
+        lengths = rng.integers(self.frames // 2, self.frames + 1, b)
+        mask = np.arange(self.frames)[None, :] < lengths[:, None]  # (B, F)
+        frame[~mask] = 0.0
+        ids = np.arange(first, first + count, dtype=np.int64)
+        return ids, clip.astype(np.float32), frame.astype(np.float32), mask
+
+    def queries(self, count: int, seed: int) -> np.ndarray:
+        """(Nq, D) noisy copies of a random (clip or frame) token of random videos."""
+        rng = np.random.default_rng([self.seed, seed, 7])
+        out = np.empty((count, self.dim), dtype=np.float32)
+        for row in range(count):
+            video = int(rng.integers(0, self.num_videos))
+            first = video - video % self.chunk_size
+            _, clip, frame, mask = self.chunk(first, min(self.chunk_size, self.num_videos - first))
+            local = video - first
+            tokens = np.concatenate([clip[local], frame[local][mask[local]]])
+            token = tokens[int(rng.integers(0, tokens.shape[0]))]
+            token = token / np.linalg.norm(token)
+            noise = rng.standard_normal(self.dim).astype(np.float32)
+            out[row] = token + 0.6 * noise / np.linalg.norm(noise)
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def rss_mb() -> float:
+    """Resident set size of this process now, in MiB (Linux ``/proc``; NaN elsewhere)."""
+    with open("/proc/self/status", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process, in MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def directory_bytes(path: Path) -> int:
+    """Bytes of every file under ``path``."""
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def run_size(num_videos: int, options: IndexBenchOptions, work: Path) -> dict[str, Any]:
+    """Build, calibrate and measure one corpus of ``num_videos`` videos under ``work``; returns its result row."""
+    corpus = SyntheticCorpus(num_videos, clips=options.clips, frames=options.frames, dim=options.dim, rank=options.rank,
+                             seed=options.seed, chunk=options.chunk)
+    factory = options.factory_small if num_videos <= options.small_max else options.factory_large
+    directory = work / f"v{num_videos}"
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    logger.info("corpus %d videos, factory %s", num_videos, factory)
+    model = ModelConfig()  # the fusion weights of the model the index would serve
+    index = FaissTokenIndex(options.dim, factory=factory, use_gpu=False, seed=options.seed,
+                            clip_weight=model.clip_weight, frame_weight=model.frame_weight)
+    store = TokenStore(directory / "tokens", options.dim)
+    timings: dict[str, float] = {}
+
+    started = time.perf_counter()
+    sample_videos = min(num_videos, options.train_videos)
+    parts = [corpus.chunk(first, min(options.chunk, sample_videos - first)) for first in range(0, sample_videos,
+                                                                                            options.chunk)]
+    clip, frame, mask = (np.concatenate([p[i] for p in parts]) for i in (1, 2, 3))
+    index.train(clip, frame, mask)
+    timings["train_s"] = time.perf_counter() - started
+    del clip, frame, mask, parts
+    add_s = store_s = 0.0
+    for first in range(0, num_videos, options.chunk):
+        ids, clip, frame, mask = corpus.chunk(first, min(options.chunk, num_videos - first))
+        t0 = time.perf_counter()
+        index.add(ids, clip, frame, mask)
+        t1 = time.perf_counter()
+        store.append(ids, clip, frame, mask)
+        add_s += t1 - t0
+        store_s += time.perf_counter() - t1
+    timings["add_s"], timings["store_s"] = add_s, store_s
+    t0 = time.perf_counter()
+    index.save(directory / "faiss")
+    timings["save_s"] = time.perf_counter() - t0
+    timings["build_s"] = timings["train_s"] + add_s + store_s + timings["save_s"]
+    faiss_bytes = directory_bytes(directory / "faiss")
+    store_bytes = directory_bytes(directory / "tokens")
+    del index
+    index = FaissTokenIndex.load(directory / "faiss", mmap=True, use_gpu=False)
+    store = TokenStore(directory / "tokens", read_only=True)
+    weights = {"clip_weight": index.clip_weight, "frame_weight": index.frame_weight}  # saved with the index
+    logger.info("built in %.1f s: %.0f MB index, %.0f MB store", timings["build_s"], faiss_bytes / 2**20,
+                store_bytes / 2**20)
+
+    # calibration on queries disjoint from the measured ones
+    t0 = time.perf_counter()
+    calibration_queries = corpus.queries(options.calibration_queries, seed=1)
+    result = calibrate(index, store, calibration_queries, k=10, target=options.target,
+                       n_candidates_grid=tuple(options.candidates),
+                       knob_grid=list(options.knob_grid) if options.knob_grid else None,
+                       query_source="synthetic calibration queries", **weights)
+    timings["calibrate_s"] = time.perf_counter() - t0
+    defaults = result.search_defaults()
+    if "nprobe" in defaults:
+        index.set_nprobe(defaults["nprobe"])
+    if "ef_search" in defaults:
+        index.set_ef_search(defaults["ef_search"])
+    n_candidates = int(defaults["n_candidates"])
+    logger.info("calibrated: %s (reached: %s)", result.chosen, result.reached)
+
+    queries = corpus.queries(options.queries, seed=2)
+    # brute force, in the same run: exact scores of every video (one query at a time, then batched)
+    brute_single = []
+    for row in range(min(options.brute_single, queries.shape[0])):
+        t0 = time.perf_counter()
+        exact_scores(store, queries[row : row + 1], **weights)
+        brute_single.append(1000 * (time.perf_counter() - t0))
+    t0 = time.perf_counter()
+    ids, scores = exact_scores(store, queries, **weights)
+    brute_batch_ms = 1000 * (time.perf_counter() - t0) / queries.shape[0]
+    truth = top_pairs(ids, scores, 100)
+    del scores
+
+    # two-stage search, one query at a time (warm-up first)
+    search_topk(index, store, queries[:5], 100, n_candidates, **weights)
+    single_ms = []
+    found10, found100 = [], []
+    for row in range(queries.shape[0]):
+        t0 = time.perf_counter()
+        ranked = search_topk(index, store, queries[row : row + 1], 10, n_candidates, **weights)
+        single_ms.append(1000 * (time.perf_counter() - t0))
+        found10.append(ranked[0].pairs())
+    ranked100 = search_topk(index, store, queries, 100, max(n_candidates, 400), **weights)
+    found100 = [r.pairs() for r in ranked100]
+    batch_runs = []
+    for _ in range(options.repeats):
+        t0 = time.perf_counter()
+        search_topk(index, store, queries, 10, n_candidates, **weights)
+        batch_runs.append(time.perf_counter() - t0)
+    recall10 = float(np.mean([video_recall(f, t, 10) for f, t in zip(found10, truth)]))
+    recall100 = float(np.mean([video_recall(f, t, 100) for f, t in zip(found100, truth)]))
+    p50 = percentile(single_ms, 50)
+    brute_p50 = median(brute_single)
+    return {
+        "videos": num_videos,
+        "tokens_per_video": {"clip": options.clips, "frame_max": options.frames},
+        "factory": index.describe()["clip"]["factory"],
+        "frame_factory": index.describe()["frame"]["factory"],
+        "nlist": index.describe()["clip"]["nlist"],
+        "exact_index": index.is_exact,
+        "calibration": {"target": options.target, "k": 10, "chosen": result.chosen, "reached": result.reached,
+                        "queries": int(calibration_queries.shape[0]), "grid": result.grid},
+        "search": {"n_candidates": n_candidates, **{k: v for k, v in defaults.items() if k != "n_candidates"}},
+        "timings_s": {key: round(value, 2) for key, value in timings.items()},
+        "bytes_per_video": {"faiss": round(faiss_bytes / num_videos, 1), "store": round(store_bytes / num_videos, 1),
+                            "total": round((faiss_bytes + store_bytes) / num_videos, 1)},
+        "rss_mb": {"after_search": round(rss_mb(), 1), "peak": round(peak_rss_mb(), 1)},
+        "single_query_ms": {"p50": round(p50, 3), "p99": round(percentile(single_ms, 99), 3),
+                            "queries": len(single_ms)},
+        "batch": {"queries": int(queries.shape[0]), "qps_median": round(queries.shape[0] / median(
+            batch_runs), 1), "ms_per_query_median": round(1000 * median(batch_runs) / queries.shape[0], 3)},
+        "recall": {"at10": round(recall10, 4), "at100": round(recall100, 4)},
+        "brute_force_ms": {"single_p50": round(brute_p50, 2), "single_runs": len(brute_single),
+                           "batched_per_query": round(brute_batch_ms, 3)},
+        "speedup_vs_brute_force_single": round(brute_p50 / p50, 1),
+    }
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The markdown table of a :func:`run_index_bench` report."""
+    lines = [
+        "# Index benchmark (synthetic structured corpora)",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        f"Machine: {report['machine']}. {report['note']}",
+        "",
+        "| videos | index (clip / frame) | search setting | build s | bytes/video (index + store) | peak RSS MB | "
+        "p50 / p99 ms (1 query) | batch QPS | recall@10 | recall@100 | brute force ms (1 query) | speed-up |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report["results"]:
+        setting = ", ".join(f"{k} {v}" for k, v in row["search"].items())
+        lines.append(
+            f"| {row['videos']:,} | {row['factory']} / {row['frame_factory']} | {setting} | "
+            f"{row['timings_s']['build_s']} | {row['bytes_per_video']['faiss']:,.0f} + "
+            f"{row['bytes_per_video']['store']:,.0f} | {row['rss_mb']['peak']:,.0f} | "
+            f"{row['single_query_ms']['p50']:.2f} / {row['single_query_ms']['p99']:.2f} | "
+            f"{row['batch']['qps_median']} | {row['recall']['at10']:.4f} | {row['recall']['at100']:.4f} | "
+            f"{row['brute_force_ms']['single_p50']:,.1f} | "
+            f"{row['speedup_vs_brute_force_single']}x |"
+        )
+    lines += ["", *[f"- {line}" for line in report["notes"]], ""]
+    return "\n".join(lines)
+
+
+def run_index_bench(options: IndexBenchOptions, *, command: str) -> dict[str, Any]:
+    """Every corpus size of ``options`` in turn; returns the report (``command`` is recorded in it).
+
+    The scratch directory is ``options.work`` (kept) or a temporary one (deleted). FAISS / torch threads are the
+    caller's to set (``scripts/bench_index.py`` sets ``options.threads``).
+    """
+    work = Path(options.work) if options.work else Path(tempfile.mkdtemp(prefix="bench_index_"))
+    started = time.perf_counter()
+    results = []
+    try:
+        for size in options.sizes:
+            results.append(run_size(size, options, work))
+            logger.info("%s", json.dumps(results[-1]))
+    finally:
+        if not options.work:
+            shutil.rmtree(work, ignore_errors=True)
+    load = os.getloadavg()
+    return {
+        "command": command,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, faiss {faiss.__version__}, "
+                   f"torch {torch.__version__}, {options.threads} thread(s)",
+        "note": ("Shared machine: other helpers and a training job ran during the measurement (load average at the "
+                 f"end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on 2 cores); latencies are medians / percentiles "
+                 "of one run and drift 2-5x between periods, so compare the ratios within a row."),
+        "wall_s": round(time.perf_counter() - started, 1),
+        "results": results,
+        "notes": [
+            "Latency = candidate search (clip + frame FAISS indexes) + exact re-rank from the bf16 token store; no "
+            "text encoding, no moments. Recall = tie-aware video recall against exact brute-force scoring of every "
+            "video (same bf16 store).",
+            "Brute force = one GEMM per block of token-store rows + a per-video max, every video scored "
+            "(prvr.index.exact.exact_scores).",
+            "Search settings were chosen by index.calibrate on 100 calibration queries disjoint from the 200 measured "
+            "ones (target recall@10 0.99); recall@100 is measured at the same nprobe with max(n_candidates, 400) "
+            "candidates.",
+            f"Tokens per video: {options.clips} clip + up to {options.frames} frame tokens (frames binned to "
+            f"max_frames = {options.frames}), D = {options.dim}, intrinsic rank {options.rank}.",
+            "1M videos were not run: at 64 tokens x 256 dims the bf16 token store alone is ~33 GB and SQ8 codes "
+            "~16 GB, beyond this 24 GiB machine shared with other jobs (PQ32 codes would be 2 GB, but the store "
+            "must then live on disk and the build takes > 15 min on 1 thread).",
+        ],
+    }
