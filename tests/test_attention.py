@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
 
+import reference
 from prvr.nn.attention import (
     gaussian_prior,
     lengths_from_mask,
@@ -14,38 +14,6 @@ from prvr.nn.attention import (
     stacked_priors,
 )
 from prvr.nn.layers import MultiHeadAttention, TransformerLayer
-
-
-def naive_prior(n: int, max_len: int, width: float | None) -> torch.Tensor:
-    """The prior of one video, entry by entry, in float64 python arithmetic."""
-    out = torch.ones(max_len, max_len, dtype=torch.float64)
-    if width is None:
-        return out
-    sigma = max(width, 0.01) / 9.0
-    for i in range(n):
-        centre = i / n
-        exponents = []
-        for j in range(n):
-            position = j / (n - 1) if n > 1 else 0.0
-            exponents.append(-((position - centre) ** 2) / (2 * sigma**2))
-        top = max(exponents)  # exp(e_j) / max_j exp(e_j), without the 0 / 0 of tiny widths
-        for j in range(n):
-            out[i, j] = math.exp(exponents[j] - top)
-    return out
-
-
-def naive_register_mask(token_mask: torch.Tensor, k: int) -> torch.Tensor:
-    batch, length = token_mask.shape
-    size = length + k
-    out = torch.zeros(batch, size, size, dtype=torch.bool)
-    for b in range(batch):
-        for i in range(size):
-            for j in range(size):
-                if j < length:
-                    out[b, i, j] = bool(token_mask[b, j])
-                else:
-                    out[b, i, j] = i < length  # registers are keys for token rows only
-    return out
 
 
 def prefix_mask(lengths: list[int], max_len: int) -> torch.Tensor:
@@ -59,7 +27,7 @@ def test_gaussian_prior_matches_naive_loop(width: float | None) -> None:
     prior = gaussian_prior(torch.tensor(lengths), max_len, width, dtype=torch.float64)
     assert prior.shape == (len(lengths), max_len, max_len)
     for b, n in enumerate(lengths):
-        torch.testing.assert_close(prior[b], naive_prior(n, max_len, width), atol=1e-12, rtol=1e-9)
+        torch.testing.assert_close(prior[b], reference.gaussian_prior(n, max_len, width), atol=1e-12, rtol=1e-9)
 
 
 def test_gaussian_prior_float32_close_to_float64() -> None:
@@ -139,7 +107,7 @@ def test_register_attention_mask_matches_naive() -> None:
     for k in (0, 1, 4):
         mask = register_attention_mask(token_mask, k)
         assert mask.dtype == torch.bool and mask.shape == (4, 6 + k, 6 + k)
-        assert torch.equal(mask, naive_register_mask(token_mask, k))
+        assert torch.equal(mask, reference.register_mask(token_mask, k))
         assert not bool(mask[:, 6:, 6:].any())  # registers never attend to registers
         assert not bool(mask[:, :, :6][~token_mask[:, None, :].expand(-1, 6 + k, -1)].any())  # padded keys
 

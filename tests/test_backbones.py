@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import CLIP_MEAN, CLIP_STD, clip_processor_config, save_tiny_clip
 from prvr.features import backbones as backbones_module
 from prvr.features.backbones import (
     ClipImageBackbone,
@@ -24,59 +25,6 @@ from prvr.features.backbones import (
     resolve_model_dir,
 )
 from prvr.text_encoders import TokenFeatureEncoder
-
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
-WORDS = ["a", "man", "woman", "dog", "walks", "runs", "on", "the", "beach", "street", "is", "playing", "guitar"]
-
-
-def clip_processor_config(side: int) -> dict:
-    """What CLIPImageProcessor.save_pretrained writes for a model of image size ``side``."""
-    return {"image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": side},
-            "resample": 3, "do_center_crop": True, "crop_size": {"height": side, "width": side},
-            "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": CLIP_MEAN,
-            "image_std": CLIP_STD, "do_convert_rgb": True}
-
-
-def save_tiny_clip(folder: Path, *, seed: int = 0, projection_dim: int = 12, processor: bool = True) -> Path:
-    """A random CLIPModel with tiny sizes, saved with save_pretrained (+ its image processor config)."""
-    from transformers import CLIPConfig, CLIPModel
-
-    config = CLIPConfig(
-        text_config={"vocab_size": 64, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-                     "num_attention_heads": 2, "max_position_embeddings": 16, "bos_token_id": 0,
-                     "eos_token_id": 1, "pad_token_id": 1},
-        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-                       "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
-        projection_dim=projection_dim,
-    )
-    torch.manual_seed(seed)
-    CLIPModel(config).save_pretrained(folder)
-    if processor:
-        (folder / "preprocessor_config.json").write_text(json.dumps(clip_processor_config(32)), encoding="utf-8")
-    return folder
-
-
-def save_tiny_bert(folder: Path, *, seed: int = 0, hidden_size: int = 16) -> Path:
-    """A random BERT with a WordPiece vocabulary written here, loadable with AutoModel / AutoTokenizer."""
-    from transformers import BertConfig, BertModel
-
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, "##s", "##ing"]
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    (folder / "tokenizer_config.json").write_text(
-        json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": True, "model_max_length": 64}),
-        encoding="utf-8")
-    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden_size, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=64)
-    torch.manual_seed(seed)
-    BertModel(config).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_clip(tmp_path_factory.mktemp("models") / "tiny-clip")
 
 
 def _images(seed: int, shapes: list[tuple[int, int]]) -> list[np.ndarray]:
@@ -203,9 +151,8 @@ def test_model_folders_and_hub_names(tmp_path: Path, tiny_clip: Path) -> None:
         ClipImageBackbone("prvr-tests/no-such-model", device="cpu", allow_download=False)
 
 
-def test_text_backbone_from_a_local_folder(tmp_path: Path) -> None:
-    folder = save_tiny_bert(tmp_path / "tiny-bert")
-    encoder = load_text_backbone(str(folder), max_tokens=4)
+def test_text_backbone_from_a_local_folder(tiny_bert: Path) -> None:
+    encoder = load_text_backbone(str(tiny_bert), max_tokens=4)
     assert isinstance(encoder, TokenFeatureEncoder) and encoder.dim == 16
     assert encoder.encoder_id.startswith("tiny-bert@")
     encoded = encoder.encode(["a man walks the dog on the beach", "a woman is playing guitar"])

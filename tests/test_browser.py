@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sqlalchemy import update
-from test_service import built, load_with_localizer, serve_in_thread  # noqa: F401  (built is a fixture)
 
+from helpers import load_with_localizer, serve_in_thread
 from prvr.index.layout import DB_NAME
 from prvr.retriever import Retriever
 from prvr.services.app import ServiceSettings, create_app
@@ -61,7 +61,7 @@ def _write_webm(path: Path, seconds: int, fps: int = 5) -> None:
 
 
 @pytest.fixture(scope="module")
-def served(built, tmp_path_factory):  # noqa: F811  (the imported fixture)
+def served(service_index, tmp_path_factory):
     """Base URL of a live server, and the query to type."""
     real_index = os.environ.get("PRVR_SCREENSHOT_INDEX")
     if real_index:
@@ -70,10 +70,10 @@ def served(built, tmp_path_factory):  # noqa: F811  (the imported fixture)
         expect_media = False
     else:
         index_dir = tmp_path_factory.mktemp("browser") / "index"
-        shutil.copytree(built["dir"], index_dir)
+        shutil.copytree(service_index["dir"], index_dir)
         video = index_dir.parent / "moving_bar.webm"
         with open_database(index_dir / DB_NAME) as db:
-            record = db.get_video(built["with_media"])
+            record = db.get_video(service_index["with_media"])
             assert record is not None and record.duration_s
             _write_webm(video, seconds=int(np.ceil(record.duration_s)))
             with db.session() as session:  # the copied database points at the fixture's fake file: use the WebM
@@ -82,7 +82,7 @@ def served(built, tmp_path_factory):  # noqa: F811  (the imported fixture)
         query = "a dog kicks a ball"
         expect_media = True
     with serve_in_thread(app) as base:
-        yield {"base": base, "query": query, "expect_media": expect_media, "media_video": built["with_media"]}
+        yield {"base": base, "query": query, "expect_media": expect_media, "media_video": service_index["with_media"]}
 
 
 @pytest.fixture(scope="module")

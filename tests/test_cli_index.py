@@ -7,47 +7,19 @@ import json
 import sys
 
 import pytest
-import torch
 from click.testing import CliRunner
 
-from prvr.checkpoint import save_checkpoint
+from helpers import LOCALIZER_MODULE_NAME, write_moment_checkpoint
 from prvr.cli import main
-from prvr.config import apply_overrides, load_preset
-from prvr.data.dataset import PRVRCorpus
-from prvr.data.synthetic import make_synthetic_corpus
-from prvr.engine import config_for_corpus
-from prvr.model import DreamPRVR
-from tests.test_retriever import LOCALIZER_SOURCE, TEXT_DIM, WORDS
-
-HIDDEN = 64
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    from transformers import BertConfig, BertModel, BertTokenizer
-
+def workspace(synthetic_corpus, tiny_checkpoint, query_bert, tmp_path_factory):
+    """The shared synthetic corpus (val 12 videos, test 4), tiny checkpoint and query BERT, plus a moment
+    checkpoint for the test localiser plugin."""
     tmp = tmp_path_factory.mktemp("cli_index")
-    make_synthetic_corpus(tmp / "data", "synth", splits={"val": 14, "test": 6}, seed=3, text_dim=TEXT_DIM,
-                          frame_range=(16, 24))
-    config = apply_overrides(load_preset("tiny"), ["data.video_feature=synth", "data.text_feature=synth",
-                                                   "model.block.widths=[null]", "model.registers.diffusion.steps=2"])
-    corpus = PRVRCorpus(tmp / "data", "synth", "val", config.data)
-    config = config_for_corpus(config, corpus)
-    assert config.model.hidden_size == HIDDEN
-    torch.manual_seed(0)
-    save_checkpoint(tmp / "model.pt", model=DreamPRVR(config.model), config=config, epoch=0)
-    bert = tmp / "bert"
-    bert.mkdir()
-    vocab = bert / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    BertTokenizer(str(vocab)).save_pretrained(str(bert))
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=5 + len(WORDS), hidden_size=TEXT_DIM, num_hidden_layers=1, num_attention_heads=4,
-                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(str(bert))
-    (tmp / "localizer_module").mkdir()
-    (tmp / "localizer_module" / "cosine_span_localizer.py").write_text(LOCALIZER_SOURCE)
-    (tmp / "moments.json").write_text(json.dumps({"text_dim": TEXT_DIM, "dim": HIDDEN, "seed": 0}))
-    return {"tmp": tmp, "corpus": corpus, "bert": bert}
+    return {"data": synthetic_corpus.root, "checkpoint": tiny_checkpoint, "corpus": synthetic_corpus,
+            "bert": query_bert, "moments": write_moment_checkpoint(tmp / "moments.json")}
 
 
 def _invoke(*args: str) -> tuple[int, str]:
@@ -58,22 +30,20 @@ def _invoke(*args: str) -> tuple[int, str]:
 
 
 def _build(workspace, out, *extra: str) -> None:
-    tmp = workspace["tmp"]
-    code, output = _invoke("build-index", "--checkpoint", str(tmp / "model.pt"), "--data", str(tmp / "data"),
+    code, output = _invoke("build-index", "--checkpoint", str(workspace["checkpoint"]), "--data", str(workspace["data"]),
                            "--collection", "synth", "--split", "val", "--out", str(out), "--text-backbone",
                            str(workspace["bert"]), "--no-progress", *extra)
     assert code == 0, output
 
 
 def test_index_lifecycle(workspace, tmp_path) -> None:
-    tmp = workspace["tmp"]
     out = tmp_path / "index"
     _build(workspace, out)
 
     code, output = _invoke("index", "info", str(out), "--json")
     assert code == 0, output
     info = json.loads(output)
-    assert info["active"] == "gen-000001" and info["counts"]["videos"] == 14
+    assert info["active"] == "gen-000001" and info["counts"]["videos"] == 12
     assert info["factories"]["clip"] == "IDMap2,Flat" and info["manifest"]["moment_checkpoint"] is None
     code, output = _invoke("index", "info", str(out))
     assert code == 0 and "active generation gen-000001" in output and "IDMap2,Flat" in output
@@ -83,17 +53,17 @@ def test_index_lifecycle(workspace, tmp_path) -> None:
     before = json.loads(output)
     assert len(before) == 3 and all(r["moments"] == [] and r["duration"] > 0 for r in before)
 
-    code, output = _invoke("index", "add", str(out), "--data", str(tmp / "data"), "--collection", "synth",
+    code, output = _invoke("index", "add", str(out), "--data", str(workspace["data"]), "--collection", "synth",
                            "--split", "test", "--no-progress")
     assert code == 0, output
-    assert json.loads(output)["videos"] == 20 and json.loads(output)["new_videos"] == 6
+    assert json.loads(output)["videos"] == 16 and json.loads(output)["new_videos"] == 4
 
-    test_ids = PRVRCorpus(tmp / "data", "synth", "test", workspace["corpus"].config).video_ids
+    test_ids = workspace["corpus"].split("test").video_ids
     id_file = tmp_path / "ids.txt"
     id_file.write_text("\n".join(test_ids[1:]) + "\n")
     code, output = _invoke("index", "remove", str(out), test_ids[0], "--from-file", str(id_file))
     assert code == 0, output
-    assert json.loads(output)["videos"] == 14
+    assert json.loads(output)["videos"] == 12
 
     code, output = _invoke("query", "a dog kicks a ball", "--index", str(out), "-k", "3", "--json")
     assert json.loads(output) == before  # add then remove restores the results
@@ -109,11 +79,10 @@ def test_index_lifecycle(workspace, tmp_path) -> None:
 
 
 def test_calibrate_stores_its_choice(workspace, tmp_path) -> None:
-    tmp = workspace["tmp"]
     out = tmp_path / "index"
     _build(workspace, out, "--factory", "IVF4,Flat")
     code, output = _invoke("index", "calibrate", str(out), "--target", "0.9", "-k", "5", "--queries", "30",
-                           "--candidates", "5,14", "--json")
+                           "--candidates", "5,12", "--json")
     assert code == 0, output
     result = json.loads(output)
     assert result["knob"] == "nprobe" and result["query_source"] == "heldout_tokens" and result["stored"]
@@ -128,23 +97,22 @@ def test_calibrate_stores_its_choice(workspace, tmp_path) -> None:
     with Retriever.load(out) as retriever:  # the Retriever uses the calibrated nprobe
         assert retriever.faiss_index.describe()["clip"]["nprobe"] == result["chosen"]["nprobe"]
 
-    code, output = _invoke("index", "calibrate", str(out), "--data", str(tmp / "data"), "--collection", "synth",
+    code, output = _invoke("index", "calibrate", str(out), "--data", str(workspace["data"]), "--collection", "synth",
                            "--split", "val", "-k", "5", "--dry-run")
     assert code == 0, output
     assert "synth/val queries" in output and "dry run" in output and "<- chosen" in output
-    code, output = _invoke("index", "calibrate", str(out), "--data", str(tmp / "data"))
+    code, output = _invoke("index", "calibrate", str(out), "--data", str(workspace["data"]))
     assert code == 1 and "--data, --collection and --split together" in output
     code, output = _invoke("index", "calibrate", str(out), "--candidates", "a,b")
     assert code == 1 and "comma-separated integers" in output
 
 
-def test_query_shows_moments_and_no_moments_skips_them(workspace, tmp_path, monkeypatch) -> None:
+def test_query_shows_moments_and_no_moments_skips_them(workspace, localizer_module, tmp_path, monkeypatch) -> None:
     import prvr.retriever as retriever_module
 
     out = tmp_path / "index"
-    _build(workspace, out, "--moment-checkpoint", str(workspace["tmp"] / "moments.json"))
-    monkeypatch.syspath_prepend(str(workspace["tmp"] / "localizer_module"))
-    monkeypatch.setattr(retriever_module, "LOCALIZER_MODULE", "cosine_span_localizer")
+    _build(workspace, out, "--moment-checkpoint", str(workspace["moments"]))
+    monkeypatch.setattr(retriever_module, "LOCALIZER_MODULE", LOCALIZER_MODULE_NAME)
     code, output = _invoke("query", "the man runs", "--index", str(out), "-k", "2", "--json")
     assert code == 0, output
     results = json.loads(output)

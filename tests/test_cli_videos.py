@@ -18,7 +18,6 @@ from prvr.config import ExperimentConfig, apply_overrides, load_preset
 from prvr.features.synthetic_video import write_video
 from prvr.model import DreamPRVR
 from prvr.index.catalog import open_database
-from test_backbones import save_tiny_bert, save_tiny_clip
 
 SAMPLE_VIDEO = Path(__file__).resolve().parents[2] / "shared" / "data" / "univtg_example" / "charades.mp4"
 
@@ -34,7 +33,7 @@ def _checkpoint(path: Path, *, video_backbone: str | None = None) -> Path:
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def assets(tmp_path_factory: pytest.TempPathFactory, tiny_clip: Path, tiny_bert: Path) -> dict:
     torch.set_num_threads(1)
     tmp = tmp_path_factory.mktemp("videos-cli")
     videos = tmp / "videos"
@@ -45,8 +44,8 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict:
     more = tmp / "more"
     more.mkdir()
     write_video(more / "surf.mp4", np.arange(0, 2.5, 0.1))
-    return {"tmp": tmp, "videos": videos, "more": more, "clip": save_tiny_clip(tmp / "tiny-clip"),
-            "bert": save_tiny_bert(tmp / "tiny-bert"), "checkpoint": _checkpoint(tmp / "model.pt")}
+    return {"tmp": tmp, "videos": videos, "more": more, "clip": tiny_clip, "bert": tiny_bert,
+            "checkpoint": _checkpoint(tmp / "model.pt")}
 
 
 def test_build_index_from_video_files_then_add_more(assets: dict, tmp_path: Path) -> None:

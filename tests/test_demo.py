@@ -8,9 +8,9 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
+from helpers import save_tiny_bert
 from prvr.demo import build as demo_build
 from prvr.demo.build import DemoSettings, build_demo, demo_dir, read_manifest, read_timelines
 from prvr.demo.examples import answer_examples, pick_test_queries
@@ -128,21 +128,13 @@ def test_settings_and_cache_location(tmp_path, monkeypatch) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_encoders(tmp_path_factory):
-    from transformers import BertConfig, BertModel, BertTokenizer
-
     from prvr.text_encoders import TokenFeatureEncoder
 
     texts = [v.idle_caption + " " + e.caption + " " + e.query for v in generate_corpus(0, SPLITS) for e in v.events]
     words = sorted({w for text in texts for w in _words(text)} | set("someone walks a dog on the beach".split()))
     encoders = {}
     for name, seed, dim in (("camera", 1, 24), ("text", 2, 16)):
-        folder = tmp_path_factory.mktemp(name)
-        (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
-        BertTokenizer(str(folder / "vocab.txt")).save_pretrained(str(folder))
-        torch.manual_seed(seed)
-        config = BertConfig(vocab_size=5 + len(words), hidden_size=dim, num_hidden_layers=1, num_attention_heads=2,
-                            intermediate_size=32, max_position_embeddings=64)
-        BertModel(config).save_pretrained(str(folder))
+        folder = save_tiny_bert(tmp_path_factory.mktemp(name), words=words, hidden_size=dim, seed=seed)
         encoders[name] = TokenFeatureEncoder(folder, name=f"tiny-{name}", max_tokens=30)
     return encoders
 

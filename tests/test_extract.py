@@ -15,12 +15,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from helpers import save_tiny_clip
 from prvr.features.backbones import ClipImageBackbone
 from prvr.features.cache import FeatureCache
 from prvr.features.corpus import ExtractedVideoCorpus, extract_for_index, find_feature_name
 from prvr.features.extract import (
     FAILURES_FILE,
-    SIDECAR_FILE,
     assign_video_ids,
     extract_videos,
     feature_name_for,
@@ -29,7 +29,6 @@ from prvr.features.extract import (
 )
 from prvr.features.frames import SamplingConfig, VideoFrameSampler
 from prvr.features.synthetic_video import write_audio_only, write_empty_video, write_video
-from test_backbones import save_tiny_bert, save_tiny_clip
 
 SAMPLE_VIDEO = Path(__file__).resolve().parents[2] / "shared" / "data" / "univtg_example" / "charades.mp4"
 OK_IDS = {"a", "a-2", "b", "c", "odd", "rotated", "vfr"}
@@ -57,10 +56,10 @@ class CountingBackbone:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def setup(tmp_path_factory: pytest.TempPathFactory, tiny_clip: Path) -> dict:
     torch.set_num_threads(1)
     tmp = tmp_path_factory.mktemp("extract")
-    clip = save_tiny_clip(tmp / "tiny-clip")
+    clip = tiny_clip
     videos = tmp / "videos"
     (videos / "sub").mkdir(parents=True)
     write_video(videos / "a.mp4", np.arange(0, 3.3, 0.1))
@@ -200,7 +199,8 @@ def test_cli(tmp_path: Path, setup: dict, monkeypatch: pytest.MonkeyPatch) -> No
     assert outcome.exit_code == 1 and "hf download" in outcome.output
 
 
-def test_the_extracted_folder_builds_a_searchable_index(tmp_path: Path, extracted: dict, setup: dict) -> None:
+def test_the_extracted_folder_builds_a_searchable_index(tmp_path: Path, extracted: dict, setup: dict,
+                                                       tiny_bert: Path) -> None:
     from prvr.index.builder import build_index
     from prvr.checkpoint import save_checkpoint
     from prvr.config import apply_overrides, load_preset
@@ -225,7 +225,7 @@ def test_the_extracted_folder_builds_a_searchable_index(tmp_path: Path, extracte
     clip, frames = corpus.video("a")
     assert clip.shape == (config.data.clip_bins, 12) and frames.shape == (4, 12)
 
-    bert = save_tiny_bert(tmp_path / "tiny-bert")
+    bert = tiny_bert
     encoder = TokenFeatureEncoder(bert)
     result = build_index(checkpoint, corpus, tmp_path / "index", collection_name="videos", progress=False,
                          text_backbone={"id": encoder.encoder_id, "path": str(bert)})

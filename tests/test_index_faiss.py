@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import TOKEN_DIM, W_CLIP, W_FRAME, noisy_queries, synthetic_tokens
+from reference import fused_scores
 from prvr.index.faiss_store import (
     MAX_VIDEO_ID,
     FaissTokenIndex,
@@ -22,48 +24,12 @@ from prvr.index.rerank import exact_rerank
 from prvr.index.token_store import TokenStore
 from prvr.similarity import video_scores
 
-W_CLIP, W_FRAME = 0.6, 0.4
-DIM = 32
+DIM = TOKEN_DIM
 
 
-def _synthetic(seed: int, num_videos: int, num_clips: int = 8, num_frames: int = 16, dim: int = DIM, rank: int = 8):
-    """Structured tokens: low intrinsic dimension, the tokens of one video correlated around the video's centre."""
-    rng = np.random.default_rng(seed)
-    basis = rng.standard_normal((rank, dim))  # (r, D)
-    centre = rng.standard_normal((num_videos, 1, rank))  # (V, 1, r)
-    clip = (centre + 0.6 * rng.standard_normal((num_videos, num_clips, rank))) @ basis  # (V, C, D)
-    frame = (centre + 0.8 * rng.standard_normal((num_videos, num_frames, rank))) @ basis  # (V, F, D)
-    clip += 0.1 * rng.standard_normal(clip.shape)
-    frame += 0.1 * rng.standard_normal(frame.shape)
-    lengths = rng.integers(1, num_frames + 1, num_videos)
-    lengths[0] = num_frames
-    mask = np.arange(num_frames)[None, :] < lengths[:, None]  # (V, F)
-    frame[~mask] = 0.0
-    return clip.astype(np.float32), frame.astype(np.float32), mask
-
-
-def _queries(seed: int, clip: np.ndarray, count: int) -> np.ndarray:
-    """Noisy copies of random clip tokens (partially relevant queries)."""
-    rng = np.random.default_rng(seed)
-    videos = rng.integers(0, clip.shape[0], count)
-    tokens = rng.integers(0, clip.shape[1], count)
-    q = clip[videos, tokens] + 0.5 * rng.standard_normal((count, clip.shape[2])) * clip.std()
-    return q.astype(np.float32)
-
-
-def _naive_scores(query: np.ndarray, clip: np.ndarray, frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """(Nq, V) fused cosine scores by explicit loops over videos (float64)."""
-
-    def unit(x: np.ndarray) -> np.ndarray:
-        return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-    q = unit(query.astype(np.float64))
-    out = np.zeros((q.shape[0], clip.shape[0]))
-    for v in range(clip.shape[0]):
-        clip_best = (unit(clip[v].astype(np.float64)) @ q.T).max(axis=0)  # (Nq,)
-        frame_best = (unit(frame[v][mask[v]].astype(np.float64)) @ q.T).max(axis=0)  # (Nq,)
-        out[:, v] = W_CLIP * clip_best + W_FRAME * frame_best
-    return out
+def _reference_scores(query, clip, frame, mask):
+    """The float64 loop reference with this module's weights."""
+    return fused_scores(query, clip, frame, mask, clip_weight=W_CLIP, frame_weight=W_FRAME)
 
 
 def _assert_topk_equal(got: list[tuple[int, float]], ids: np.ndarray, scores: np.ndarray, k: int, tol: float) -> None:
@@ -93,7 +59,7 @@ def _same_candidates(a: list[Candidates], b: list[Candidates]) -> None:
 
 @pytest.fixture(scope="module")
 def corpus():
-    clip, frame, mask = _synthetic(0, 150)
+    clip, frame, mask = synthetic_tokens(0, 150)
     ids = np.arange(150, dtype=np.int64) * 5 + 1000  # sparse, non-contiguous ids
     return ids, clip, frame, mask
 
@@ -128,7 +94,7 @@ def test_factory_choice():
     assert choose_factory(1_000_000, 512, memory_budget_bytes=1_000_000 * 512) == "IVF4096,SQ8"
     assert choose_factory(1_000_000, 512, memory_budget_bytes=100_000_000) == "IVF4096,PQ64"
     index = FaissTokenIndex(DIM, clip_weight=1.0, frame_weight=0.0, factory="IVF{nlist},Flat", use_gpu=False)
-    clip, frame, mask = _synthetic(3, 64)
+    clip, frame, mask = synthetic_tokens(3, 64)
     index.add(np.arange(64), clip, frame, mask)
     assert index.describe()["clip"]["factory"] == f"IVF{nlist_for(64 * 8)},Flat"
     assert index.describe()["clip"]["nprobe"] == min(nlist_for(64 * 8), 16)
@@ -152,8 +118,8 @@ def test_flat_search_plus_rerank_equals_brute_force(corpus, tmp_path):
     assert index.describe()["clip"]["factory"] == "IDMap2,Flat" and index.is_exact
     store = TokenStore(tmp_path / "store", DIM)
     store.append(ids, clip, frame, mask)
-    query = _queries(1, clip, 12)
-    reference = _naive_scores(query, clip, frame, mask)  # (Nq, V) on the float tokens
+    query = noisy_queries(1, clip, 12)
+    reference = _reference_scores(query, clip, frame, mask)  # (Nq, V) on the float tokens
     stored = store.get(ids)
     unit_query = torch.nn.functional.normalize(torch.from_numpy(query), dim=-1)
     # the store holds unit tokens rounded to bf16: the re-rank's exact score is the dot product with them
@@ -189,7 +155,7 @@ def test_flat_search_plus_rerank_equals_brute_force(corpus, tmp_path):
 
 def test_l2_metric_matches_inner_product(corpus):
     ids, clip, frame, mask = corpus
-    query = _queries(2, clip, 5)
+    query = noisy_queries(2, clip, 5)
     by_ip = _build("Flat", clip, frame, mask, ids).search(query, 20)
     by_l2 = _build("Flat", clip, frame, mask, ids, metric="l2").search(query, 20)
     for a, b in zip(by_ip, by_l2):
@@ -203,13 +169,13 @@ def test_l2_metric_matches_inner_product(corpus):
     [("IVF32,Flat", {"nprobe": 2}, 0.95), ("HNSW16", {"ef_search": 16}, 0.95), ("IVF32,SQ8", {"nprobe": 2}, 0.95)],
 )
 def test_approximate_recall_at_10(factory, tune, bound, tmp_path):
-    clip, frame, mask = _synthetic(5, 600)
+    clip, frame, mask = synthetic_tokens(5, 600)
     ids = np.arange(600, dtype=np.int64)
-    query = _queries(6, clip, 40)
+    query = noisy_queries(6, clip, 40)
     store = TokenStore(tmp_path, DIM)
     store.append(ids, clip, frame, mask)
     index = _build(factory, clip, frame, mask, ids, **tune)
-    reference = _naive_scores(query, clip, frame, mask)
+    reference = _reference_scores(query, clip, frame, mask)
     candidates = index.search(query, 50)
     assert not index.is_exact and all(row.bound == float("inf") for row in candidates)  # nothing certified
     ranked = exact_rerank(query, candidates, store, clip_weight=W_CLIP, frame_weight=W_FRAME, k=10)
@@ -222,9 +188,9 @@ def test_approximate_recall_at_10(factory, tune, bound, tmp_path):
 
 
 def test_ivf_builds_are_deterministic():
-    clip, frame, mask = _synthetic(7, 300)
+    clip, frame, mask = synthetic_tokens(7, 300)
     ids = np.arange(300, dtype=np.int64) + 10
-    query = _queries(8, clip, 10)
+    query = noisy_queries(8, clip, 10)
     first = _build("IVF16,Flat", clip, frame, mask, ids, nprobe=4, seed=3)
     second = _build("IVF16,Flat", clip, frame, mask, ids, nprobe=4, seed=3)
     _same_candidates(first.search(query, 25), second.search(query, 25))
@@ -237,10 +203,10 @@ def test_ivf_builds_are_deterministic():
 
 @pytest.mark.parametrize("factory", ["Flat", "IVF16,Flat", "HNSW16"])
 def test_add_then_remove_restores_results(factory):
-    clip, frame, mask = _synthetic(9, 200)
+    clip, frame, mask = synthetic_tokens(9, 200)
     ids = np.arange(200, dtype=np.int64) * 3
     base, extra = slice(0, 150), slice(150, 200)
-    query = _queries(10, clip, 8)
+    query = noisy_queries(10, clip, 8)
     index = FaissTokenIndex(
         DIM, clip_weight=W_CLIP, frame_weight=W_FRAME, factory=factory, nprobe=16, ef_search=1024, use_gpu=False
     )  # nprobe = nlist and a wide HNSW beam: every configuration searches exhaustively here
@@ -275,7 +241,7 @@ def test_save_load_round_trip_and_mmap_is_read_only(factory, corpus, tmp_path):
     index = _build(factory, clip, frame, mask, ids, nprobe=5)
     if factory == "HNSW16":
         index.remove(ids[:3])  # tombstones are saved too
-    query = _queries(11, clip, 6)
+    query = noisy_queries(11, clip, 6)
     expected = index.search(query, 15)
     index.save(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.faiss", "faiss_index.json", "frame.faiss", "videos.npz"]
@@ -341,7 +307,7 @@ def test_corrupted_or_truncated_files_give_clear_errors(corpus, tmp_path):
 def test_invalid_inputs_raise_clear_errors(corpus):
     ids, clip, frame, mask = corpus
     index = _build("Flat", clip[:20], frame[:20], mask[:20], ids[:20])
-    query = _queries(12, clip, 2)
+    query = noisy_queries(12, clip, 2)
     with pytest.raises(ValueError, match="empty query"):
         index.search(np.zeros((0, DIM), dtype=np.float32), 5)
     for bad in (0, -3, 2.5, True):
@@ -385,7 +351,7 @@ def test_torch_inputs_and_set_nprobe(corpus):
     assert index.num_videos == len(ids)
     index.set_nprobe(16)
     assert index.describe()["clip"]["nprobe"] == 16 and index.describe()["frame"]["nprobe"] == 16
-    result = index.search(torch.from_numpy(_queries(13, clip, 2)), 10)
+    result = index.search(torch.from_numpy(noisy_queries(13, clip, 2)), 10)
     assert all(row.video_ids.dtype == np.int64 and len(row) == 10 for row in result)
 
 
@@ -393,7 +359,7 @@ def test_torch_inputs_and_set_nprobe(corpus):
 @pytest.mark.skipif(not gpu_available(), reason="needs FAISS with GPU support and a GPU")
 def test_gpu_search_matches_cpu(corpus):
     ids, clip, frame, mask = corpus
-    query = _queries(14, clip, 4)
+    query = noisy_queries(14, clip, 4)
     cpu = _build("Flat", clip, frame, mask, ids)
     gpu = FaissTokenIndex(DIM, clip_weight=W_CLIP, frame_weight=W_FRAME, factory="Flat", use_gpu=True)
     gpu.add(ids, clip, frame, mask)

@@ -5,14 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from prvr.index.calibrate import calibrate, heldout_token_queries, video_recall
-from prvr.index.exact import exact_topk
+from helpers import TOKEN_DIM, W_CLIP, W_FRAME, noisy_queries, synthetic_tokens
+from reference import fused_scores
+from prvr.index.calibrate import calibrate, exact_topk, heldout_token_queries, video_recall
 from prvr.index.faiss_store import FaissTokenIndex
 from prvr.index.search import search_topk
 from prvr.index.token_store import TokenStore
-from tests.test_index_faiss import DIM, W_CLIP, W_FRAME, _naive_scores, _queries, _synthetic
 
+DIM = TOKEN_DIM
 WEIGHTS = {"clip_weight": W_CLIP, "frame_weight": W_FRAME}
+
+
+def _reference_scores(query, clip, frame, mask):
+    """The float64 loop reference with this module's weights."""
+    return fused_scores(query, clip, frame, mask, clip_weight=W_CLIP, frame_weight=W_FRAME)
 
 
 def _index(factory: str | None, clip, frame, mask, ids, **kwargs) -> FaissTokenIndex:
@@ -24,7 +30,7 @@ def _index(factory: str | None, clip, frame, mask, ids, **kwargs) -> FaissTokenI
 def _crowded(seed: int = 3, num_videos: int = 60):
     """Five videos whose every token lies near one direction u: a query along u sees only them in its first k'
     tokens, so a single round with few candidates cannot hold k = 8 distinct videos."""
-    clip, frame, mask = _synthetic(seed, num_videos)
+    clip, frame, mask = synthetic_tokens(seed, num_videos)
     rng = np.random.default_rng(seed)
     u = rng.standard_normal(DIM).astype(np.float32)
     u /= np.linalg.norm(u)
@@ -54,7 +60,7 @@ def test_widening_certifies_exact_top_k(tmp_path) -> None:
     store = TokenStore(tmp_path, DIM)
     store.append(ids, clip, frame, mask)
     index = _index("Flat", clip, frame, mask, ids)
-    reference = _naive_scores(query, clip, frame, mask)  # (Nq, V) float64 loops
+    reference = _reference_scores(query, clip, frame, mask)  # (Nq, V) float64 loops
 
     one_round = search_topk(index, store, query, 8, 2, widen=False, **WEIGHTS)
     assert all(len(row.video_ids) < 8 for row in one_round), "the crowded videos should fill the first k' tokens"
@@ -70,13 +76,13 @@ def test_widening_certifies_exact_top_k(tmp_path) -> None:
 
 
 def test_exact_search_equals_brute_force_on_random_queries(tmp_path) -> None:
-    clip, frame, mask = _synthetic(11, 120)
+    clip, frame, mask = synthetic_tokens(11, 120)
     ids = np.arange(120, dtype=np.int64)
     store = TokenStore(tmp_path, DIM)
     store.append(ids, clip, frame, mask)
     index = _index(None, clip, frame, mask, ids)
-    query = _queries(12, clip, 25)
-    reference = _naive_scores(query, clip, frame, mask)
+    query = noisy_queries(12, clip, 25)
+    reference = _reference_scores(query, clip, frame, mask)
     for k, n in ((1, 1), (10, 5), (10, 200), (50, 10)):
         ranked = search_topk(index, store, query, k, n, **WEIGHTS)
         assert all(row.certified for row in ranked)
@@ -84,18 +90,18 @@ def test_exact_search_equals_brute_force_on_random_queries(tmp_path) -> None:
 
 
 def test_approximate_index_is_searched_once_and_not_certified(tmp_path) -> None:
-    clip, frame, mask = _synthetic(5, 400)
+    clip, frame, mask = synthetic_tokens(5, 400)
     ids = np.arange(400, dtype=np.int64)
     store = TokenStore(tmp_path, DIM)
     store.append(ids, clip, frame, mask)
     index = _index("IVF16,Flat", clip, frame, mask, ids, nprobe=1)
-    ranked = search_topk(index, store, _queries(2, clip, 10), 10, 20, **WEIGHTS)
+    ranked = search_topk(index, store, noisy_queries(2, clip, 10), 10, 20, **WEIGHTS)
     assert all(row.rounds == 1 and not row.certified for row in ranked)
     # probing every list of an IVF-Flat index is exhaustive: the same answers as brute force
     index.set_nprobe(16)
-    query = _queries(3, clip, 10)
+    query = noisy_queries(3, clip, 10)
     ranked = search_topk(index, store, query, 10, 400, **WEIGHTS)
-    _check_against_reference(ranked, _naive_scores(query, clip, frame, mask), ids, 10)
+    _check_against_reference(ranked, _reference_scores(query, clip, frame, mask), ids, 10)
 
 
 def test_video_recall_is_tie_aware() -> None:
@@ -108,7 +114,7 @@ def test_video_recall_is_tie_aware() -> None:
 
 @pytest.mark.parametrize(("factory", "knob"), [("IVF32,Flat", "nprobe"), ("HNSW16", "ef_search")])
 def test_calibration_reaches_the_target_on_held_out_tokens(factory, knob, tmp_path) -> None:
-    clip, frame, mask = _synthetic(5, 600)
+    clip, frame, mask = synthetic_tokens(5, 600)
     ids = np.arange(600, dtype=np.int64)
     store = TokenStore(tmp_path, DIM)
     store.append(ids, clip, frame, mask)
@@ -132,12 +138,12 @@ def test_calibration_reaches_the_target_on_held_out_tokens(factory, knob, tmp_pa
 
 
 def test_calibration_of_an_exact_index_and_errors(tmp_path) -> None:
-    clip, frame, mask = _synthetic(8, 80)
+    clip, frame, mask = synthetic_tokens(8, 80)
     ids = np.arange(80, dtype=np.int64)
     store = TokenStore(tmp_path, DIM)
     store.append(ids, clip, frame, mask)
     index = _index("Flat", clip, frame, mask, ids)
-    queries = _queries(9, clip, 20)
+    queries = noisy_queries(9, clip, 20)
     result = calibrate(index, store, queries, k=5, target=1.0, n_candidates_grid=(5, 80), **WEIGHTS)
     assert result.knob is None and result.reached
     assert max(e["recall"] for e in result.grid) == 1.0

@@ -8,11 +8,11 @@ import math
 import pytest
 import torch
 
+import reference
 from prvr.config import LossConfig
 from prvr.losses import (
     LOSS_NAMES,
     Criterion,
-    TripletNegatives,
     diffusion_mse,
     infonce_loss,
     kl_standard_normal,
@@ -49,79 +49,8 @@ def _case(name: str, seed: int = 0, dim: int = 6):
     return scores, query, video_index
 
 
-def _queries_of(video_index: torch.Tensor, v: int) -> list[int]:
-    return [n for n in range(len(video_index)) if int(video_index[n]) == v]
-
-
-def _lse(values: list[float]) -> float:
-    top = max(values)
-    return top + math.log(sum(math.exp(x - top) for x in values))
-
-
 # ---------------------------------------------------------------------------------------------------------------
-# naive references
-
-
-def _naive_infonce(scores: torch.Tensor, video_index: torch.Tensor) -> float:
-    s = scores.tolist()
-    num_queries, num_videos = scores.shape
-    t2v = [_lse(s[n]) - s[n][int(video_index[n])] for n in range(num_queries)]
-    v2t = []
-    for v in range(num_videos):
-        members = _queries_of(video_index, v)
-        if not members:
-            continue
-        column = [s[n][v] for n in range(num_queries)]
-        v2t.append(_lse(column) - _lse([s[n][v] for n in members]))
-    return sum(t2v) / len(t2v) + sum(v2t) / len(v2t)
-
-
-def _naive_triplet(scores, video_index, margin, negatives: TripletNegatives) -> float:
-    s = scores.tolist()
-    num_queries, num_videos = scores.shape
-    total = 0.0
-    if negatives.video is not None:
-        terms = []
-        for n in range(num_queries):
-            neg = int(negatives.video[n])
-            terms.append(max(0.0, margin + s[n][neg] - s[n][int(video_index[n])]))
-        total += sum(terms) / len(terms)
-    terms = []
-    for column, v in enumerate(negatives.columns.tolist()):
-        members = _queries_of(video_index, v)
-        positive = sum(s[n][v] for n in members) / len(members)
-        terms.append(max(0.0, margin + s[int(negatives.query[column])][v] - positive))
-    if terms:
-        total += sum(terms) / len(terms)
-    return total
-
-
-def _cos(a: list[float], b: list[float]) -> float:
-    dot = sum(x * y for x, y in zip(a, b))
-    return dot / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))
-
-
-def _naive_diversity(query, video_index, alpha, lam, delta) -> float:
-    q = query.tolist()
-    total = 0.0
-    for i in range(len(q)):
-        for j in range(len(q)):
-            if i != j and int(video_index[i]) == int(video_index[j]):
-                c = _cos(q[i], q[j])
-                total += (1.0 + c) ** lam * math.log(1.0 + math.exp(alpha * (c + delta)))
-    return total / len(q)
-
-
-def _naive_supcon(query, video_index, tau) -> float:
-    q = query.tolist()
-    per_anchor = []
-    for i in range(len(q)):
-        positives = [p for p in range(len(q)) if p != i and int(video_index[p]) == int(video_index[i])]
-        if not positives:
-            continue
-        denominator = _lse([_cos(q[i], q[a]) / tau for a in range(len(q)) if a != i])
-        per_anchor.append(-sum(_cos(q[i], q[p]) / tau - denominator for p in positives) / len(positives))
-    return sum(per_anchor) / len(per_anchor) if per_anchor else 0.0
+# helpers (the naive references are in reference.py)
 
 
 def _assert_finite_grad(tensor: torch.Tensor) -> None:
@@ -139,7 +68,7 @@ def test_infonce_matches_loop(name: str) -> None:
     scores.requires_grad_(True)
     loss = infonce_loss(scores, video_index)
     assert loss.dim() == 0
-    assert loss.item() == pytest.approx(_naive_infonce(scores.detach(), video_index), rel=1e-10, abs=1e-12)
+    assert loss.item() == pytest.approx(reference.infonce(scores.detach(), video_index), rel=1e-10, abs=1e-12)
     loss.backward()
     _assert_finite_grad(scores)
 
@@ -149,7 +78,7 @@ def test_infonce_skips_videos_without_queries() -> None:
     video_index = torch.tensor([0, 0, 2, 3, 3], dtype=torch.long)  # video 1 has no query
     scores = torch.randn(5, 4, generator=generator, dtype=torch.float64, requires_grad=True)
     loss = infonce_loss(scores, video_index)
-    assert loss.item() == pytest.approx(_naive_infonce(scores.detach(), video_index), rel=1e-10)
+    assert loss.item() == pytest.approx(reference.infonce(scores.detach(), video_index), rel=1e-10)
     loss.backward()
     _assert_finite_grad(scores)
 
@@ -178,7 +107,7 @@ def test_triplet_matches_loop_for_drawn_negatives(name: str, hard: bool) -> None
     scores.requires_grad_(True)
     negatives = sample_triplet_negatives(scores, video_index, hard, 2, torch.Generator().manual_seed(5))
     loss = triplet_loss(scores, video_index, 0.2, hard, 2, torch.Generator().manual_seed(5))
-    expected = _naive_triplet(scores.detach(), video_index, 0.2, negatives)
+    expected = reference.triplet(scores.detach(), video_index, 0.2, negatives)
     assert loss.item() == pytest.approx(expected, rel=1e-10, abs=1e-12)
     given = triplet_loss(scores, video_index, 0.2, negatives=negatives)
     assert given.item() == pytest.approx(expected, rel=1e-10, abs=1e-12)
@@ -281,7 +210,7 @@ def test_query_diversity_matches_loop(name: str, params: tuple[float, float, flo
     _, query, video_index = _case(name, seed=8)
     query.requires_grad_(True)
     loss = query_diversity_loss(query, video_index, *params)
-    assert loss.item() == pytest.approx(_naive_diversity(query.detach(), video_index, *params), rel=1e-9, abs=1e-12)
+    assert loss.item() == pytest.approx(reference.query_diversity(query.detach(), video_index, *params), rel=1e-9, abs=1e-12)
     loss.backward()
     _assert_finite_grad(query)
 
@@ -302,7 +231,7 @@ def test_qsp_matches_loop(name: str, tau: float) -> None:
     _, query, video_index = _case(name, seed=9)
     query.requires_grad_(True)
     loss = query_similarity_preservation_loss(query, video_index, tau)
-    assert loss.item() == pytest.approx(_naive_supcon(query.detach(), video_index, tau), rel=1e-9, abs=1e-12)
+    assert loss.item() == pytest.approx(reference.supcon(query.detach(), video_index, tau), rel=1e-9, abs=1e-12)
     loss.backward()
     _assert_finite_grad(query)
 
@@ -384,11 +313,11 @@ def test_criterion_total_is_weighted_sum_and_parts_match() -> None:
     cos_frame = token_max_scores(q, outputs["frame_tokens"].detach().double(), mask, normalize=True)
     cos_clip = token_max_scores(q, outputs["clip_tokens"].detach().double(), None, normalize=True)
     expected = {
-        "nce_fused": _naive_infonce((0.6 * cos_clip + 0.4 * cos_frame) / 0.07, video_index),
-        "nce_frame": _naive_infonce(raw_frame, video_index),
-        "nce_clip": _naive_infonce(raw_clip, video_index),
-        "div": _naive_diversity(q, video_index, config.div_alpha, config.div_lambda, config.div_delta),
-        "qsp": _naive_supcon(q, video_index, config.qsp_temperature),
+        "nce_fused": reference.infonce((0.6 * cos_clip + 0.4 * cos_frame) / 0.07, video_index),
+        "nce_frame": reference.infonce(raw_frame, video_index),
+        "nce_clip": reference.infonce(raw_clip, video_index),
+        "div": reference.query_diversity(q, video_index, config.div_alpha, config.div_lambda, config.div_delta),
+        "qsp": reference.supcon(q, video_index, config.qsp_temperature),
         "kl": kl_standard_normal(outputs["pvs_mu"], outputs["pvs_logvar"]).item(),
         "dre": diffusion_mse(outputs["dre_pred"], outputs["dre_target"]).item(),
     }
@@ -411,7 +340,7 @@ def test_criterion_triplet_uses_cosine_and_switches_to_hard() -> None:
         expected = triplet_loss(cosine, video_index, config.margin, hard, 1, torch.Generator().manual_seed(4))
         assert losses["loss_trip_clip"].item() == pytest.approx(expected.item(), rel=1e-6)
     hard_negatives = sample_triplet_negatives(cosine, video_index, True, 1)
-    hard_value = _naive_triplet(cosine.detach().double(), video_index, config.margin, hard_negatives)
+    hard_value = reference.triplet(cosine.detach().double(), video_index, config.margin, hard_negatives)
     losses = criterion(outputs, video_index, epoch=3)
     assert losses["loss_trip_clip"].item() == pytest.approx(hard_value, rel=1e-5)
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+import reference
 from prvr.metrics.moments import (
     MAP_THRESHOLDS,
     average_precision,
@@ -27,53 +28,7 @@ QVHIGHLIGHTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "qvhigh
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Naive references: plain Python, written from spec/metrics.md independently of the vectorised code
-
-
-def _tiou(a: list[float], b: list[float]) -> float:
-    inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
-    hull = max(a[1], b[1]) - min(a[0], b[0])
-    return inter / hull if hull > 0 else 0.0
-
-
-def _naive_r1(preds: list[dict], gts: list[dict], threshold: float) -> float:
-    by_qid = {p["qid"]: p["pred_relevant_windows"] for p in preds}
-    hits = 0
-    for gt in gts:
-        windows = by_qid.get(gt["qid"], [])
-        if windows and max(_tiou(windows[0], w) for w in gt["relevant_windows"]) >= threshold:
-            hits += 1
-    return 100.0 * hits / len(gts)
-
-
-def _naive_ap(windows: list[list[float]], gt_windows: list[list[float]], threshold: float) -> float:
-    ranked = sorted(windows, key=lambda w: -w[2])  # stable: equal scores keep their listed order
-    matched = [False] * len(gt_windows)
-    precisions, recalls = [], []
-    tp = fp = 0
-    for window in ranked:
-        candidates = [(_tiou(window, g), -j) for j, g in enumerate(gt_windows) if not matched[j]]
-        best = max(candidates) if candidates else None  # highest IoU, first listed on ties
-        if best is not None and best[0] >= threshold:
-            matched[-best[1]] = True
-            tp += 1
-        else:
-            fp += 1
-        precisions.append(tp / (tp + fp))
-        recalls.append(tp / len(gt_windows))
-    # VOC-2011: sum over the recall steps of (step size) x (max precision at any recall >= this recall)
-    ap, previous_recall = 0.0, 0.0
-    for i, recall in enumerate(recalls):
-        if recall > previous_recall:
-            ap += (recall - previous_recall) * max(precisions[i:])
-            previous_recall = recall
-    return ap
-
-
-def _naive_map(preds: list[dict], gts: list[dict], threshold: float, max_predictions: int = 10) -> float:
-    by_qid = {p["qid"]: p["pred_relevant_windows"][:max_predictions] for p in preds}
-    aps = [_naive_ap(by_qid.get(gt["qid"], []), gt["relevant_windows"], threshold) for gt in gts]
-    return 100.0 * sum(aps) / len(aps)
+# random cases (the naive references, written from spec/metrics.md, are in reference.py)
 
 
 def _random_case(seed: int, num_queries: int = 40) -> tuple[list[dict], list[dict]]:
@@ -176,10 +131,10 @@ def test_metrics_match_naive_reference(seed: int) -> None:
     preds, gts = _random_case(seed)
     metrics = moment_metrics(preds, gts)
     for threshold in (0.3, 0.5, 0.7):
-        assert metrics[f"R1@{threshold:g}"] == pytest.approx(_naive_r1(preds, gts, threshold), abs=1e-9)
+        assert metrics[f"R1@{threshold:g}"] == pytest.approx(reference.moment_r1(preds, gts, threshold), abs=1e-9)
     per_threshold = []
     for threshold in MAP_THRESHOLDS:
-        expected = _naive_map(preds, gts, threshold)
+        expected = reference.moment_map(preds, gts, threshold)
         per_threshold.append(expected)
         assert metrics[f"mAP@{threshold:g}"] == pytest.approx(expected, abs=1e-9)
     assert metrics["mAP"] == pytest.approx(sum(per_threshold) / len(per_threshold), abs=1e-9)
@@ -326,19 +281,6 @@ def test_vcmr_hand_case() -> None:
         assert metrics[key] == pytest.approx(value), key
 
 
-def _naive_vcmr(predictions: dict, ground_truth: dict, k: int, mu: float) -> tuple[float, float, float]:
-    vcmr = svmr = vr = 0
-    for qid, (gt_video, window) in ground_truth.items():
-        rows = predictions.get(qid, [])
-        vcmr += any(v == gt_video and _tiou([s, e], list(window)) >= mu for v, s, e, *_ in rows[:k])
-        own = [row for row in rows if row[0] == gt_video]
-        svmr += any(_tiou([s, e], list(window)) >= mu for _, s, e, *_ in own[:k])
-        videos = list(dict.fromkeys(row[0] for row in rows))
-        vr += gt_video in videos[:k]
-    n = len(ground_truth)
-    return 100 * vcmr / n, 100 * svmr / n, 100 * vr / n
-
-
 @pytest.mark.parametrize("seed", [0, 1])
 def test_vcmr_matches_naive_reference(seed: int) -> None:
     rng = random.Random(seed)
@@ -355,7 +297,7 @@ def test_vcmr_matches_naive_reference(seed: int) -> None:
     metrics = vcmr_recall(predictions, ground_truth, ks=ks, ious=ious)
     for k in ks:
         for mu in ious:
-            vcmr, svmr, vr = _naive_vcmr(predictions, ground_truth, k, mu)
+            vcmr, svmr, vr = reference.vcmr_metrics(predictions, ground_truth, k, mu)
             assert metrics[f"VCMR-R@{k}-IoU{mu:g}"] == pytest.approx(vcmr)
             assert metrics[f"SVMR-R@{k}-IoU{mu:g}"] == pytest.approx(svmr)
             assert metrics[f"VR-R@{k}"] == pytest.approx(vr)

@@ -5,17 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+import reference
 from prvr.metrics.retrieval import chunked_ranks, format_metrics, ranks_from_scores, recall_metrics
 from prvr.similarity import token_max_scores
-
-
-def _naive_ranks(scores: torch.Tensor, target: torch.Tensor) -> list[int]:
-    """Sort each row by descending score, placing the target after every video with the same score."""
-    ranks = []
-    for row, t in zip(scores.tolist(), target.tolist()):
-        order = sorted(range(len(row)), key=lambda v: (-row[v], v == t))
-        ranks.append(order.index(t) + 1)
-    return ranks
 
 
 def test_ranks_hand_case_with_ties() -> None:
@@ -39,7 +31,7 @@ def test_ranks_match_naive_sort_with_constructed_ties(seed: int) -> None:
     target = torch.randint(0, 9, (40,), generator=generator)
     ranks = ranks_from_scores(scores, target)
     assert ranks.dtype == torch.long
-    assert ranks.tolist() == _naive_ranks(scores, target)
+    assert ranks.tolist() == reference.target_ranks(scores, target)
 
 
 def test_ranks_without_ties_match_argsort() -> None:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import reference
 from prvr.config import DataConfig
 from prvr.data.preprocess import (
     bin_boundaries,
@@ -20,28 +21,6 @@ from prvr.data.preprocess import (
 )
 
 
-def slow_bin_means(frames: np.ndarray, bins: int) -> np.ndarray:
-    """The published PRVR rule written as a plain loop: round(linspace) boundaries, empty bin -> frame at start."""
-    n = frames.shape[0]
-    bounds = [min(max(int(b), 0), n) for b in np.round(np.linspace(0, n, bins + 1))]
-    rows = []
-    for i in range(bins):
-        start, end = bounds[i], bounds[i + 1]
-        if end > start:
-            rows.append(frames[start:end].astype(np.float64).mean(axis=0))
-        else:
-            rows.append(frames[min(start, n - 1)].astype(np.float64))
-    return np.stack(rows)
-
-
-def slow_normalize(rows: np.ndarray) -> np.ndarray:
-    out = np.zeros_like(rows, dtype=np.float64)
-    for i, row in enumerate(rows):
-        norm = float(np.sqrt(sum(float(v) ** 2 for v in row)))
-        out[i] = row / norm if norm > 0 else row
-    return out
-
-
 @pytest.mark.parametrize("n", [1, 2, 5, 17, 31, 32, 33, 64, 127, 128, 129, 200, 511])
 def test_bin_means_matches_loop_reference(n: int) -> None:
     rng = np.random.default_rng(n)
@@ -50,7 +29,7 @@ def test_bin_means_matches_loop_reference(n: int) -> None:
         got = bin_means(frames, bins)
         assert got.shape == (bins, 7)
         assert got.dtype == np.float32
-        np.testing.assert_allclose(got, slow_bin_means(frames, bins), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got, reference.bin_means(frames, bins), rtol=1e-5, atol=1e-6)
 
 
 def test_bin_means_hand_cases_and_empty_bin_rule() -> None:
@@ -89,7 +68,7 @@ def test_l2_normalize() -> None:
     x[3] = 0.0
     out = l2_normalize(x)
     assert out.dtype == np.float32
-    np.testing.assert_allclose(out, slow_normalize(x), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(out, reference.l2_normalize_rows(x), rtol=1e-5, atol=1e-7)
     norms = np.linalg.norm(out, axis=1)
     np.testing.assert_allclose(np.delete(norms, 3), 1.0, rtol=1e-5)
     assert np.all(out[3] == 0.0)
@@ -102,7 +81,7 @@ def test_clip_tokens(n: int) -> None:
     frames = np.random.default_rng(n).standard_normal((n, 9)).astype(np.float32)
     got = clip_tokens(frames)
     assert got.shape == (32, 9)
-    np.testing.assert_allclose(got, slow_normalize(slow_bin_means(frames, 32)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got, reference.l2_normalize_rows(reference.bin_means(frames, 32)), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("n", [1, 50, 128])
@@ -110,7 +89,7 @@ def test_frame_tokens_keeps_short_videos(n: int) -> None:
     frames = np.random.default_rng(n).standard_normal((n, 5)).astype(np.float32)
     got = frame_tokens(frames)
     assert got.shape == (n, 5)
-    np.testing.assert_allclose(got, slow_normalize(frames), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got, reference.l2_normalize_rows(frames), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("n", [129, 300])
@@ -118,9 +97,9 @@ def test_frame_tokens_bins_long_videos(n: int) -> None:
     frames = np.random.default_rng(n).standard_normal((n, 5)).astype(np.float32)
     got = frame_tokens(frames)
     assert got.shape == (128, 5)
-    np.testing.assert_allclose(got, slow_normalize(slow_bin_means(frames, 128)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got, reference.l2_normalize_rows(reference.bin_means(frames, 128)), rtol=1e-5, atol=1e-6)
     small = frame_tokens(frames, max_frames=16)
-    np.testing.assert_allclose(small, slow_normalize(slow_bin_means(frames, 16)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(small, reference.l2_normalize_rows(reference.bin_means(frames, 16)), rtol=1e-5, atol=1e-6)
 
 
 def test_preprocess_video_shapes_and_dtypes() -> None:
@@ -130,7 +109,7 @@ def test_preprocess_video_shapes_and_dtypes() -> None:
     assert clip.shape == (8, 6) and frames.shape == (10, 6)
     assert clip.dtype == np.float32 and frames.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(clip, axis=1), 1.0, rtol=1e-5)
-    np.testing.assert_allclose(frames, slow_normalize(slow_bin_means(raw.astype(np.float32), 10)), rtol=1e-4)
+    np.testing.assert_allclose(frames, reference.l2_normalize_rows(reference.bin_means(raw.astype(np.float32), 10)), rtol=1e-4)
     clip64, frames64 = preprocess_video(raw.astype(np.float64), config)
     assert clip64.dtype == np.float32 and frames64.dtype == np.float32
     with pytest.raises(ValueError, match="preprocess_video"):
@@ -141,7 +120,7 @@ def test_preprocess_query_truncates_and_normalises() -> None:
     tokens = np.random.default_rng(4).standard_normal((45, 12)).astype(np.float32) * 3
     out = preprocess_query(tokens)
     assert out.shape == (30, 12) and out.dtype == np.float32
-    np.testing.assert_allclose(out, slow_normalize(tokens[:30]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out, reference.l2_normalize_rows(tokens[:30]), rtol=1e-5, atol=1e-6)
     assert preprocess_query(tokens[:7], max_tokens=30).shape == (7, 12)
     assert preprocess_query(tokens, max_tokens=5).shape == (5, 12)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
+import reference
 from prvr.index.protocol import Candidates
 from prvr.index.rerank import exact_rerank
 from prvr.index.token_store import TokenStore
@@ -25,23 +25,6 @@ def _videos(seed: int, num_videos: int, num_clips: int = 6, num_frames: int = 12
     lengths = torch.randint(1, num_frames + 1, (num_videos,), generator=generator)
     mask = torch.arange(num_frames).unsqueeze(0) < lengths.unsqueeze(1)  # (V, F)
     return clip, frame, mask
-
-
-def _loop_reference(query: torch.Tensor, store: TokenStore, ids: np.ndarray) -> dict[int, list[float]]:
-    """{video: [score per query]} by python loops over each stored video's valid tokens (float64)."""
-    q = F.normalize(query.double(), dim=-1)
-    out: dict[int, list[float]] = {}
-    for video in ids.tolist():
-        tokens = store.get([video])
-        clip = tokens.clip[0].double()
-        frame = tokens.frame[0][tokens.frame_mask[0]].double()
-        if not store.normalized:
-            clip, frame = F.normalize(clip, dim=-1), F.normalize(frame, dim=-1)
-        out[video] = [
-            W_CLIP * max(float(c @ q[n]) for c in clip) + W_FRAME * max(float(f @ q[n]) for f in frame)
-            for n in range(q.shape[0])
-        ]
-    return out
 
 
 def _candidates(rng: np.random.Generator, ids: np.ndarray, count: int) -> Candidates:
@@ -66,17 +49,17 @@ def test_matches_loop_reference(stored, dtype, tol, method):
     store, ids, query = stored
     rng = np.random.default_rng(2)
     candidates = [_candidates(rng, ids, 40) for _ in range(len(query))]
-    reference = _loop_reference(query, store, ids)
+    reference_scores = reference.stored_video_scores(query, store, ids, clip_weight=W_CLIP, frame_weight=W_FRAME)
     ranked = exact_rerank(
         query, candidates, store, clip_weight=W_CLIP, frame_weight=W_FRAME, k=10, compute_dtype=dtype, method=method
     )
     for n, row in enumerate(ranked):
         pool = candidates[n].video_ids
-        expected = np.sort([reference[v][n] for v in pool.tolist()])[::-1][:10]
+        expected = np.sort([reference_scores[v][n] for v in pool.tolist()])[::-1][:10]
         assert len(row) == 10 and set(v for v, _ in row) <= set(pool.tolist())
         np.testing.assert_allclose([s for _, s in row], expected, atol=tol)  # tie-aware: the score sequence
         for video, score in row:
-            assert abs(score - reference[video][n]) <= tol
+            assert abs(score - reference_scores[video][n]) <= tol
         assert all(a[1] >= b[1] for a, b in zip(row, row[1:]))
 
 
@@ -132,7 +115,7 @@ def test_unnormalised_store_is_normalised_at_rerank(tmp_path):
     ids = np.arange(20, dtype=np.int64)
     store.append(ids, 5.0 * clip, 5.0 * frame, mask)
     query = clip[:3, 0] + 0.1
-    reference = _loop_reference(query, store, ids)
+    reference_scores = reference.stored_video_scores(query, store, ids, clip_weight=W_CLIP, frame_weight=W_FRAME)
     pool = [Candidates(ids, np.zeros(20, dtype=np.float32))] * 3
     for dtype, method in [(d, m) for d in (torch.float32, torch.bfloat16) for m in ("views", "gather")]:
         ranked = exact_rerank(
@@ -141,7 +124,7 @@ def test_unnormalised_store_is_normalised_at_rerank(tmp_path):
         tol = 1e-5 if dtype == torch.float32 else 1e-2
         for n, row in enumerate(ranked):
             for video, score in row:
-                assert abs(score - reference[video][n]) < tol
+                assert abs(score - reference_scores[video][n]) < tol
             assert max(row[0][1], 0) <= W_CLIP + W_FRAME + 1e-5  # cosines, not raw dot products
 
 

@@ -6,77 +6,35 @@ import threading
 
 import numpy as np
 import pytest
-import torch
 
-from prvr.index.builder import build_index
-from prvr.checkpoint import save_checkpoint
-from prvr.config import apply_overrides, load_preset
-from prvr.data.dataset import PRVRCorpus, iter_query_batches
-from prvr.data.synthetic import make_synthetic_corpus
-from prvr.engine import config_for_corpus
-from prvr.model import DreamPRVR
+from helpers import HIDDEN, LOCALIZER_MODULE_NAME, TEXT_DIM, write_moment_checkpoint
+from prvr.data.dataset import iter_query_batches
 from prvr.retriever import Retriever, SearchResult
 from prvr.text_encoders import TokenFeatureEncoder
 from prvr.types import Localization, Moment
 
-TEXT_DIM = 48
-HIDDEN = 64  # the tiny preset's hidden size
-WORDS = ["a", "the", "dog", "kicks", "ball", "man", "runs", "cat", "jumps", "over", "fence", "##s", "plays"]
 
-
-@pytest.fixture(scope="module")
-def index_dir(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("retriever")
-    make_synthetic_corpus(tmp / "data", "synth", splits={"val": 12}, seed=7, text_dim=TEXT_DIM, frame_range=(20, 30))
-    config = apply_overrides(
-        load_preset("tiny"),
-        ["data.video_feature=synth", "data.text_feature=synth", "model.block.widths=[null]",
-         "model.registers.diffusion.steps=2"],
-    )
-    corpus = PRVRCorpus(tmp / "data", "synth", "val", config.data)
-    config = config_for_corpus(config, corpus)
-    torch.manual_seed(0)
-    save_checkpoint(tmp / "model.pt", model=DreamPRVR(config.model), config=config, epoch=0)
-    build_index(tmp / "model.pt", corpus, tmp / "index", collection_name="synth", progress=False)
-    return {"dir": tmp / "index", "corpus": corpus, "tmp": tmp}
-
-
-@pytest.fixture(scope="module")
-def bert_dir(tmp_path_factory):
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    folder = tmp_path_factory.mktemp("bert")
-    vocab = folder / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    BertTokenizer(str(vocab)).save_pretrained(str(folder))
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=5 + len(WORDS), hidden_size=TEXT_DIM, num_hidden_layers=1, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=64)
-    BertModel(config).save_pretrained(str(folder))
-    return folder
-
-
-def test_search_text_with_local_encoder(index_dir, bert_dir) -> None:
-    encoder = TokenFeatureEncoder(bert_dir)
-    with Retriever.load(index_dir["dir"], text_encoder=encoder) as retriever:
+def test_search_text_with_local_encoder(tiny_index, synthetic_corpus, query_bert) -> None:
+    encoder = TokenFeatureEncoder(query_bert)
+    with Retriever.load(tiny_index, text_encoder=encoder) as retriever:
         results = retriever.search("a dog kicks a ball", k=5)
         assert len(results) == 5 and all(isinstance(r, SearchResult) for r in results)
         assert all(isinstance(r.video_id, str) and isinstance(r.score, float) and r.moments == () for r in results)
-        assert set(r.video_id for r in results) <= set(index_dir["corpus"].video_ids)
+        assert set(r.video_id for r in results) <= set(synthetic_corpus.val.video_ids)
         assert [r.score for r in results] == sorted((r.score for r in results), reverse=True)
         batch = retriever.search(["a dog kicks a ball", "the cat jumps over the fence"], k=3)
         assert len(batch) == 2 and [r.video_id for r in batch[0]] == [r.video_id for r in results[:3]]
         assert [r.score for r in batch[0]] == pytest.approx([r.score for r in results[:3]], abs=1e-5)  # padding
         # k larger than the index: every video once
         everything = retriever.search("a man runs", k=100, n_candidates=1000)
-        assert sorted(r.video_id for r in everything) == sorted(index_dir["corpus"].video_ids)
+        assert sorted(r.video_id for r in everything) == sorted(synthetic_corpus.val.video_ids)
 
 
-def test_input_errors(index_dir) -> None:
-    with Retriever.load(index_dir["dir"]) as retriever:
+def test_input_errors(tiny_index, synthetic_corpus) -> None:
+    with Retriever.load(tiny_index) as retriever:
         with pytest.raises(RuntimeError, match="no text encoder"):
             retriever.search("a dog", k=3)
-        batch, _ = next(iter_query_batches(index_dir["corpus"], 4))
+        batch, _ = next(iter_query_batches(synthetic_corpus.val, 4))
         with pytest.raises(ValueError, match="k must be"):
             retriever.search_features(batch, k=0)
         with pytest.raises(ValueError, match="k must be"):
@@ -99,9 +57,9 @@ def test_no_active_generation_and_missing_index(tmp_path) -> None:
         Retriever.load(tmp_path / "empty")
 
 
-def test_concurrent_searches_match_sequential(index_dir, bert_dir) -> None:
+def test_concurrent_searches_match_sequential(tiny_index, query_bert) -> None:
     texts = ["a dog kicks a ball", "the man runs", "a cat plays", "the dog jumps over a fence"]
-    with Retriever.load(index_dir["dir"], text_encoder=TokenFeatureEncoder(bert_dir)) as retriever:
+    with Retriever.load(tiny_index, text_encoder=TokenFeatureEncoder(query_bert)) as retriever:
         sequential = [retriever.search(text, k=4) for text in texts]
         results: dict[int, list] = {}
         errors: list[BaseException] = []
@@ -127,73 +85,6 @@ def test_concurrent_searches_match_sequential(index_dir, bert_dir) -> None:
 
 # ------------------------------------------------------------------------------------------------------- moments
 
-LOCALIZER_SOURCE = '''
-"""A real, simple moment localiser for tests: cosine of each frame with the projected mean query token, moments =
-the best disjoint contiguous spans of above-average relevance."""
-import json
-
-import numpy as np
-
-from prvr.types import Localization, Moment
-
-
-class CosineSpanLocalizer:
-    def __init__(self, text_dim, dim, seed=0):
-        rng = np.random.default_rng(seed)
-        self.projection = (rng.standard_normal((text_dim, dim)) / np.sqrt(text_dim)).astype(np.float32)
-        self.calls = 0
-
-    def localize(self, query_tokens, frame_tokens, duration, *, num_moments=5):
-        assert query_tokens.dtype == np.float32 and frame_tokens.dtype == np.float32
-        self.calls += 1
-        q = query_tokens.mean(axis=0) @ self.projection  # (D,)
-        q = q / max(float(np.linalg.norm(q)), 1e-12)
-        frames = frame_tokens / np.maximum(np.linalg.norm(frame_tokens, axis=1, keepdims=True), 1e-12)
-        relevance = (frames @ q).astype(np.float32)  # (F,)
-        centred = relevance - relevance.mean()
-        spans = []
-        for start in range(len(relevance)):
-            total = 0.0
-            for end in range(start, len(relevance)):
-                total += float(centred[end])
-                spans.append((total, start, end))
-        spans.sort(key=lambda span: (-span[0], span[1], span[2]))
-        chosen = []
-        for total, start, end in spans:
-            if all(end < s or start > e for _, s, e in chosen):
-                chosen.append((total, start, end))
-            if len(chosen) == num_moments:
-                break
-        step = duration / len(relevance)
-        moments = tuple(Moment(start * step, min(duration, (end + 1) * step), float(1 / (1 + np.exp(-total))))
-                        for total, start, end in chosen)
-        return Localization(moments, relevance)
-
-    def localize_many(self, query_tokens, videos, durations, *, num_moments=5):
-        return [self.localize(query_tokens, video, duration, num_moments=num_moments)
-                for video, duration in zip(videos, durations)]
-
-
-def load_localizer(path):
-    with open(path, encoding="utf-8") as handle:
-        config = json.load(handle)
-    return CosineSpanLocalizer(config["text_dim"], config["dim"], config["seed"])
-'''
-
-
-@pytest.fixture(scope="module")
-def localizer_module(tmp_path_factory):
-    import importlib
-    import sys
-
-    folder = tmp_path_factory.mktemp("localizer_module")
-    (folder / "cosine_span_localizer.py").write_text(LOCALIZER_SOURCE)
-    sys.path.insert(0, str(folder))
-    try:
-        yield importlib.import_module("cosine_span_localizer")
-    finally:
-        sys.path.remove(str(folder))
-
 
 def _check_moments(result, duration: float) -> None:
     assert result.duration == pytest.approx(duration)
@@ -204,16 +95,17 @@ def _check_moments(result, duration: float) -> None:
         assert 0.0 <= moment.start_sec < moment.end_sec <= duration + 1e-9
 
 
-def test_results_carry_moments_of_the_attached_localizer(index_dir, bert_dir, localizer_module, caplog) -> None:
+def test_results_carry_moments_of_the_attached_localizer(copy_index, synthetic_corpus, query_bert, localizer_module,
+                                                          caplog) -> None:
     import numpy as np
 
     from prvr.index.catalog import Video
 
-    corpus = index_dir["corpus"]
+    corpus = synthetic_corpus.val
     durations = {vid: next(r.duration for r in corpus.captions_of(vid)) for vid in corpus.video_ids}
-    encoder = TokenFeatureEncoder(bert_dir)
+    encoder = TokenFeatureEncoder(query_bert)
     localizer = localizer_module.CosineSpanLocalizer(TEXT_DIM, HIDDEN, seed=3)
-    with Retriever.load(index_dir["dir"], text_encoder=encoder, localizer=localizer) as retriever:
+    with Retriever.load(copy_index(), text_encoder=encoder, localizer=localizer) as retriever:  # durations change
         assert retriever.has_localizer
         results = retriever.search("a dog kicks a ball", k=3, relevance=True, num_moments=2)
         plain = retriever.search("a dog kicks a ball", k=3, localize=False)
@@ -238,12 +130,10 @@ def test_results_carry_moments_of_the_attached_localizer(index_dir, bert_dir, lo
         assert again[0].video_id == target and again[0].moments == () and again[0].duration is None
         assert any("no known duration" in record.message for record in caplog.records)
         assert all(r.moments for r in again[1:])
-        with retriever.db.session() as session:
-            session.query(Video).filter(Video.external_id == target).update({"duration_s": durations[target]})
 
 
-def test_batched_search_encodes_once(index_dir, bert_dir) -> None:
-    encoder = TokenFeatureEncoder(bert_dir)
+def test_batched_search_encodes_once(tiny_index, query_bert) -> None:
+    encoder = TokenFeatureEncoder(query_bert)
     calls = []
     original = encoder.encode
 
@@ -253,7 +143,7 @@ def test_batched_search_encodes_once(index_dir, bert_dir) -> None:
 
     encoder.encode = counting
     texts = ["a dog kicks a ball", "the man runs", "a cat plays"]
-    with Retriever.load(index_dir["dir"], text_encoder=encoder) as retriever:
+    with Retriever.load(tiny_index, text_encoder=encoder) as retriever:
         batch = retriever.search(texts, k=4)
         assert len(calls) == 1 and calls[0] == texts
         single = [retriever.search(text, k=4) for text in texts]
@@ -262,18 +152,16 @@ def test_batched_search_encodes_once(index_dir, bert_dir) -> None:
         assert [r.score for r in row] == pytest.approx([r.score for r in alone], abs=1e-5)
 
 
-def test_moment_checkpoint_in_the_manifest_is_loaded_lazily(index_dir, bert_dir, localizer_module, monkeypatch,
-                                                            tmp_path) -> None:
+def test_moment_checkpoint_in_the_manifest_is_loaded_lazily(tiny_checkpoint, synthetic_corpus, query_bert,
+                                                            localizer_module, monkeypatch, tmp_path) -> None:
     import json
 
     import prvr.retriever as retriever_module
     from prvr.index.builder import build_index
 
-    moment_file = tmp_path / "moments.json"
-    moment_file.write_text(json.dumps({"text_dim": TEXT_DIM, "dim": HIDDEN, "seed": 0}))
+    moment_file = write_moment_checkpoint(tmp_path / "moments.json")
     out = tmp_path / "index"
-    tmp = index_dir["tmp"]
-    build_index(tmp / "model.pt", index_dir["corpus"], out, collection_name="synth", moment_checkpoint=moment_file,
+    build_index(tiny_checkpoint, synthetic_corpus.val, out, collection_name="synth", moment_checkpoint=moment_file,
                 progress=False)
     from prvr.index.manifest import load_manifest
     from prvr.index.catalog import open_database
@@ -282,14 +170,14 @@ def test_moment_checkpoint_in_the_manifest_is_loaded_lazily(index_dir, bert_dir,
         manifest = load_manifest(out / "generations" / db.active_generation().directory)
     stored = out / manifest.moment_checkpoint["path"]
     assert stored.is_file() and stored.read_bytes() == moment_file.read_bytes()
-    monkeypatch.setattr(retriever_module, "LOCALIZER_MODULE", "cosine_span_localizer")
+    monkeypatch.setattr(retriever_module, "LOCALIZER_MODULE", LOCALIZER_MODULE_NAME)
     # the manifest records the hash of the copy: a replaced copy is refused
     original = stored.read_bytes()
     stored.write_text(json.dumps({"text_dim": TEXT_DIM, "dim": HIDDEN, "seed": 1}))
     with pytest.raises(ValueError, match="sha256"):
-        Retriever.load(out, text_encoder=TokenFeatureEncoder(bert_dir))
+        Retriever.load(out, text_encoder=TokenFeatureEncoder(query_bert))
     stored.write_bytes(original)
-    with Retriever.load(out, text_encoder=TokenFeatureEncoder(bert_dir)) as retriever:
+    with Retriever.load(out, text_encoder=TokenFeatureEncoder(query_bert)) as retriever:
         assert retriever.has_localizer and retriever._localizer is None  # not loaded before the first search
         results = retriever.search("a man runs", k=2)
         assert retriever._localizer is not None and all(r.moments for r in results)
@@ -305,11 +193,11 @@ def test_moment_checkpoint_in_the_manifest_is_loaded_lazily(index_dir, bert_dir,
         return found
 
     monkeypatch.setattr(localizer_module, "load_localizer", frames_localizer)
-    with Retriever.load(out, text_encoder=TokenFeatureEncoder(bert_dir)) as retriever:
+    with Retriever.load(out, text_encoder=TokenFeatureEncoder(query_bert)) as retriever:
         with pytest.raises(RuntimeError, match="condition 'retrieval'"):
             retriever.search("a man runs", k=2)
     monkeypatch.setattr(retriever_module, "LOCALIZER_MODULE", "prvr_no_such_localizer_module")
-    with Retriever.load(out, text_encoder=TokenFeatureEncoder(bert_dir)) as retriever:
+    with Retriever.load(out, text_encoder=TokenFeatureEncoder(query_bert)) as retriever:
         with pytest.raises(RuntimeError, match="cannot be imported"):
             retriever.search("a man runs", k=2)
         assert retriever.search("a man runs", k=2, localize=False)  # --no-moments still works
@@ -326,7 +214,7 @@ def test_near_copies_of_a_moment_are_dropped() -> None:
     assert distinct_moments([], 0.7) == ()
 
 
-def test_search_returns_distinct_moments(index_dir, bert_dir) -> None:
+def test_search_returns_distinct_moments(tiny_index, query_bert) -> None:
     class EchoingLocalizer:
         """Returns each span twice, shifted by half a frame: what a diffusion sampler's near-copies look like."""
 
@@ -341,8 +229,8 @@ def test_search_returns_distinct_moments(index_dir, bert_dir) -> None:
             return [self.localize(query_tokens, video, duration, num_moments=num_moments)
                     for video, duration in zip(videos, durations)]
 
-    encoder = TokenFeatureEncoder(bert_dir)
-    with Retriever.load(index_dir["dir"], text_encoder=encoder, localizer=EchoingLocalizer()) as retriever:
+    encoder = TokenFeatureEncoder(query_bert)
+    with Retriever.load(tiny_index, text_encoder=encoder, localizer=EchoingLocalizer()) as retriever:
         results = retriever.search("a dog kicks a ball", k=2, num_moments=2)
     for result in results:
         assert len(result.moments) == 2

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import reference
 from prvr.config import DiffusionConfig
 from prvr.schedule import AncestralSampler, DDIMSampler, NoiseSchedule, Prediction, sample
 
@@ -190,23 +191,6 @@ def test_ddim_eta0_with_true_noise_follows_the_forward_marginals() -> None:
     torch.testing.assert_close(mixed[1], x0[1], rtol=1e-9, atol=1e-9)
 
 
-def _naive_ddim(schedule: NoiseSchedule, x: torch.Tensor, steps: list[int], eta: float, seed: int) -> torch.Tensor:
-    """Scalar-per-step DDIM loop written from the paper's equations, for the toy network x0 = 0.5 tanh(x) + 0.1."""
-    gen = torch.Generator().manual_seed(seed)
-    abar = [float(np.prod(1 - schedule.betas[: i + 1])) for i in range(schedule.num_steps)]
-    for index, t in enumerate(steps):
-        x0_hat = (0.5 * torch.tanh(x) + 0.1).clamp(-1, 1)
-        if index == len(steps) - 1:
-            return x0_hat
-        t_prev = steps[index + 1]
-        a_t, a_p = abar[t], abar[t_prev]
-        eps_hat = (x / math.sqrt(a_t) - x0_hat) / math.sqrt(1 / a_t - 1)
-        sigma = eta * math.sqrt((1 - a_p) / (1 - a_t)) * math.sqrt(1 - a_t / a_p)
-        noise = torch.randn(x.shape, generator=gen, dtype=x.dtype)
-        x = math.sqrt(a_p) * x0_hat + math.sqrt(1 - a_p - sigma**2) * eps_hat + sigma * noise
-    return x
-
-
 def test_ddim_seeded_toy_run_matches_naive_loop_and_pinned_values() -> None:
     schedule = NoiseSchedule(1000)
     sampler = DDIMSampler(schedule, eta=0.5)
@@ -220,7 +204,7 @@ def test_ddim_seeded_toy_run_matches_naive_loop_and_pinned_values() -> None:
         generator=torch.Generator().manual_seed(7),
         num_inference_steps=5,
     )
-    expected = _naive_ddim(schedule, x_T, sampler.timesteps, 0.5, seed=7)
+    expected = reference.toy_ddim(schedule, x_T, sampler.timesteps, 0.5, seed=7)
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
     assert float(out.sum()) == pytest.approx(PINNED_DDIM_SUM, abs=1e-8)
     assert float(out.mean()) == pytest.approx(PINNED_DDIM_MEAN, abs=1e-10)

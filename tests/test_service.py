@@ -7,33 +7,21 @@ carry what the localiser says, whatever it is).
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import shutil
-import socket
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
+from helpers import MEDIA_BYTES, load_with_localizer, serve_in_thread
+from prvr.cli import main
 from prvr.index.builder import build_index
 from prvr.index.layout import DB_NAME
-from prvr.checkpoint import save_checkpoint
-from prvr.cli import main
-from prvr.config import apply_overrides, load_preset
-from prvr.data.dataset import PRVRCorpus
-from prvr.data.synthetic import make_synthetic_corpus
-from prvr.engine import config_for_corpus
-from prvr.model import DreamPRVR
 from prvr.retriever import Retriever
-from prvr.text_encoders import TokenFeatureEncoder
-from prvr.types import Localization, Moment
 from prvr.services import media
 from prvr.services.app import ServiceSettings, check_bind, create_app
 from prvr.index.catalog import open_database
@@ -45,86 +33,12 @@ from prvr.services.schemas import (
     VideoInfo,
 )
 
-TEXT_DIM = 48
-WORDS = ["a", "the", "dog", "kicks", "ball", "man", "runs", "cat", "jumps", "over", "fence", "##s", "plays"]
 API_KEY = "test-key-0123456789"
-MEDIA_BYTES = bytes(range(256)) * 40  # 10240 bytes standing in for a video file
-
-
-class PeakLocalizer:
-    """A deterministic :class:`prvr.types.MomentLocalizer` for tests: relevance from the frame tokens, and one moment
-    around each of the two highest frames."""
-
-    def localize(self, query_tokens: np.ndarray, frame_tokens: np.ndarray, duration: float, *,
-                 num_moments: int = 5) -> Localization:
-        text = query_tokens.mean(axis=0)[: frame_tokens.shape[1]]  # (D',)
-        logits = frame_tokens[:, : text.shape[0]] @ text  # (F,)
-        relevance = 1.0 / (1.0 + np.exp(-logits))
-        n_frames = frame_tokens.shape[0]
-        moments = []
-        for frame in np.argsort(-relevance, kind="stable")[: min(2, num_moments)]:
-            start = max(0, int(frame) - 2) / n_frames * duration
-            end = min(n_frames, int(frame) + 3) / n_frames * duration
-            moments.append(Moment(start, end, float(relevance[frame])))
-        return Localization(tuple(moments), relevance.astype(np.float32))
-
-    def localize_many(self, query_tokens, videos, durations, *, num_moments=5):
-        return [self.localize(query_tokens, video, duration, num_moments=num_moments)
-                for video, duration in zip(videos, durations)]
-
-
-def load_with_localizer(index_dir: Path) -> Retriever:
-    return Retriever.load(index_dir, localizer=PeakLocalizer())
-
-
-def _tiny_bert(folder: Path) -> Path:
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = folder / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    BertTokenizer(str(vocab)).save_pretrained(str(folder))
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=5 + len(WORDS), hidden_size=TEXT_DIM, num_hidden_layers=1, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=64)
-    BertModel(config).save_pretrained(str(folder))
-    return folder
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """An index of 12 synthetic videos whose manifest names a local tiny BERT as query encoder."""
-    tmp = tmp_path_factory.mktemp("service")
-    make_synthetic_corpus(tmp / "data", "synth", splits={"val": 12, "test": 4}, seed=7, text_dim=TEXT_DIM,
-                          frame_range=(20, 30))
-    config = apply_overrides(
-        load_preset("tiny"),
-        ["data.video_feature=synth", "data.text_feature=synth", "model.block.widths=[null]",
-         "model.registers.diffusion.steps=2"],
-    )
-    corpus = PRVRCorpus(tmp / "data", "synth", "val", config.data)
-    config = config_for_corpus(config, corpus)
-    torch.manual_seed(0)
-    save_checkpoint(tmp / "model.pt", model=DreamPRVR(config.model), config=config, epoch=0)
-    bert = _tiny_bert(tmp / "bert")
-    backbone = {"id": TokenFeatureEncoder(bert).encoder_id, "path": str(bert)}
-    build_index(tmp / "model.pt", corpus, tmp / "index", collection_name="synth", text_backbone=backbone,
-                progress=False)
-    video_file = tmp / "clip.mp4"
-    video_file.write_bytes(MEDIA_BYTES)
-    first, second = corpus.video_ids[0], corpus.video_ids[1]
-    with open_database(tmp / "index" / DB_NAME) as db:
-        # one video with a real local file, one whose file is gone, one registered but not in any generation
-        db.register_videos([{"external_id": first, "uri": str(video_file)},
-                            {"external_id": second, "uri": str(tmp / "missing.mp4")},
-                            {"external_id": "outsider", "uri": str(video_file)}])
-    return {"tmp": tmp, "dir": tmp / "index", "corpus": corpus, "config": config, "with_media": first,
-            "missing_media": second, "video_file": video_file}
-
-
-@pytest.fixture(scope="module")
-def client(built):
-    app = create_app(ServiceSettings(index_dir=built["dir"], poll_interval_s=0), loader=load_with_localizer)
+def client(service_index):
+    app = create_app(ServiceSettings(index_dir=service_index["dir"], poll_interval_s=0), loader=load_with_localizer)
     with TestClient(app) as test_client:
         yield test_client
 
@@ -141,7 +55,7 @@ def _error(response, status: int, code: str, match: str = "") -> str:
 # ------------------------------------------------------------------------------------------------ happy paths
 
 
-def test_health_and_openapi(client, built) -> None:
+def test_health_and_openapi(client, service_index) -> None:
     health = Health.model_validate(client.get("/health").json())
     assert health.status == "ok" and health.num_videos == 12 and health.generation_directory.startswith("gen-")
     schema = client.get("/openapi.json").json()
@@ -149,7 +63,7 @@ def test_health_and_openapi(client, built) -> None:
     assert "post" in schema["paths"]["/search"] and "ErrorResponse" in schema["components"]["schemas"]
 
 
-def test_search_get_returns_ranked_hits_with_moments(client, built) -> None:
+def test_search_get_returns_ranked_hits_with_moments(client, service_index, synthetic_corpus) -> None:
     response = client.get("/search", params={"q": "a dog kicks a ball", "k": 5})
     assert response.status_code == 200, response.text
     body = SearchResponse.model_validate(response.json())
@@ -157,14 +71,14 @@ def test_search_get_returns_ranked_hits_with_moments(client, built) -> None:
     assert [hit.rank for hit in body.results] == [1, 2, 3, 4, 5]
     scores = [hit.score for hit in body.results]
     assert scores == sorted(scores, reverse=True)
-    assert {hit.video_id for hit in body.results} <= set(built["corpus"].video_ids)
+    assert {hit.video_id for hit in body.results} <= set(synthetic_corpus.val.video_ids)
     for hit in body.results:
         assert hit.duration is not None and hit.duration > 0
         assert hit.relevance is None and 1 <= len(hit.moments) <= 2
         for moment in hit.moments:
             assert 0 <= moment.start_sec < moment.end_sec <= hit.duration + 1e-6 and 0 <= moment.score <= 1
     # the same ranking as the library
-    with load_with_localizer(built["dir"]) as retriever:
+    with load_with_localizer(service_index["dir"]) as retriever:
         expected = retriever.search("a dog kicks a ball", k=5)
     assert [hit.video_id for hit in body.results] == [r.video_id for r in expected]
     assert scores == pytest.approx([r.score for r in expected], abs=1e-6)
@@ -172,7 +86,7 @@ def test_search_get_returns_ranked_hits_with_moments(client, built) -> None:
     assert got == pytest.approx([x for m in expected[0].moments for x in (m.start_sec, m.end_sec, m.score)], abs=1e-6)
 
 
-def test_search_relevance_and_no_moments(client, built) -> None:
+def test_search_relevance_and_no_moments(client, service_index) -> None:
     body = client.get("/search", params={"q": "the cat jumps", "k": 3, "relevance": "true"}).json()
     for hit in body["results"]:
         assert len(hit["relevance"]) >= 20 and all(0 <= x <= 1 for x in hit["relevance"])
@@ -267,26 +181,26 @@ def test_malformed_json_body_and_unknown_routes(client) -> None:
 # ------------------------------------------------------------------------------------------------ videos and media
 
 
-def test_video_metadata(client, built) -> None:
-    vid = built["with_media"]
+def test_video_metadata(client, service_index) -> None:
+    vid = service_index["with_media"]
     info = VideoInfo.model_validate(client.get(f"/videos/{vid}").json())
     assert info.video_id == vid and info.status == "indexed" and info.duration and info.duration > 0
     assert info.media_url == f"/videos/{vid}/media"
-    gone = client.get(f"/videos/{built['missing_media']}").json()
+    gone = client.get(f"/videos/{service_index['missing_media']}").json()
     assert gone["media_url"] is None
     _error(client.get("/videos/no-such-video"), 404, "not_found", "not in the served index")
     _error(client.get("/videos/outsider"), 404, "not_found", "not in the served index")  # registered, not indexed
 
 
-def test_search_hits_carry_media_urls_only_for_local_files(client, built) -> None:
+def test_search_hits_carry_media_urls_only_for_local_files(client, service_index) -> None:
     body = client.get("/search", params={"q": "a dog", "k": 12}).json()
     urls = {hit["video_id"]: hit["media_url"] for hit in body["results"]}
-    assert urls[built["with_media"]] == f"/videos/{built['with_media']}/media"
-    assert all(url is None for vid, url in urls.items() if vid != built["with_media"])
+    assert urls[service_index["with_media"]] == f"/videos/{service_index['with_media']}/media"
+    assert all(url is None for vid, url in urls.items() if vid != service_index["with_media"])
 
 
-def test_media_full_and_ranges(client, built) -> None:
-    url = f"/videos/{built['with_media']}/media"
+def test_media_full_and_ranges(client, service_index) -> None:
+    url = f"/videos/{service_index['with_media']}/media"
     size = len(MEDIA_BYTES)
     full = client.get(url)
     assert full.status_code == 200 and full.content == MEDIA_BYTES
@@ -309,8 +223,8 @@ def test_media_full_and_ranges(client, built) -> None:
         assert response.status_code == 200 and response.content == MEDIA_BYTES, header
 
 
-def test_media_only_for_registered_local_files(client, built) -> None:
-    _error(client.get(f"/videos/{built['missing_media']}/media"), 404, "not_found", "no local media")
+def test_media_only_for_registered_local_files(client, service_index) -> None:
+    _error(client.get(f"/videos/{service_index['missing_media']}/media"), 404, "not_found", "no local media")
     _error(client.get("/videos/outsider/media"), 404, "not_found", "not in the served index")
     _error(client.get("/videos/unknown/media"), 404, "not_found")
     for path in ("/videos/%2e%2e/media", "/videos/%2E%2E%2F%2E%2E%2Fetc%2Fpasswd/media", "/videos/..%2Fclip.mp4/media",
@@ -356,25 +270,25 @@ def test_parse_range_reference() -> None:
 # ------------------------------------------------------------------------------------------------ API key
 
 
-def test_api_key(built) -> None:
-    settings = ServiceSettings(index_dir=built["dir"], api_key=API_KEY, poll_interval_s=0)
+def test_api_key(service_index) -> None:
+    settings = ServiceSettings(index_dir=service_index["dir"], api_key=API_KEY, poll_interval_s=0)
     with TestClient(create_app(settings, loader=load_with_localizer)) as client:
         _error(client.get("/search", params={"q": "a dog"}), 401, "unauthorized", "X-API-Key")
         _error(client.get("/search", params={"q": "a dog"}, headers={"X-API-Key": "wrong-key-123"}), 401,
                "unauthorized")
         _error(client.post("/search", json={"queries": ["a dog"]}), 401, "unauthorized")
-        _error(client.get(f"/videos/{built['with_media']}"), 401, "unauthorized")
-        _error(client.get(f"/videos/{built['with_media']}/media"), 401, "unauthorized")
+        _error(client.get(f"/videos/{service_index['with_media']}"), 401, "unauthorized")
+        _error(client.get(f"/videos/{service_index['with_media']}/media"), 401, "unauthorized")
         assert client.get("/health").status_code == 200 and client.get("/").status_code == 200
         headers = {"X-API-Key": API_KEY}
         body = client.get("/search", params={"q": "a dog", "k": 12}, headers=headers).json()
-        media_url = next(hit["media_url"] for hit in body["results"] if hit["video_id"] == built["with_media"])
+        media_url = next(hit["media_url"] for hit in body["results"] if hit["video_id"] == service_index["with_media"])
         assert "token=" in media_url and API_KEY not in media_url
         assert client.get(media_url).content == MEDIA_BYTES  # a <video> element sends no header: the token does
-        assert client.get(f"/videos/{built['with_media']}/media", headers=headers).content == MEDIA_BYTES
+        assert client.get(f"/videos/{service_index['with_media']}/media", headers=headers).content == MEDIA_BYTES
         forged = media_url[:-4] + ("0000" if not media_url.endswith("0000") else "1111")
         _error(client.get(forged), 401, "unauthorized")
-        other = built["missing_media"]
+        other = service_index["missing_media"]
         _error(client.get(f"/videos/{other}/media?{media_url.split('?')[1]}"), 401, "unauthorized")  # other video
     token = media.sign_media(API_KEY, "v1", ttl_s=10, now=1000.0)
     assert media.verify_media_token(API_KEY, "v1", token, now=1005.0)
@@ -395,35 +309,37 @@ def test_bind_rules_and_settings() -> None:
         ServiceSettings(index_dir=Path("x"), max_k=0)
 
 
-def test_serve_cli_refuses_unsafe_setups(built, monkeypatch) -> None:
+def test_serve_cli_refuses_unsafe_setups(service_index, synthetic_corpus, monkeypatch) -> None:
     runner = CliRunner()
-    result = runner.invoke(main, ["serve", "--index", str(built["dir"]), "--host", "0.0.0.0"])
+    result = runner.invoke(main, ["serve", "--index", str(service_index["dir"]), "--host", "0.0.0.0"])
     assert result.exit_code == 1 and "refusing to bind 0.0.0.0" in result.output, result.output
     monkeypatch.delenv("PRVR_TEST_KEY", raising=False)
-    result = runner.invoke(main, ["serve", "--index", str(built["dir"]), "--api-key-env", "PRVR_TEST_KEY"])
+    result = runner.invoke(main, ["serve", "--index", str(service_index["dir"]), "--api-key-env", "PRVR_TEST_KEY"])
     assert result.exit_code == 1 and "PRVR_TEST_KEY is unset" in result.output
-    result = runner.invoke(main, ["serve", "--index", str(built["tmp"] / "data")])
+    result = runner.invoke(main, ["serve", "--index", str(synthetic_corpus.root)])
     assert result.exit_code == 1 and "not an index directory" in result.output
 
 
 # ------------------------------------------------------------------------------------------------ query log
 
 
-def test_query_log_off_by_default_and_on_when_asked(built) -> None:
+def test_query_log_off_by_default_and_on_when_asked(service_index, copy_index) -> None:
+    index_dir = copy_index(service_index["dir"])  # the query log writes to the catalog
+
     def logged() -> list[str]:
         from sqlalchemy import select
 
         from prvr.index.catalog import QueryLog
 
-        with open_database(built["dir"] / DB_NAME) as db, db.session(readonly=True) as session:
+        with open_database(index_dir / DB_NAME) as db, db.session(readonly=True) as session:
             return list(session.scalars(select(QueryLog.query_text).order_by(QueryLog.id.desc())))
 
     before = logged()
-    with TestClient(create_app(ServiceSettings(index_dir=built["dir"], poll_interval_s=0),
+    with TestClient(create_app(ServiceSettings(index_dir=index_dir, poll_interval_s=0),
                                loader=load_with_localizer)) as client:
         assert client.get("/search", params={"q": "the dog plays"}).status_code == 200
     assert logged() == before
-    with TestClient(create_app(ServiceSettings(index_dir=built["dir"], poll_interval_s=0, query_log=True),
+    with TestClient(create_app(ServiceSettings(index_dir=index_dir, poll_interval_s=0, query_log=True),
                                loader=load_with_localizer)) as client:
         assert client.get("/search", params={"q": "a cat jumps", "k": 3}).status_code == 200
         assert client.post("/search", json={"queries": ["one dog", "two cats"]}).status_code == 200
@@ -443,9 +359,9 @@ def test_request_log_lines(client, caplog) -> None:
 # ------------------------------------------------------------------------------------------------ generation swap
 
 
-def test_new_generation_is_picked_up_without_restart(built, tmp_path) -> None:
+def test_new_generation_is_picked_up_without_restart(service_index, synthetic_corpus, tmp_path) -> None:
     index_dir = tmp_path / "index"
-    shutil.copytree(built["dir"], index_dir)
+    shutil.copytree(service_index["dir"], index_dir)
     closed: list[int] = []
 
     def loader(path: Path) -> Retriever:
@@ -459,7 +375,7 @@ def test_new_generation_is_picked_up_without_restart(built, tmp_path) -> None:
     with TestClient(app) as client:
         first = client.get("/health").json()
         assert holder.refresh() is False  # nothing new yet
-        extra = PRVRCorpus(built["tmp"] / "data", "synth", "test", built["config"].data)
+        extra = synthetic_corpus.split("test")
         lease = holder.lease()
         old = lease.__enter__()  # a request still running on the old generation
         build_index(index_dir / "models" / next((index_dir / "models").iterdir()).name, extra, index_dir,
@@ -477,9 +393,10 @@ def test_new_generation_is_picked_up_without_restart(built, tmp_path) -> None:
     assert sorted(closed) == sorted([first["generation"], second["generation"]])
 
 
-def test_failed_reload_keeps_serving_the_old_generation(built, tmp_path) -> None:
+def test_failed_reload_keeps_serving_the_old_generation(service_index, synthetic_corpus, tiny_checkpoint,
+                                                         tmp_path) -> None:
     index_dir = tmp_path / "index"
-    shutil.copytree(built["dir"], index_dir)
+    shutil.copytree(service_index["dir"], index_dir)
     loads: list[Path] = []
 
     def loader(path: Path) -> Retriever:
@@ -491,8 +408,8 @@ def test_failed_reload_keeps_serving_the_old_generation(built, tmp_path) -> None
     app = create_app(ServiceSettings(index_dir=index_dir, poll_interval_s=0), loader=loader)
     with TestClient(app) as client:
         before = client.get("/health").json()
-        extra = PRVRCorpus(built["tmp"] / "data", "synth", "test", built["config"].data)
-        build_index(built["tmp"] / "model.pt", extra, index_dir, collection_name="synth", progress=False)
+        extra = synthetic_corpus.split("test")
+        build_index(tiny_checkpoint, extra, index_dir, collection_name="synth", progress=False)
         with pytest.raises(RuntimeError, match="cannot map"):
             app.state.holder.refresh()  # the poller logs this and retries at its next tick
         assert client.get("/health").json() == before
@@ -500,14 +417,14 @@ def test_failed_reload_keeps_serving_the_old_generation(built, tmp_path) -> None
         assert body["generation"] == before["generation"] and len(body["results"]) == 3
 
 
-def test_poller_swaps_in_the_background(built, tmp_path) -> None:
+def test_poller_swaps_in_the_background(service_index, synthetic_corpus, tiny_checkpoint, tmp_path) -> None:
     index_dir = tmp_path / "index"
-    shutil.copytree(built["dir"], index_dir)
+    shutil.copytree(service_index["dir"], index_dir)
     app = create_app(ServiceSettings(index_dir=index_dir, poll_interval_s=0.05), loader=load_with_localizer)
     with TestClient(app) as client:
         before = client.get("/health").json()["generation"]
-        extra = PRVRCorpus(built["tmp"] / "data", "synth", "test", built["config"].data)
-        build_index(built["tmp"] / "model.pt", extra, index_dir, collection_name="synth", progress=False)
+        extra = synthetic_corpus.split("test")
+        build_index(tiny_checkpoint, extra, index_dir, collection_name="synth", progress=False)
         deadline = time.monotonic() + 20
         while client.get("/health").json()["generation"] == before and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -517,35 +434,10 @@ def test_poller_swaps_in_the_background(built, tmp_path) -> None:
 # ------------------------------------------------------------------------------------------------ a live server
 
 
-@contextlib.contextmanager
-def serve_in_thread(app) -> Iterator[str]:
-    """Run ``app`` with uvicorn on a free loopback port in a thread; yields its base URL."""
-    import uvicorn
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started and thread.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert server.started, "the server did not start"
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
-    assert not thread.is_alive(), "the server did not stop"
-
-
-def test_live_server_concurrent_searches(built) -> None:
+def test_live_server_concurrent_searches(service_index) -> None:
     import httpx
 
-    app = create_app(ServiceSettings(index_dir=built["dir"], poll_interval_s=0), loader=load_with_localizer)
+    app = create_app(ServiceSettings(index_dir=service_index["dir"], poll_interval_s=0), loader=load_with_localizer)
     with serve_in_thread(app) as base:
         texts = ["a dog kicks a ball", "the man runs", "a cat plays", "the dog jumps over a fence"]
         expected = {}

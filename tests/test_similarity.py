@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
 
+import reference
 from prvr.similarity import token_max_scores, video_scores
 from prvr.types import VideoTokens
 
@@ -22,32 +22,10 @@ def _random_case(seed: int, num_queries: int = 5, num_videos: int = 6, num_token
     return query, tokens, mask
 
 
-def _loop_reference(query, tokens, mask, normalize):
-    """scores[n][b] and argmax[n][b] by plain python loops over valid tokens."""
-    scores = [[0.0] * tokens.shape[0] for _ in range(query.shape[0])]
-    positions = [[0] * tokens.shape[0] for _ in range(query.shape[0])]
-    for n in range(query.shape[0]):
-        q = query[n].tolist()
-        for b in range(tokens.shape[0]):
-            best, best_t = -math.inf, -1
-            for t in range(tokens.shape[1]):
-                if mask is not None and not bool(mask[b, t]):
-                    continue
-                x = tokens[b, t].tolist()
-                value = sum(qi * xi for qi, xi in zip(q, x))
-                if normalize:
-                    value /= math.sqrt(sum(v * v for v in q)) * math.sqrt(sum(v * v for v in x))
-                if value > best:
-                    best, best_t = value, t
-            scores[n][b] = best
-            positions[n][b] = best_t
-    return torch.tensor(scores, dtype=torch.float64), torch.tensor(positions)
-
-
 @pytest.mark.parametrize("normalize", [False, True])
 def test_matches_loop_with_mask(normalize: bool) -> None:
     query, tokens, mask = _random_case(0)
-    expected, expected_pos = _loop_reference(query, tokens, mask, normalize)
+    expected, expected_pos = reference.max_similarity(query, tokens, mask, normalize)
     scores, positions = token_max_scores(query, tokens, mask, normalize, return_argmax=True)
     assert scores.shape == (5, 6)
     torch.testing.assert_close(scores, expected)
@@ -58,7 +36,7 @@ def test_matches_loop_with_mask(normalize: bool) -> None:
 def test_no_mask_equals_full_mask() -> None:
     query, tokens, _ = _random_case(1)
     full = torch.ones(tokens.shape[:2], dtype=torch.bool)
-    expected, _ = _loop_reference(query, tokens, None, False)
+    expected, _ = reference.max_similarity(query, tokens, None, False)
     torch.testing.assert_close(token_max_scores(query, tokens, None), expected)
     torch.testing.assert_close(token_max_scores(query, tokens, full), expected)
 
@@ -70,7 +48,7 @@ def test_padded_tokens_never_win(normalize: bool) -> None:
     poisoned = tokens.clone()
     # Padded positions get huge values aligned with every query: they would win any unmasked max.
     poisoned[~mask] = 1e6
-    expected, _ = _loop_reference(query, tokens, mask, normalize)
+    expected, _ = reference.max_similarity(query, tokens, mask, normalize)
     scores, positions = token_max_scores(query, poisoned, mask, normalize, return_argmax=True)
     torch.testing.assert_close(scores, expected)
     lengths = mask.sum(dim=1)
@@ -133,10 +111,10 @@ def test_video_scores_fuses_clip_and_frame() -> None:
     frame_mask = torch.tensor([[True] * 6, [True] * 2 + [False] * 4, [True] * 4 + [False] * 2])
     out = video_scores(query, VideoTokens(clip, frame, frame_mask), 0.6, 0.4)
     assert set(out) == {"clip", "frame", "total"}
-    clip_ref, _ = _loop_reference(query, clip, None, True)
-    frame_ref, _ = _loop_reference(query, frame, frame_mask, True)
+    clip_ref, _ = reference.max_similarity(query, clip, None, True)
+    frame_ref, _ = reference.max_similarity(query, frame, frame_mask, True)
     torch.testing.assert_close(out["clip"], clip_ref)
     torch.testing.assert_close(out["frame"], frame_ref)
     torch.testing.assert_close(out["total"], 0.6 * clip_ref + 0.4 * frame_ref)
     raw = video_scores(query, VideoTokens(clip, frame, frame_mask), 0.5, 0.5, normalize=False, max_elements=10)
-    torch.testing.assert_close(raw["clip"], _loop_reference(query, clip, None, False)[0])
+    torch.testing.assert_close(raw["clip"], reference.max_similarity(query, clip, None, False)[0])

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import prvr.moments.spans as spans_module
+import reference
 from prvr.moments.spans import (
     generalized_temporal_iou,
     span_cw_to_se,
@@ -22,12 +23,6 @@ from prvr.moments.spans import (
 def _random_spans_se(generator: torch.Generator, shape: tuple[int, ...]) -> torch.Tensor:
     points = torch.rand(*shape, 2, generator=generator, dtype=torch.float64)  # (..., 2)
     return torch.sort(points, dim=-1).values  # start <= end
-
-
-def _naive_iou(a: list[float], b: list[float]) -> float:
-    inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
-    union = (a[1] - a[0]) + (b[1] - b[0]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def test_doctests() -> None:
@@ -80,7 +75,7 @@ def test_temporal_iou_matches_naive_pairwise() -> None:
     iou, _ = temporal_iou(spans_a, spans_b)
     assert iou.shape == (6, 4)
     for i, j in itertools.product(range(6), range(4)):
-        assert iou[i, j].item() == pytest.approx(_naive_iou(spans_a[i].tolist(), spans_b[j].tolist()))
+        assert iou[i, j].item() == pytest.approx(reference.span_iou(spans_a[i].tolist(), spans_b[j].tolist()))
 
 
 def test_generalized_iou_bounds_and_cases() -> None:
@@ -110,15 +105,6 @@ def test_generalized_iou_has_gradients() -> None:
     assert spans_a.grad is not None and bool(torch.isfinite(spans_a.grad).all())
 
 
-def _naive_nms(spans: list[list[float]], scores: list[float], threshold: float) -> list[int]:
-    order = sorted(range(len(scores)), key=lambda i: -scores[i])  # Python sort is stable
-    keep: list[int] = []
-    for i in order:
-        if all(_naive_iou(spans[i], spans[k]) <= threshold for k in keep):
-            keep.append(i)
-    return keep
-
-
 def test_nms_hand_case() -> None:
     spans = torch.tensor([[0.0, 10.0], [1.0, 10.0], [20.0, 30.0], [0.0, 9.0], [21.0, 30.0], [40.0, 41.0]])
     scores = torch.tensor([0.8, 0.9, 0.5, 0.7, 0.5, 0.1])
@@ -136,7 +122,7 @@ def test_nms_matches_naive(seed: int) -> None:
     spans = _random_spans_se(generator, (30,))  # (Q, 2)
     scores = torch.randint(0, 5, (30,), generator=generator).double()  # many ties
     for threshold in (0.0, 0.3, 0.7):
-        expected = _naive_nms(spans.tolist(), scores.tolist(), threshold)
+        expected = reference.nms(spans.tolist(), scores.tolist(), threshold)
         assert temporal_nms(spans, scores, threshold).tolist() == expected
 
 
