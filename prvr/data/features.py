@@ -12,6 +12,7 @@ import abc
 import ast
 import logging
 import os
+import tokenize
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
@@ -85,8 +86,11 @@ def check_dtype(array: np.ndarray, *, source: str, key: str) -> None:
     )
 
 
-def check_size(array: np.ndarray, *, source: str, key: str, expected_dim: int | None, rows: str = ROWS) -> None:
+def check_size(array: np.ndarray, *, source: str, key: str, expected_dim: int | None, rows: str = ROWS,
+               dim_origin: str | None = None) -> None:
     """Refuse 0 rows (a zero-frame video / empty query), 0 columns, or D != ``expected_dim`` (a 2-D array).
+
+    ``dim_origin`` says where ``expected_dim`` came from (e.g. "the dimension of 9 of 10 items of the store").
 
     Raises:
         ValueError: the message names ``source``, ``key``, the shape found and the one expected.
@@ -99,9 +103,10 @@ def check_size(array: np.ndarray, *, source: str, key: str, expected_dim: int | 
     if array.shape[1] == 0:
         raise ValueError(f"{source}: features of {key!r} have 0 columns (shape {array.shape}), expected ({rows}, D)")
     if expected_dim is not None and array.shape[1] != expected_dim:
+        origin = f" ({dim_origin})" if dim_origin else ""
         raise ValueError(
-            f"{source}: features of {key!r} have dimension {array.shape[1]}, expected {expected_dim}; "
-            f"check the feature name or set the model's input dim to {array.shape[1]}"
+            f"{source}: features of {key!r} have dimension {array.shape[1]}, expected {expected_dim}{origin}; "
+            f"re-extract {key!r}, or check the feature name or set the model's input dim to {array.shape[1]}"
         )
 
 
@@ -124,7 +129,8 @@ def check_finite(array: np.ndarray, *, source: str, key: str, rows: str = ROWS) 
 
 
 def validate_features(
-    array: Any, *, source: str, key: str, expected_dim: int | None = None, rows: str = ROWS
+    array: Any, *, source: str, key: str, expected_dim: int | None = None, rows: str = ROWS,
+    dim_origin: str | None = None,
 ) -> np.ndarray:
     """Check one item's features and return them as a C-contiguous float32 (n, D) array.
 
@@ -139,6 +145,7 @@ def validate_features(
         key: the item id (named in errors).
         expected_dim: D the caller needs, or None to accept any.
         rows: what a row is called in errors ("frames" for videos, "tokens" for queries).
+        dim_origin: where ``expected_dim`` came from, for the message.
 
     Returns:
         (n, D) float32.
@@ -155,7 +162,7 @@ def validate_features(
             raise ValueError(f"{source}: features of {key!r} are not an array ({error}); expected ({rows}, D)") from None
     check_rank(raw, source=source, key=key, rows=rows)
     check_dtype(raw, source=source, key=key)
-    check_size(raw, source=source, key=key, expected_dim=expected_dim, rows=rows)
+    check_size(raw, source=source, key=key, expected_dim=expected_dim, rows=rows, dim_origin=dim_origin)
     if np.issubdtype(raw.dtype, np.floating):
         check_finite(raw, source=source, key=key, rows=rows)
     with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported just below
@@ -168,21 +175,27 @@ def validate_features(
     return out
 
 
-def dominant_dim(shapes: Iterable[tuple[int, ...]], *, source: str) -> int:
+def dominant_dim(shapes: Iterable[tuple[int, ...]], *, source: str) -> tuple[int, int, int]:
     """D of a store: the most common last axis among its 2-D items (ties: the first seen).
 
     Taking the majority (not the first item) means one odd item is the one named in errors, not every good one.
+
+    Returns:
+        ``(D, items with D, items)``.
 
     Raises:
         ValueError: no item is 2-D.
     """
     counts: dict[int, int] = {}
+    total = 0
     for shape in shapes:
+        total += 1
         if len(shape) == 2 and shape[1] > 0:
             counts[shape[1]] = counts.get(shape[1], 0) + 1
     if not counts:
         raise ValueError(f"{source} holds no 2-D (frames, D) features, so it has no feature dimension")
-    return max(counts, key=lambda dim: counts[dim])  # max keeps the first of equal counts
+    dim = max(counts, key=lambda d: counts[d])  # max keeps the first of equal counts
+    return dim, counts[dim], total
 
 
 class FeatureStore(abc.ABC):
@@ -208,6 +221,10 @@ class FeatureStore(abc.ABC):
     @property
     def dim(self) -> int:
         """D, the feature dimension: the most common one among the items (read from their headers)."""
+        return self._dim_census()[0]
+
+    def _dim_census(self) -> tuple[int, int, int]:
+        """``(D, items with D, items)``, computed once from the items' shapes."""
         cached = self.__dict__.get("_dim_cache")
         if cached is None:
             cached = dominant_dim((self._shape(key) for key in self.ids()), source=str(self.path))
@@ -235,8 +252,13 @@ class FeatureStore(abc.ABC):
     def __getitem__(self, key: str) -> np.ndarray:
         if key not in self:
             raise KeyError(f"{key!r} is not in {self.path} ({len(self)} ids); check the split and the feature name")
+        census = self.__dict__.get("_dim_cache")
+        origin = None
+        if census is not None and self.expected_dim == census[0]:
+            origin = f"the dimension of {census[1]} of the {census[2]} items in {self.path}"
         return validate_features(
-            self._read(key), source=self._source(key), key=key, expected_dim=self.expected_dim, rows=self.rows
+            self._read(key), source=self._source(key), key=key, expected_dim=self.expected_dim, rows=self.rows,
+            dim_origin=origin,
         )
 
     def _source(self, key: str) -> str:
@@ -429,7 +451,7 @@ class BigFileFeatureStore(FeatureStore):
                     f"BigFile folder {folder} has no {name}; expected shape.txt, id.txt, feature.bin"
                 )
         self._rows, self._ndims = self._read_shape(folder / "shape.txt")
-        row_ids = (folder / "id.txt").read_text(encoding="utf-8").split()
+        row_ids = _read_utf8(folder / "id.txt").split()
         if len(row_ids) != self._rows:
             raise ValueError(
                 f"{folder / 'id.txt'} lists {len(row_ids)} ids but shape.txt says {self._rows} rows; "
@@ -458,7 +480,7 @@ class BigFileFeatureStore(FeatureStore):
 
     @staticmethod
     def _read_shape(path: Path) -> tuple[int, int]:
-        fields = path.read_text(encoding="utf-8").split()
+        fields = _read_utf8(path).split()
         try:
             rows, ndims = (int(field) for field in fields)
         except ValueError:
@@ -504,9 +526,19 @@ class BigFileFeatureStore(FeatureStore):
         return state
 
 
+def _read_utf8(path: Path) -> str:
+    """A BigFile text file, decoded; bad UTF-8 is a ValueError naming the file and the byte."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not valid UTF-8 ({error.reason} at byte {error.start}); re-write the file as "
+                         "UTF-8 text") from None
+
+
 def _read_video2frames(path: Path, row_of: Mapping[str, int]) -> dict[str, list[str]]:
     """Parse ``{video_id: [frame_id, ...]}`` safely and check every frame id is a row of feature.bin."""
-    text = path.read_text(encoding="utf-8")
+    text = _read_utf8(path)
     try:
         parsed = ast.literal_eval(text)  # literals only: calls, names and attributes are rejected
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as error:
@@ -648,8 +680,10 @@ class NpyDirectoryFeatureStore(FeatureStore):
 
 
 # np.load / zipfile on a truncated, foreign or pickled file: these, never anything else, become a ValueError
+# (a corrupt .npy header is parsed by numpy with ast / tokenize, hence SyntaxError and TokenError)
 _NUMPY_FILE_ERRORS = (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile, zlib.error,
-                      NotImplementedError, RuntimeError, OverflowError, MemoryError)
+                      NotImplementedError, RuntimeError, OverflowError, MemoryError, SyntaxError,
+                      tokenize.TokenError)
 
 
 def _npz_member(file: Path, names: list[str]) -> str:
@@ -668,8 +702,8 @@ def _npy_header_shape(handle: Any) -> tuple[int, ...]:
         shape, _, _ = np.lib.format.read_array_header_1_0(handle)
     elif version == (2, 0):
         shape, _, _ = np.lib.format.read_array_header_2_0(handle)
-    else:
-        shape, _, _ = np.lib.format._read_array_header(handle, version)  # (3, 0): utf-8 field names
+    else:  # (3, 0) only adds utf-8 field names, i.e. structured arrays, which are not features anyway
+        raise ValueError(f".npy format version {version[0]}.{version[1]} is not supported for features")
     return tuple(int(n) for n in shape)
 
 
