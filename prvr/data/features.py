@@ -348,7 +348,11 @@ class HDF5FeatureStore(FeatureStore):
         return node
 
     def _shape(self, key: str) -> tuple[int, ...]:
-        return tuple(int(n) for n in self._dataset(key).shape or ())
+        try:  # the low-level call is about twice as fast (the census of ``dim`` visits every dataset)
+            shape = h5py.h5d.open(self._file().id, key.encode("utf-8")).shape
+        except Exception:  # noqa: BLE001 - a group, a broken link, a corrupt header: the high-level path names it
+            shape = self._dataset(key).shape
+        return tuple(int(n) for n in shape or ())
 
     def _read(self, key: str) -> np.ndarray:
         dataset = self._dataset(key)
