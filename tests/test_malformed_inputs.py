@@ -357,3 +357,32 @@ def test_extract_cli_lists_skipped_entries_in_failures(tmp_path: Path, tiny_clip
     assert {Path(f["source"]).name for f in summary["failures"]} == set(expected)
     with h5py.File(summary["features"], "r") as handle:
         assert list(handle) == ["good"]
+
+
+def test_build_index_videos_reports_skipped_entries_on_stderr(tmp_path: Path, tiny_clip: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from prvr.checkpoint import save_checkpoint
+    from prvr.config import apply_overrides, load_preset
+    from prvr.features.synthetic_video import write_video
+    from prvr.model import DreamPRVR
+
+    config = apply_overrides(load_preset("tiny"), ["model.block.widths=[null, 2.0]",
+                                                   "model.registers.diffusion.steps=2"])
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, video_dim=12, text_dim=16))
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "model.pt"
+    save_checkpoint(checkpoint, model=DreamPRVR(config.model, seed=0), config=config, epoch=0)
+    videos = tmp_path / "in"
+    expected = make_bad_entries(videos)
+    unreadable(monkeypatch, "locked.mp4")
+    write_video(videos / "good.mp4", np.arange(0, 1.0, 0.1))
+    result = CliRunner().invoke(main, ["build-index", "--checkpoint", str(checkpoint),
+                                       "--videos", str(videos), "--backbone", f"clip:{tiny_clip}", "--device", "cpu",
+                                       "--out", str(tmp_path / "index"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    for name, reason in expected.items():
+        line = next((ln for ln in result.stderr.splitlines() if ln.startswith("skipped") and name in ln), None)
+        assert line is not None and reason in line, (name, result.stderr)
+    assert "1 of 7 video files extracted" in result.stderr
