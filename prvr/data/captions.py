@@ -153,8 +153,8 @@ def read_captions(path: str | os.PathLike[str]) -> list[QueryRecord]:
 
     Raises:
         FileNotFoundError: the file does not exist (the message names the expected layout).
-        ValueError: non-UTF-8 bytes, a control character (NUL, ESC, ...; a tab is fine), a line without text, a cap id without ``#``, or a duplicate cap id; the
-            message names the file and the line.
+        ValueError: non-UTF-8 bytes, a control character (NUL, ESC, ...; a tab is fine), a line without text, a
+            cap id without ``#``, or a duplicate cap id; the message names the file and the line.
     """
     path = Path(path)
     if not path.is_file():

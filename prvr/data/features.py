@@ -159,7 +159,9 @@ def validate_features(
         try:
             raw = np.asarray(array)
         except (ValueError, TypeError) as error:  # ragged nested lists and the like
-            raise ValueError(f"{source}: features of {key!r} are not an array ({error}); expected ({rows}, D)") from None
+            raise ValueError(
+                f"{source}: features of {key!r} are not an array ({error}); expected ({rows}, D)"
+            ) from None
     check_rank(raw, source=source, key=key, rows=rows)
     check_dtype(raw, source=source, key=key)
     check_size(raw, source=source, key=key, expected_dim=expected_dim, rows=rows, dim_origin=dim_origin)
@@ -350,7 +352,8 @@ class HDF5FeatureStore(FeatureStore):
     def _shape(self, key: str) -> tuple[int, ...]:
         try:  # the low-level call is about twice as fast (the census of ``dim`` visits every dataset)
             shape = h5py.h5d.open(self._file().id, key.encode("utf-8")).shape
-        except Exception:  # noqa: BLE001 - a group, a broken link, a corrupt header: the high-level path names it
+        except (KeyError, ValueError, OSError, RuntimeError, TypeError):  # a group, a broken link, a corrupt header:
+            # the high-level path below says which, naming the file and the id
             shape = self._dataset(key).shape
         return tuple(int(n) for n in shape or ())
 

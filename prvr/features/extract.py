@@ -233,7 +233,8 @@ def scan_videos(
 
             def unlistable(error: OSError) -> None:
                 where = Path(error.filename) if error.filename else path
-                bad.append(SkippedEntry(where.absolute(), f"a folder that cannot be listed ({error.strerror or error})"))
+                reason = f"a folder that cannot be listed ({error.strerror or error})"
+                bad.append(SkippedEntry(where.absolute(), reason))
 
             for folder, dirnames, filenames in os.walk(path, onerror=unlistable, followlinks=False):
                 for name in dirnames + filenames:
