@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ __all__ = [
     "CAPTION_LAYOUT",
     "Windows",
     "read_text_lines",
+    "check_control_characters",
     "caption_path",
     "read_captions",
     "write_captions",
@@ -40,8 +42,41 @@ CAPTION_LAYOUT = "<root>/<collection>/TextData/<collection><split>.caption.txt"
 Windows = tuple[tuple[float, float], ...]
 
 
+# C0 controls but the tab (a field separator like a space), DEL, C1 controls, the Unicode line / paragraph separators
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROL_NAMES = {"\0": "NUL", "\r": "carriage return", "\x0b": "vertical tab", "\x0c": "form feed",
+                  "\x1b": "escape", "\x7f": "DEL", "\x85": "next line", "\u2028": "line separator",
+                  "\u2029": "paragraph separator"}
+
+
+def check_control_characters(line: str, where: str) -> None:
+    """Refuse control characters in one line of text (its line ending already removed); a tab is allowed.
+
+    NUL, the other C0 and C1 controls, DEL, a carriage return inside the line and the Unicode line / paragraph
+    separators (U+2028, U+2029) would be trained on or split the line elsewhere, so they are errors, not skipped.
+
+    Args:
+        line: the decoded line.
+        where: "<file>, line <n>" for the message.
+
+    Raises:
+        ValueError: the message names ``where``, the character, its column and the fix.
+    """
+    found = _CONTROL.search(line)
+    if found is None:
+        return
+    char = found.group()
+    raise ValueError(
+        f"{where}: control character U+{ord(char):04X} ({_CONTROL_NAMES.get(char, 'control character')}) at column "
+        f"{found.start() + 1}; text lines must be printable UTF-8 (a tab is fine): remove it or re-export the file"
+    )
+
+
 def read_text_lines(path: str | os.PathLike[str], what: str = "file") -> Iterator[tuple[int, str]]:
     """Yield (1-based line number, decoded line without its line ending) of a UTF-8 text file.
+
+    Lines end with LF or CRLF; a line holding NUL or another control character (a tab is fine) is refused by
+    :func:`check_control_characters`.
 
     Args:
         path: the file.
@@ -52,7 +87,8 @@ def read_text_lines(path: str | os.PathLike[str], what: str = "file") -> Iterato
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: a line is not valid UTF-8 (the message names the file and the line).
+        ValueError: a line is not valid UTF-8 or holds a control character (the message names the file and the
+            line).
     """
     path = Path(path)
     if not path.is_file():
@@ -68,7 +104,9 @@ def read_text_lines(path: str | os.PathLike[str], what: str = "file") -> Iterato
                 f"{path}, line {number}: not valid UTF-8 ({error.reason} at byte {error.start} of the line); "
                 f"re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
             ) from None
-        yield number, line.rstrip("\r")
+        line = line[:-1] if line.endswith("\r") else line
+        check_control_characters(line, f"{path}, line {number}")
+        yield number, line
 
 
 def iter_jsonl(path: str | os.PathLike[str], what: str = "file") -> Iterator[tuple[str, Any]]:
@@ -115,8 +153,8 @@ def read_captions(path: str | os.PathLike[str]) -> list[QueryRecord]:
 
     Raises:
         FileNotFoundError: the file does not exist (the message names the expected layout).
-        ValueError: non-UTF-8 bytes, a line without text, a cap id without ``#``, or a duplicate cap id; the
-            message names the file and the line.
+        ValueError: non-UTF-8 bytes, a control character (NUL, ESC, ...; a tab is fine), a line without text, a
+            cap id without ``#``, or a duplicate cap id; the message names the file and the line.
     """
     path = Path(path)
     if not path.is_file():

@@ -12,6 +12,9 @@ import abc
 import ast
 import logging
 import os
+import tokenize
+import zipfile
+import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -28,6 +31,11 @@ __all__ = [
     "BigFileFeatureStore",
     "NpyDirectoryFeatureStore",
     "validate_features",
+    "check_rank",
+    "check_dtype",
+    "check_size",
+    "check_finite",
+    "dominant_dim",
     "open_video_features",
     "query_feature_path",
     "open_query_features",
@@ -38,66 +46,171 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
+ROWS = "frames"  # what the rows of a video are called in errors (query stores say "tokens")
+
+
+def check_rank(array: np.ndarray, *, source: str, key: str, rows: str = ROWS) -> None:
+    """Refuse anything but a 2-D (rows, D) array: a 1-D (D,) vector is not silently read as a one-row video.
+
+    Raises:
+        ValueError: ``array.ndim != 2``; the message names ``source``, ``key`` and the expected shape.
+    """
+    if array.ndim == 2:
+        return
+    if array.ndim == 1:
+        raise ValueError(
+            f"{source}: features of {key!r} have shape {array.shape}, a 1-D vector; expected 2-D ({rows}, D). "
+            f"Re-extract them, or save a single {rows[:-1]} as shape (1, {array.shape[0]})"
+        )
+    raise ValueError(
+        f"{source}: features of {key!r} have shape {array.shape}, expected 2-D ({rows}, D); re-extract or reshape them"
+    )
+
+
+def check_dtype(array: np.ndarray, *, source: str, key: str) -> None:
+    """Accept real numbers only: float16 / float32 / float64 and (un)signed integers (all read as float32).
+
+    bool, complex, string, bytes, object and structured arrays are refused rather than guessed at.
+
+    Raises:
+        ValueError: another dtype; the message names ``source``, ``key`` and the dtype.
+    """
+    dtype = array.dtype
+    if dtype.fields is None and (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)):
+        return
+    kind = {"b": "boolean", "c": "complex", "O": "object (pickled Python values)", "U": "string", "S": "bytes",
+            "V": "structured / raw bytes", "M": "datetime", "m": "timedelta"}.get(dtype.kind, "non-numeric")
+    raise ValueError(
+        f"{source}: features of {key!r} have dtype {dtype} ({kind}), expected real numbers (float16/32/64 or "
+        f"integers); re-save them as float32"
+    )
+
+
+def check_size(array: np.ndarray, *, source: str, key: str, expected_dim: int | None, rows: str = ROWS,
+               dim_origin: str | None = None) -> None:
+    """Refuse 0 rows (a zero-frame video / empty query), 0 columns, or D != ``expected_dim`` (a 2-D array).
+
+    ``dim_origin`` says where ``expected_dim`` came from (e.g. "the dimension of 9 of 10 items of the store").
+
+    Raises:
+        ValueError: the message names ``source``, ``key``, the shape found and the one expected.
+    """
+    if array.shape[0] == 0:
+        raise ValueError(
+            f"{source}: {key!r} has 0 {rows} (a zero-frame video / empty query, shape {array.shape}); re-extract "
+            f"its features or drop it from the split"
+        )
+    if array.shape[1] == 0:
+        raise ValueError(f"{source}: features of {key!r} have 0 columns (shape {array.shape}), expected ({rows}, D)")
+    if expected_dim is not None and array.shape[1] != expected_dim:
+        origin = f" ({dim_origin})" if dim_origin else ""
+        raise ValueError(
+            f"{source}: features of {key!r} have dimension {array.shape[1]}, expected {expected_dim}{origin}; "
+            f"re-extract {key!r}, or check the feature name or set the model's input dim to {array.shape[1]}"
+        )
+
+
+def check_finite(array: np.ndarray, *, source: str, key: str, rows: str = ROWS) -> None:
+    """Refuse NaN / inf values, with their counts and the first bad row (``array`` is a float array).
+
+    Raises:
+        ValueError: the message names ``source``, ``key``, the counts and the first bad row.
+    """
+    finite = np.isfinite(array)
+    if finite.all():
+        return
+    n_nan = int(np.isnan(array).sum())
+    n_inf = int(array.size - finite.sum()) - n_nan
+    first = int(np.flatnonzero(~finite.reshape(finite.shape[0], -1).all(axis=1))[0])
+    raise ValueError(
+        f"{source}: features of {key!r} contain {n_nan} NaN and {n_inf} inf value(s) out of {array.size} "
+        f"(first in {rows[:-1]} {first}); re-extract them (float16 overflow is a common cause)"
+    )
+
+
 def validate_features(
-    array: Any, *, source: str, key: str, expected_dim: int | None = None
+    array: Any, *, source: str, key: str, expected_dim: int | None = None, rows: str = ROWS,
+    dim_origin: str | None = None,
 ) -> np.ndarray:
     """Check one item's features and return them as a C-contiguous float32 (n, D) array.
+
+    The checks, in order: :func:`check_rank` (2-D; a 1-D vector is refused), :func:`check_dtype` (float16 /
+    float32 / float64 / integers are converted to float32; bool, complex, object, strings are refused),
+    :func:`check_size` (no zero rows or columns, D == expected_dim), :func:`check_finite` (no NaN / inf, before and
+    after the conversion: a float64 beyond the float32 range is refused as an overflow, not stored as inf).
 
     Args:
         array: the raw features, expected (n, D).
         source: the file or folder they came from (named in errors).
         key: the item id (named in errors).
         expected_dim: D the caller needs, or None to accept any.
+        rows: what a row is called in errors ("frames" for videos, "tokens" for queries).
+        dim_origin: where ``expected_dim`` came from, for the message.
 
     Returns:
         (n, D) float32.
 
     Raises:
-        ValueError: not 2-D, zero rows (a zero-frame video), zero columns, NaN/inf values (with counts) or
-            D != expected_dim; the message names ``source`` and ``key``.
+        ValueError: any check failed; the message names ``source`` and ``key``.
     """
-    array = np.asarray(array)
-    if array.ndim != 2:
+    if isinstance(array, np.ndarray):
+        raw = array
+    else:
+        try:
+            raw = np.asarray(array)
+        except (ValueError, TypeError) as error:  # ragged nested lists and the like
+            raise ValueError(
+                f"{source}: features of {key!r} are not an array ({error}); expected ({rows}, D)"
+            ) from None
+    check_rank(raw, source=source, key=key, rows=rows)
+    check_dtype(raw, source=source, key=key)
+    check_size(raw, source=source, key=key, expected_dim=expected_dim, rows=rows, dim_origin=dim_origin)
+    if np.issubdtype(raw.dtype, np.floating):
+        check_finite(raw, source=source, key=key, rows=rows)
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported just below
+        out = np.ascontiguousarray(raw, dtype=np.float32)  # float16 / float64 / int -> float32
+    if not np.isfinite(out).all():
         raise ValueError(
-            f"{source}: features of {key!r} have shape {array.shape}, expected 2-D (n, D); re-extract or reshape them"
+            f"{source}: features of {key!r} ({raw.dtype}) hold values beyond the float32 range (about 3.4e38); "
+            f"rescale or re-extract them"
         )
-    if array.shape[0] == 0:
-        raise ValueError(
-            f"{source}: {key!r} has 0 rows (a zero-frame video / empty query); re-extract its features or drop it "
-            f"from the split"
-        )
-    if array.shape[1] == 0:
-        raise ValueError(f"{source}: features of {key!r} have 0 columns (shape {array.shape})")
-    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
-        raise ValueError(f"{source}: features of {key!r} have dtype {array.dtype}, expected a float type")
-    array = np.ascontiguousarray(array, dtype=np.float32)  # float16 / float64 / int -> float32
-    finite = np.isfinite(array)
-    if not finite.all():
-        n_nan = int(np.isnan(array).sum())
-        n_inf = int(array.size - finite.sum()) - n_nan
-        raise ValueError(
-            f"{source}: features of {key!r} contain {n_nan} NaN and {n_inf} inf value(s) out of {array.size}; "
-            f"re-extract them (float16 overflow is a common cause)"
-        )
-    if expected_dim is not None and array.shape[1] != expected_dim:
-        raise ValueError(
-            f"{source}: features of {key!r} have dimension {array.shape[1]}, expected {expected_dim}; "
-            f"check the feature name or set the model's input dim to {array.shape[1]}"
-        )
-    return array
+    return out
 
 
-def _as_rows(array: np.ndarray) -> np.ndarray:
-    """A 1-D vector is one row: (D,) -> (1, D)."""
-    return array[None, :] if array.ndim == 1 else array
+def dominant_dim(shapes: Iterable[tuple[int, ...]], *, source: str) -> tuple[int, int, int]:
+    """D of a store: the most common last axis among its 2-D items (ties: the first seen).
+
+    Taking the majority (not the first item) means one odd item is the one named in errors, not every good one.
+
+    Returns:
+        ``(D, items with D, items)``.
+
+    Raises:
+        ValueError: no item is 2-D.
+    """
+    counts: dict[int, int] = {}
+    total = 0
+    for shape in shapes:
+        total += 1
+        if len(shape) == 2 and shape[1] > 0:
+            counts[shape[1]] = counts.get(shape[1], 0) + 1
+    if not counts:
+        raise ValueError(f"{source} holds no 2-D (frames, D) features, so it has no feature dimension")
+    dim = max(counts, key=lambda d: counts[d])  # max keeps the first of equal counts
+    return dim, counts[dim], total
 
 
 class FeatureStore(abc.ABC):
     """Read-only mapping id -> float32 (n, D) features, with validation on every read.
 
-    Subclasses implement ``ids``, ``_read`` (raw array of a known id), ``dim`` and optionally ``close``.
+    Subclasses implement ``ids``, ``_read`` (raw array of a known id), ``_shape`` (its shape, cheaply) and
+    optionally ``close``. ``dim`` is the most common D of the items (:func:`dominant_dim`), so one odd item is the one
+    an error names. Every read goes through :func:`validate_features`: 2-D only (a 1-D vector is refused), real
+    numbers only (float16/64 and integers are converted to float32), no empty items, no NaN/inf, D checked.
     Stores are context managers and may be pickled (handles are dropped and re-opened lazily).
     """
+
+    rows: str = ROWS  # what a row is called in errors; query stores say "tokens"
 
     def __init__(self, path: str | os.PathLike[str], expected_dim: int | None = None) -> None:
         self.path = Path(path)
@@ -108,13 +221,25 @@ class FeatureStore(abc.ABC):
         """All item ids, in storage order."""
 
     @property
-    @abc.abstractmethod
     def dim(self) -> int:
-        """D, the feature dimension."""
+        """D, the feature dimension: the most common one among the items (read from their headers)."""
+        return self._dim_census()[0]
+
+    def _dim_census(self) -> tuple[int, int, int]:
+        """``(D, items with D, items)``, computed once from the items' shapes."""
+        cached = self.__dict__.get("_dim_cache")
+        if cached is None:
+            cached = dominant_dim((self._shape(key) for key in self.ids()), source=str(self.path))
+            self.__dict__["_dim_cache"] = cached
+        return cached
 
     @abc.abstractmethod
     def _read(self, key: str) -> np.ndarray:
-        """The raw array of ``key`` (which is known to exist)."""
+        """The raw array of ``key`` (which is known to exist); unreadable data raises ValueError naming it."""
+
+    @abc.abstractmethod
+    def _shape(self, key: str) -> tuple[int, ...]:
+        """The shape of ``key``'s array without reading its values; unreadable data raises ValueError."""
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and key in self._id_set()
@@ -129,9 +254,18 @@ class FeatureStore(abc.ABC):
     def __getitem__(self, key: str) -> np.ndarray:
         if key not in self:
             raise KeyError(f"{key!r} is not in {self.path} ({len(self)} ids); check the split and the feature name")
+        census = self.__dict__.get("_dim_cache")
+        origin = None
+        if census is not None and self.expected_dim == census[0]:
+            origin = f"the dimension of {census[1]} of the {census[2]} items in {self.path}"
         return validate_features(
-            _as_rows(self._read(key)), source=str(self.path), key=key, expected_dim=self.expected_dim
+            self._read(key), source=self._source(key), key=key, expected_dim=self.expected_dim, rows=self.rows,
+            dim_origin=origin,
         )
+
+    def _source(self, key: str) -> str:
+        """The file named in the errors about ``key``."""
+        return str(self.path)
 
     def __len__(self) -> int:
         return len(self._id_set())
@@ -162,7 +296,8 @@ class HDF5FeatureStore(FeatureStore):
     """One dataset per id at the root of an HDF5 file (MS-SL video and query feature files).
 
     The file is opened lazily and re-opened in a forked child (the opening pid is remembered), so one store can be
-    shared with DataLoader workers. float16 datasets come back as float32; 1-D datasets as one row (1, D).
+    shared with DataLoader workers. float16 datasets come back as float32; a 1-D dataset is refused (it is one
+    vector, not (frames, D)); a truncated or corrupt file or dataset is a ValueError naming the file and the id.
     """
 
     def __init__(self, path: str | os.PathLike[str], expected_dim: int | None = None) -> None:
@@ -172,7 +307,6 @@ class HDF5FeatureStore(FeatureStore):
         self._handle: h5py.File | None = None
         self._pid: int | None = None
         self._ids: list[str] | None = None
-        self._dim: int | None = None
 
     def _file(self) -> h5py.File:
         if self._handle is None or self._pid != os.getpid():
@@ -187,17 +321,18 @@ class HDF5FeatureStore(FeatureStore):
 
     def ids(self) -> list[str]:
         if self._ids is None:
-            self._ids = list(self._file().keys())
+            try:
+                self._ids = list(self._file().keys())
+            except (OSError, RuntimeError, KeyError, ValueError) as error:
+                raise ValueError(f"{self.path}: cannot list its datasets ({error}); the file is corrupt, re-create "
+                                 "it") from None
         return list(self._ids)
 
     @property
     def dim(self) -> int:
-        if self._dim is None:
-            ids = self.ids()
-            if not ids:
-                raise ValueError(f"{self.path} holds no datasets, so it has no feature dimension")
-            self._dim = int(self._dataset(ids[0]).shape[-1])
-        return self._dim
+        if not self.ids():
+            raise ValueError(f"{self.path} holds no datasets, so it has no feature dimension")
+        return super().dim
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -205,13 +340,30 @@ class HDF5FeatureStore(FeatureStore):
         return {key: _plain_attr(value) for key, value in self._file().attrs.items()}
 
     def _dataset(self, key: str) -> h5py.Dataset:
-        node = self._file()[key]
+        try:
+            node = self._file()[key]
+        except (OSError, RuntimeError, KeyError, ValueError) as error:
+            raise ValueError(f"{self.path}: cannot open dataset {key!r} ({error}); the file is truncated or corrupt, "
+                             "re-create it") from None
         if not isinstance(node, h5py.Dataset):
             raise ValueError(f"{self.path}: {key!r} is an HDF5 group, expected one dataset per id")
         return node
 
+    def _shape(self, key: str) -> tuple[int, ...]:
+        try:  # the low-level call is about twice as fast (the census of ``dim`` visits every dataset)
+            shape = h5py.h5d.open(self._file().id, key.encode("utf-8")).shape
+        except (KeyError, ValueError, OSError, RuntimeError, TypeError):  # a group, a broken link, a corrupt header:
+            # the high-level path below says which, naming the file and the id
+            shape = self._dataset(key).shape
+        return tuple(int(n) for n in shape or ())
+
     def _read(self, key: str) -> np.ndarray:
-        return self._dataset(key)[()]
+        dataset = self._dataset(key)
+        try:
+            return np.asarray(dataset[()])
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError) as error:
+            raise ValueError(f"{self.path}: cannot read dataset {key!r} ({error}); the file is truncated or "
+                             "corrupt, or the dataset is not an array of numbers; re-create it") from None
 
     def close(self) -> None:
         if self._handle is not None and self._pid == os.getpid():
@@ -306,7 +458,7 @@ class BigFileFeatureStore(FeatureStore):
                     f"BigFile folder {folder} has no {name}; expected shape.txt, id.txt, feature.bin"
                 )
         self._rows, self._ndims = self._read_shape(folder / "shape.txt")
-        row_ids = (folder / "id.txt").read_text(encoding="utf-8").split()
+        row_ids = _read_utf8(folder / "id.txt").split()
         if len(row_ids) != self._rows:
             raise ValueError(
                 f"{folder / 'id.txt'} lists {len(row_ids)} ids but shape.txt says {self._rows} rows; "
@@ -335,7 +487,7 @@ class BigFileFeatureStore(FeatureStore):
 
     @staticmethod
     def _read_shape(path: Path) -> tuple[int, int]:
-        fields = path.read_text(encoding="utf-8").split()
+        fields = _read_utf8(path).split()
         try:
             rows, ndims = (int(field) for field in fields)
         except ValueError:
@@ -363,6 +515,9 @@ class BigFileFeatureStore(FeatureStore):
     def dim(self) -> int:
         return self._ndims
 
+    def _shape(self, key: str) -> tuple[int, ...]:
+        return (len(self._frames[key]), self._ndims)
+
     def _read(self, key: str) -> np.ndarray:
         rows = [self._row_of[frame] for frame in self._frames[key]]
         if not rows:
@@ -378,9 +533,19 @@ class BigFileFeatureStore(FeatureStore):
         return state
 
 
+def _read_utf8(path: Path) -> str:
+    """A BigFile text file, decoded; bad UTF-8 is a ValueError naming the file and the byte."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not valid UTF-8 ({error.reason} at byte {error.start}); re-write the file as "
+                         "UTF-8 text") from None
+
+
 def _read_video2frames(path: Path, row_of: Mapping[str, int]) -> dict[str, list[str]]:
     """Parse ``{video_id: [frame_id, ...]}`` safely and check every frame id is a row of feature.bin."""
-    text = path.read_text(encoding="utf-8")
+    text = _read_utf8(path)
     try:
         parsed = ast.literal_eval(text)  # literals only: calls, names and attributes are rejected
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as error:
@@ -459,7 +624,8 @@ def write_bigfile(
 class NpyDirectoryFeatureStore(FeatureStore):
     """One file per video in a folder: ``<vid>.npy`` or ``<vid>.npz`` (key "features", or its only array).
 
-    Files are loaded with ``allow_pickle=False``.
+    Files are loaded with ``allow_pickle=False``; a truncated or foreign file, an .npz with several arrays but no
+    "features" and a 1-D array are ValueErrors naming the file.
     """
 
     def __init__(self, directory: str | os.PathLike[str], expected_dim: int | None = None) -> None:
@@ -476,7 +642,6 @@ class NpyDirectoryFeatureStore(FeatureStore):
                     f"{self.path}: both {self._files[video_id].name} and {entry.name} exist for {video_id!r}; keep one"
                 )
             self._files[video_id] = entry
-        self._dim: int | None = None
 
     def ids(self) -> list[str]:
         return list(self._files)
@@ -489,29 +654,64 @@ class NpyDirectoryFeatureStore(FeatureStore):
 
     @property
     def dim(self) -> int:
-        if self._dim is None:
-            if not self._files:
-                raise ValueError(f"{self.path} holds no .npy/.npz files, so it has no feature dimension")
-            first = next(iter(self._files))
-            self._dim = int(self._read(first).shape[-1])
-        return self._dim
+        if not self._files:
+            raise ValueError(f"{self.path} holds no .npy/.npz files, so it has no feature dimension")
+        return super().dim
+
+    def _source(self, key: str) -> str:
+        return str(self._files[key])
+
+    def _shape(self, key: str) -> tuple[int, ...]:
+        file = self._files[key]
+        try:
+            if file.suffix == ".npy":
+                with open(file, "rb") as handle:
+                    return _npy_header_shape(handle)
+            with zipfile.ZipFile(file) as archive:
+                member = _npz_member(file, [name[:-4] for name in archive.namelist() if name.endswith(".npy")])
+                with archive.open(f"{member}.npy") as handle:
+                    return _npy_header_shape(handle)
+        except _NUMPY_FILE_ERRORS as error:
+            raise ValueError(f"{file} is not a readable numpy file without pickles ({error}); re-save it") from None
 
     def _read(self, key: str) -> np.ndarray:
         file = self._files[key]
         try:
             loaded = np.load(file, allow_pickle=False)
-        except (OSError, EOFError, ValueError) as error:
+            if isinstance(loaded, np.ndarray):
+                return loaded
+            with loaded as archive:
+                return np.asarray(archive[_npz_member(file, archive.files)])
+        except _NUMPY_FILE_ERRORS as error:
             raise ValueError(f"{file} is not a readable numpy file without pickles ({error}); re-save it") from None
-        if isinstance(loaded, np.ndarray):
-            return loaded
-        with loaded as archive:
-            names = archive.files
-            if "features" not in names and len(names) != 1:
-                raise ValueError(f"{file} holds arrays {names} but no 'features'; save the features under that key")
-            try:
-                return archive["features" if "features" in names else names[0]]
-            except (OSError, EOFError, ValueError) as error:
-                raise ValueError(f"{file}: cannot read its array ({error}); re-save it") from None
+
+
+# np.load / zipfile on a truncated, foreign or pickled file: these, never anything else, become a ValueError
+# (a corrupt .npy header is parsed by numpy with ast / tokenize, hence SyntaxError and TokenError)
+_NUMPY_FILE_ERRORS = (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile, zlib.error,
+                      NotImplementedError, RuntimeError, OverflowError, MemoryError, SyntaxError,
+                      tokenize.TokenError)
+
+
+def _npz_member(file: Path, names: list[str]) -> str:
+    """The array of an .npz that holds the features: "features", or its only array."""
+    if "features" in names:
+        return "features"
+    if len(names) == 1:
+        return names[0]
+    raise ValueError(f"{file} holds arrays {names} but no 'features'; save the features under that key")
+
+
+def _npy_header_shape(handle: Any) -> tuple[int, ...]:
+    """The shape in a .npy header (the values are not read)."""
+    version = np.lib.format.read_magic(handle)
+    if version == (1, 0):
+        shape, _, _ = np.lib.format.read_array_header_1_0(handle)
+    elif version == (2, 0):
+        shape, _, _ = np.lib.format.read_array_header_2_0(handle)
+    else:  # (3, 0) only adds utf-8 field names, i.e. structured arrays, which are not features anyway
+        raise ValueError(f".npy format version {version[0]}.{version[1]} is not supported for features")
+    return tuple(int(n) for n in shape)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -598,4 +798,6 @@ def open_query_features(
             f"query features {path} do not exist; expected <root>/<collection>/TextData/"
             f"<text_feature>_<collection>_query_feat.hdf5 (DataConfig.text_feature={text_feature!r})"
         )
-    return HDF5FeatureStore(path, expected_dim)
+    store = HDF5FeatureStore(path, expected_dim)
+    store.rows = "tokens"
+    return store

@@ -93,7 +93,7 @@ class FeatureCache:
             with h5py.File(file, "r") as handle:
                 features = validate_features(handle["features"][()], source=str(file), key="features")
                 metadata = json.loads(handle.attrs["metadata"])
-        except (OSError, KeyError, ValueError) as error:
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError) as error:
             logger.warning("dropping unreadable cache entry %s (%s)", file, error)
             file.unlink(missing_ok=True)
             return None

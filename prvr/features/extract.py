@@ -12,16 +12,20 @@ Output (``<root>`` is ``--out``)::
 ``feature.hdf5`` records the backbone id and the sampling settings as root attributes, and each dataset its
 video's duration. A video id is the file's stem; when two files share a stem the later ones (in sorted path order)
 get ``-2``, ``-3``, ... Each video is hashed, looked up in the cache and only decoded and encoded on a miss; a file
-that cannot be decoded is recorded as failed with the reason and the others go on. The three files are written
+that cannot be decoded is recorded as failed with the reason and the others go on; so is every entry of a scanned
+folder that is named like a video but cannot be one (a folder, a symlink loop or broken symlink, a FIFO / socket /
+device, an unreadable file): nothing named like a video is skipped without being listed. The three files are written
 atomically at the end and describe exactly the videos of this run.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import re
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +35,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
+from prvr.data.captions import read_text_lines
 from prvr.data.features import validate_features
 from prvr.features.backbones import ImageBackbone, backbone_ids_match, feature_file_backbone
 from prvr.features.cache import FeatureCache, cache_key
@@ -43,6 +48,8 @@ __all__ = [
     "SIDECAR_FILE",
     "FAILURES_FILE",
     "VideoResult",
+    "SkippedEntry",
+    "scan_videos",
     "ExtractionResult",
     "find_videos",
     "assign_video_ids",
@@ -149,8 +156,117 @@ class ExtractionResult:
 # inputs
 
 
+@dataclass(frozen=True)
+class SkippedEntry:
+    """A path named like a video (or given as one) that cannot be read as a video file.
+
+    Attributes:
+        path: the absolute path (not resolved: a symlink loop has no resolution).
+        reason: why it was skipped, e.g. "a folder, not a video file".
+    """
+
+    path: Path
+    reason: str
+
+
+_FILE_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def _not_a_video_file(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a video file, or None when it is a readable regular file."""
+    try:
+        info = os.lstat(path)
+    except OSError as error:
+        return f"cannot be examined ({error.strerror or error})"
+    via = ""
+    if stat.S_ISLNK(info.st_mode):
+        target = os.readlink(path)
+        try:
+            info = os.stat(path)
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                return f"a symlink loop ({path.name} -> {target}); point the link at a video file or remove it"
+            if error.errno == errno.ENOENT:
+                return f"a broken symlink (its target {target} does not exist)"
+            return f"a symlink that cannot be followed ({target}: {error.strerror or error})"
+        via = "a symlink to "
+    if stat.S_ISDIR(info.st_mode):
+        return f"{via}a folder, not a video file"
+    for test, kind in _FILE_KINDS:
+        if test(info.st_mode):
+            return f"{via}{kind}, not a regular file"
+    if not stat.S_ISREG(info.st_mode):
+        return f"{via}not a regular file"
+    if not os.access(path, os.R_OK):
+        return "not readable (permission denied); make it readable (chmod a+r) or run as its owner"
+    return None
+
+
+def scan_videos(
+    source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+) -> tuple[list[Path], list[SkippedEntry]]:
+    """The video files of a folder (recursively, by suffix: :data:`VIDEO_SUFFIXES`) or the given files, and the
+    entries that look like videos but cannot be read as files, each with its reason.
+
+    Symlinked folders are not followed (as :meth:`pathlib.Path.rglob`); a subfolder that cannot be listed is a
+    skipped entry too.
+
+    Args:
+        source: a folder, one file, or a list of files / folders.
+
+    Returns:
+        ``(videos, skipped)``: absolute resolved paths of readable regular files, sorted per folder; and the skipped
+        entries in the same order.
+
+    Raises:
+        FileNotFoundError: a path does not exist, or a folder holds nothing named like a video.
+    """
+    sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+    paths: list[Path] = []
+    skipped: list[SkippedEntry] = []
+    for item in sources:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            found: list[Path] = []
+            bad: list[SkippedEntry] = []
+
+            def unlistable(error: OSError) -> None:
+                where = Path(error.filename) if error.filename else path
+                reason = f"a folder that cannot be listed ({error.strerror or error})"
+                bad.append(SkippedEntry(where.absolute(), reason))
+
+            for folder, dirnames, filenames in os.walk(path, onerror=unlistable, followlinks=False):
+                for name in dirnames + filenames:
+                    entry = Path(folder) / name
+                    if entry.suffix.lower() not in VIDEO_SUFFIXES:
+                        continue
+                    reason = _not_a_video_file(entry)
+                    if reason is None:
+                        found.append(entry)
+                    else:
+                        bad.append(SkippedEntry(entry.absolute(), reason))
+            if not found and not bad:
+                raise FileNotFoundError(
+                    f"{path} holds no video files (looked for {', '.join(sorted(VIDEO_SUFFIXES))}, recursively)"
+                )
+            paths.extend(sorted(found))
+            skipped.extend(sorted(bad, key=lambda entry: entry.path))
+        elif os.path.lexists(path):
+            reason = _not_a_video_file(path)
+            if reason is None:
+                paths.append(path)
+            else:
+                skipped.append(SkippedEntry(path.absolute(), reason))
+        else:
+            raise FileNotFoundError(f"{path} does not exist; give a folder of videos or video files")
+    for entry in skipped:
+        logger.warning("skipping %s: %s", entry.path, entry.reason)
+    return [p.resolve() for p in paths], skipped
+
+
 def find_videos(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """The video files of a folder (recursively, by suffix: :data:`VIDEO_SUFFIXES`), or the given files.
+    """The readable video files of :func:`scan_videos` (the skipped entries are logged as warnings).
 
     Args:
         source: a folder, one file, or a list of files / folders.
@@ -161,22 +277,7 @@ def find_videos(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]
     Raises:
         FileNotFoundError: a path does not exist, or a folder holds no video file.
     """
-    sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
-    paths: list[Path] = []
-    for item in sources:
-        path = Path(item).expanduser()
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
-            if not found:
-                raise FileNotFoundError(
-                    f"{path} holds no video files (looked for {', '.join(sorted(VIDEO_SUFFIXES))}, recursively)"
-                )
-            paths.extend(found)
-        elif path.is_file():
-            paths.append(path)
-        else:
-            raise FileNotFoundError(f"{path} does not exist; give a folder of videos or video files")
-    return [p.resolve() for p in paths]
+    return scan_videos(source)[0]
 
 
 def assign_video_ids(paths: Iterable[Path]) -> list[str]:
@@ -224,12 +325,18 @@ def read_sidecar(folder: str | os.PathLike[str]) -> list[dict[str, Any]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; run `prvr extract` to create the feature folder")
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number} is not JSON ({error}); re-run `prvr extract`") from None
+    for number, line in read_text_lines(path, "extraction sidecar"):  # UTF-8, no control characters
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}, line {number}: not JSON ({error}); re-run `prvr extract`") from None
+        if not isinstance(row, dict) or not isinstance(row.get("video_id"), str) or not row["video_id"] \
+                or row.get("status") not in ("ok", "failed"):
+            raise ValueError(f"{path}, line {number}: expected an object with a non-empty 'video_id' and a 'status' "
+                             f"of ok / failed; re-run `prvr extract`")
+        rows.append(row)
     return rows
 
 
@@ -283,15 +390,20 @@ def encode_video(path: str | os.PathLike[str], backbone: ImageBackbone, sampling
 def _check_existing(feature_file: Path, backbone_id: str, sampling: SamplingConfig) -> None:
     if not feature_file.is_file():
         return
-    found = feature_file_backbone(feature_file)
+    try:
+        found = feature_file_backbone(feature_file)
+        with h5py.File(feature_file, "r") as handle:
+            stored = handle.attrs.get("sampling")
+        stored_sampling = json.loads(stored) if stored is not None else None
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError) as error:
+        raise ValueError(f"{feature_file} is not a readable feature file of `prvr extract` ({error}); delete it "
+                         "(its videos are re-written from the cache) or extract into another --out / --name") from None
     if found is not None and not backbone_ids_match(found, backbone_id):
         raise ValueError(
             f"{feature_file} holds features of backbone {found!r}, not {backbone_id!r}; extract into another --out "
             "or --name (features of two backbones cannot share a file)"
         )
-    with h5py.File(feature_file, "r") as handle:
-        stored = handle.attrs.get("sampling")
-    if stored is not None and json.loads(stored) != sampling.to_dict():
+    if stored_sampling is not None and stored_sampling != sampling.to_dict():
         raise ValueError(
             f"{feature_file} was extracted with sampling {stored}, not {json.dumps(sampling.to_dict())}; "
             "extract into another --out or --name, or use the same --fps / --frames-per-feature"
@@ -351,11 +463,11 @@ def extract_videos(
         The :class:`ExtractionResult`; failed videos are listed there and in ``failures.json``.
 
     Raises:
-        FileNotFoundError: no video files.
+        FileNotFoundError: nothing named like a video.
         ValueError: the feature folder already holds features of another backbone or sampling.
     """
     sampling = sampling or SamplingConfig()
-    paths = find_videos(videos)
+    paths, skipped = scan_videos(videos)
     video_ids = assign_video_ids(paths)
     if not collection or "/" in collection or collection in (".", ".."):
         raise ValueError(f"collection must be a plain folder name, got {collection!r}")
@@ -368,7 +480,9 @@ def extract_videos(
     _check_existing(feature_file, backbone.backbone_id, sampling)
     cache = FeatureCache(cache_dir if cache_dir is not None else folder / CACHE_DIR)
 
-    results: list[VideoResult] = []
+    # entries named like videos that are not readable files fail like undecodable ones (failures.json, summary)
+    results: list[VideoResult] = [VideoResult(entry.path.stem, str(entry.path), "failed", reason=entry.reason)
+                                  for entry in skipped]
     entries: list[tuple[str, str, VideoResult]] = []
     calls = 0
     bar = tqdm(zip(paths, video_ids), total=len(paths), desc="extract", unit="video", disable=not progress)
