@@ -267,7 +267,7 @@ def test_hdf5_round_trip_attrs_and_dtype(tmp_path: Path) -> None:
     store.close()
 
 
-def test_hdf5_reads_1d_rows_and_rejects_bad_datasets(tmp_path: Path) -> None:
+def test_hdf5_refuses_1d_and_bad_datasets(tmp_path: Path) -> None:
     path = tmp_path / "raw.hdf5"
     with h5py.File(path, "w") as handle:
         handle["one"] = np.arange(6, dtype=np.float32)
@@ -275,7 +275,8 @@ def test_hdf5_reads_1d_rows_and_rejects_bad_datasets(tmp_path: Path) -> None:
         handle["nan"] = np.array([[np.nan] * 6, [1.0] * 6], np.float32)
         handle["wide"] = np.zeros((2, 7), np.float32)
     store = HDF5FeatureStore(path, expected_dim=6)
-    assert store["one"].shape == (1, 6)
+    with pytest.raises(ValueError, match=r"raw\.hdf5: features of 'one' have shape \(6,\), a 1-D vector; expected 2-D \(frames, D\)"):
+        store["one"]
     with pytest.raises(ValueError, match=r"raw\.hdf5.*'empty'.*zero-frame video"):
         store["empty"]
     with pytest.raises(ValueError, match=r"'nan' contain 6 NaN and 0 inf"):
@@ -470,14 +471,15 @@ def test_npy_directory_store(tmp_path: Path) -> None:
     np.save(tmp_path / "vid.a.npy", a)
     np.savez(tmp_path / "b.npz", features=b, other=np.zeros(2))
     np.savez(tmp_path / "c.npz", only_one=c.astype(np.float16))
-    np.save(tmp_path / "d.npy", np.arange(6, dtype=np.float32))  # 1-D: one row
+    np.save(tmp_path / "d.npy", np.arange(6, dtype=np.float32))  # 1-D: refused
     (tmp_path / "readme.txt").write_text("ignored")
     store = NpyDirectoryFeatureStore(tmp_path, expected_dim=6)
     assert store.ids() == ["b", "c", "d", "vid.a"] and store.dim == 6 and len(store) == 4
     np.testing.assert_array_equal(store["vid.a"], a)
     np.testing.assert_array_equal(store["b"], b)
     np.testing.assert_array_equal(store["c"], c.astype(np.float16).astype(np.float32))
-    assert store["d"].shape == (1, 6)
+    with pytest.raises(ValueError, match=r"d\.npy: features of 'd' have shape \(6,\), a 1-D vector"):
+        store["d"]
 
     np.savez(tmp_path / "e.npz", x=np.zeros((1, 6)), y=np.zeros((1, 6)))
     with pytest.raises(ValueError, match=r"holds arrays \['x', 'y'\] but no 'features'"):

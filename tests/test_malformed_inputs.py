@@ -324,13 +324,6 @@ def test_scan_lists_every_skipped_entry_with_its_reason(tmp_path: Path, monkeypa
         assert reason in reasons[name], (name, reasons[name])
 
 
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from test_backbones import save_tiny_clip
-
-    return save_tiny_clip(tmp_path_factory.mktemp("malformed-clip") / "tiny-clip")
-
-
 def test_extract_cli_lists_skipped_entries_in_failures(tmp_path: Path, tiny_clip: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     from prvr.features.synthetic_video import write_video
