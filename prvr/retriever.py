@@ -10,7 +10,6 @@ is provably the brute-force top-k; approximate indexes use their calibrated npro
 
 from __future__ import annotations
 
-import importlib
 import logging
 import threading
 from collections.abc import Sequence
@@ -40,7 +39,6 @@ __all__ = ["SearchResult", "Retriever"]
 logger = logging.getLogger(__name__)
 
 
-LOCALIZER_MODULE = "prvr.moments.localizer"
 DEFAULT_NUM_MOMENTS = 5
 DEFAULT_MOMENT_OVERLAP = 0.7  # temporal IoU above which a lower-scored moment of the same video is a duplicate
 
@@ -231,25 +229,22 @@ class Retriever:
         """The moment localiser, loading the manifest's moment checkpoint on first use; None when there is none.
 
         Raises:
-            RuntimeError: when the index names a moment checkpoint but ``prvr.moments.localizer`` is not available.
+            RuntimeError: when the index names a moment checkpoint that cannot be loaded.
         """
         if self._localizer is not None or self._moment_checkpoint is None:
             return self._localizer
         with self._localizer_lock:
             if self._localizer is None:
+                from prvr.moments import localizer as moment_localizer
+
                 try:
-                    module = importlib.import_module(LOCALIZER_MODULE)
-                except ImportError as error:
+                    localizer = moment_localizer.load_localizer(self._moment_checkpoint)
+                except (OSError, ValueError, KeyError) as error:
                     raise RuntimeError(
-                        f"this index has a moment checkpoint ({self._moment_checkpoint}) but {LOCALIZER_MODULE} "
-                        f"cannot be imported ({error}); install a prvr version with the moment localiser, or search "
-                        "with localize=False (`prvr query --no-moments`)"
+                        f"this index has a moment checkpoint ({self._moment_checkpoint}) that cannot be loaded "
+                        f"({error}); rebuild the index with a valid --moment-checkpoint, or search with "
+                        "localize=False (`prvr query --no-moments`)"
                     ) from error
-                load = getattr(module, "load_localizer", None)
-                if load is None:
-                    raise RuntimeError(f"{LOCALIZER_MODULE} has no load_localizer(path); update prvr, or search "
-                                       "with localize=False (`prvr query --no-moments`)")
-                localizer = load(self._moment_checkpoint)
                 self._check_localizer(localizer)
                 self._localizer = localizer
                 logger.info("moment localiser loaded from %s", self._moment_checkpoint)

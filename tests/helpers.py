@@ -192,8 +192,8 @@ def load_localizer(path: str | Path) -> CosineSpanLocalizer:
     return CosineSpanLocalizer(config["text_dim"], config["dim"], config["seed"])
 
 
-# The source of the importable localiser plugin module (what ``prvr.retriever.LOCALIZER_MODULE`` names): it
-# re-exports the two names above, so a test can monkeypatch the plugin module without touching this one.
+# The source of the importable localiser plugin module (tests patch prvr.moments.localizer.load_localizer with
+# its loader): it re-exports the two names above, so a test can monkeypatch the plugin module without touching this one.
 LOCALIZER_SOURCE = '''"""Moment localiser plugin for tests (see tests/helpers.py)."""
 from helpers import CosineSpanLocalizer, load_localizer  # noqa: F401
 '''

@@ -4,12 +4,11 @@ info|add|remove|calibrate`, with CliRunner on a tiny random model and a tiny loc
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 from click.testing import CliRunner
 
-from helpers import LOCALIZER_MODULE_NAME, write_moment_checkpoint
+from helpers import write_moment_checkpoint
 from prvr.cli import main
 
 
@@ -107,12 +106,16 @@ def test_calibrate_stores_its_choice(workspace, tmp_path) -> None:
     assert code == 1 and "comma-separated integers" in output
 
 
+def _broken_loader(path):
+    raise ValueError(f"{path} is not a moment checkpoint")
+
+
 def test_query_shows_moments_and_no_moments_skips_them(workspace, localizer_module, tmp_path, monkeypatch) -> None:
-    import prvr.retriever as retriever_module
+    from prvr.moments import localizer as moment_localizer
 
     out = tmp_path / "index"
     _build(workspace, out, "--moment-checkpoint", str(workspace["moments"]))
-    monkeypatch.setattr(retriever_module, "LOCALIZER_MODULE", LOCALIZER_MODULE_NAME)
+    monkeypatch.setattr(moment_localizer, "load_localizer", localizer_module.load_localizer)
     code, output = _invoke("query", "the man runs", "--index", str(out), "-k", "2", "--json")
     assert code == 0, output
     results = json.loads(output)
@@ -124,9 +127,9 @@ def test_query_shows_moments_and_no_moments_skips_them(workspace, localizer_modu
     code, output = _invoke("query", "the man runs", "--index", str(out), "-k", "2", "--json", "--no-moments")
     assert code == 0 and all(r["moments"] == [] for r in json.loads(output))
     assert [r["video_id"] for r in json.loads(output)] == [r["video_id"] for r in results]
-    monkeypatch.setattr(retriever_module, "LOCALIZER_MODULE", "prvr_no_such_localizer_module")
+    monkeypatch.setattr(moment_localizer, "load_localizer", _broken_loader)
     code, output = _invoke("query", "the man runs", "--index", str(out))
-    assert code == 1 and "--no-moments" in output
+    assert code == 1 and "cannot be loaded" in output and "--no-moments" in output
 
 
 def test_clear_errors(workspace, tmp_path) -> None:
@@ -141,4 +144,3 @@ def test_clear_errors(workspace, tmp_path) -> None:
     (out / "generations" / "gen-000001" / "faiss" / "clip.faiss").write_bytes(b"truncated")
     code, output = _invoke("query", "a dog", "--index", str(out))
     assert code == 1 and "clip.faiss" in output and "rebuild" in output
-    assert sys.modules.get("prvr_no_such_localizer_module") is None

@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from helpers import HIDDEN, LOCALIZER_MODULE_NAME, TEXT_DIM, write_moment_checkpoint
+from helpers import HIDDEN, TEXT_DIM, write_moment_checkpoint
 from prvr.data.dataset import iter_query_batches
 from prvr.retriever import Retriever, SearchResult
 from prvr.text_encoders import TokenFeatureEncoder
@@ -156,8 +156,8 @@ def test_moment_checkpoint_in_the_manifest_is_loaded_lazily(tiny_checkpoint, syn
                                                             localizer_module, monkeypatch, tmp_path) -> None:
     import json
 
-    import prvr.retriever as retriever_module
     from prvr.index.builder import build_index
+    from prvr.moments import localizer as moment_localizer
 
     moment_file = write_moment_checkpoint(tmp_path / "moments.json")
     out = tmp_path / "index"
@@ -170,7 +170,7 @@ def test_moment_checkpoint_in_the_manifest_is_loaded_lazily(tiny_checkpoint, syn
         manifest = load_manifest(out / "generations" / db.active_generation().directory)
     stored = out / manifest.moment_checkpoint["path"]
     assert stored.is_file() and stored.read_bytes() == moment_file.read_bytes()
-    monkeypatch.setattr(retriever_module, "LOCALIZER_MODULE", LOCALIZER_MODULE_NAME)
+    monkeypatch.setattr(moment_localizer, "load_localizer", localizer_module.load_localizer)
     # the manifest records the hash of the copy: a replaced copy is refused
     original = stored.read_bytes()
     stored.write_text(json.dumps({"text_dim": TEXT_DIM, "dim": HIDDEN, "seed": 1}))
@@ -192,13 +192,16 @@ def test_moment_checkpoint_in_the_manifest_is_loaded_lazily(tiny_checkpoint, syn
         found.config = types.SimpleNamespace(condition="frames", video_dim=384)
         return found
 
-    monkeypatch.setattr(localizer_module, "load_localizer", frames_localizer)
+    monkeypatch.setattr(moment_localizer, "load_localizer", frames_localizer)
     with Retriever.load(out, text_encoder=TokenFeatureEncoder(query_bert)) as retriever:
         with pytest.raises(RuntimeError, match="condition 'retrieval'"):
             retriever.search("a man runs", k=2)
-    monkeypatch.setattr(retriever_module, "LOCALIZER_MODULE", "prvr_no_such_localizer_module")
+    def broken_loader(path):
+        raise ValueError(f"{path} is not a moment checkpoint")
+
+    monkeypatch.setattr(moment_localizer, "load_localizer", broken_loader)
     with Retriever.load(out, text_encoder=TokenFeatureEncoder(query_bert)) as retriever:
-        with pytest.raises(RuntimeError, match="cannot be imported"):
+        with pytest.raises(RuntimeError, match="cannot be loaded .* not a moment checkpoint.*--no-moments"):
             retriever.search("a man runs", k=2)
         assert retriever.search("a man runs", k=2, localize=False)  # --no-moments still works
 

@@ -31,7 +31,6 @@ import contextlib
 import dataclasses
 import fcntl
 import hashlib
-import importlib
 import inspect
 import json
 import logging
@@ -225,8 +224,8 @@ def _verified(directory: Path, record: Any) -> bool:
             logger.warning("demo cache: %s is missing; rebuilding from its stage", directory / relative)
             return False
     facts = record.get("facts", {})
-    if isinstance(facts, dict) and facts.get("skipped") and _moment_trainer()[0] is not None:
-        return False  # the moment model was skipped for want of its module, which is installed now
+    if isinstance(facts, dict) and facts.get("skipped"):
+        return False  # recorded by an older prvr that had no moment trainer: build the moment model now
     backbone = facts.get("text_backbone_path") if isinstance(facts, dict) else None
     if backbone and not Path(backbone).is_dir():
         logger.warning("demo cache: the index's text backbone %s is gone (reinstalled elsewhere?); rebuilding the "
@@ -425,23 +424,13 @@ def _test_metrics(checkpoint: Path, root: Path) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# stage 3: the moment model (optional: it needs prvr.moments.train)
-
-
-def _moment_trainer() -> tuple[Callable[..., Any] | None, str]:
-    try:
-        module = importlib.import_module("prvr.moments.train")
-    except ImportError as error:
-        return None, f"no moment model: prvr.moments.train is not available ({error})"
-    return module.train_moments, ""
+# stage 3: the moment model
 
 
 def _train_moments(directory: Path, settings: DemoSettings, progress: bool,
                    on_epoch: Callable[[dict[str, Any]], None] | None) -> tuple[list[Path], dict[str, Any]]:
     """The ``tiny`` moment denoiser, conditioned on the retrieval model's frame tokens (what the index stores)."""
-    trainer, why = _moment_trainer()
-    if trainer is None:
-        return [], {"skipped": why}
+    from prvr.moments.train import train_moments
     from prvr.moments.config import apply_moment_overrides, load_moment_preset
 
     config = apply_moment_overrides(load_moment_preset("tiny"), [f"train.epochs={settings.moment_epochs}",
@@ -449,9 +438,9 @@ def _train_moments(directory: Path, settings: DemoSettings, progress: bool,
     out = _stage_dir(directory, "moments")
 
     def train(resume: bool) -> Any:
-        return trainer(_data_root(directory), DEMO_COLLECTION, out, None if resume else config,
-                       retrieval_checkpoint=_stage_dir(directory, "model") / "best.pt", resume=resume,
-                       progress=progress, max_train_queries=settings.moment_queries, on_epoch=on_epoch)
+        return train_moments(_data_root(directory), DEMO_COLLECTION, out, None if resume else config,
+                             retrieval_checkpoint=_stage_dir(directory, "model") / "best.pt", resume=resume,
+                             progress=progress, max_train_queries=settings.moment_queries, on_epoch=on_epoch)
 
     result = None
     if (out / "last.pt").is_file():  # cut off by a killed run: continue from its last epoch
