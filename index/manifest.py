@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from prvr.fileio import atomic_path
+from prvr.fileio import write_text_atomic
 
 __all__ = ["MANIFEST_NAME", "MANIFEST_FORMAT_VERSION", "IndexManifest", "load_manifest", "write_manifest"]
 
@@ -97,8 +97,7 @@ def write_manifest(manifest: IndexManifest, directory: str | Path) -> Path:
         The path written.
     """
     path = Path(directory) / MANIFEST_NAME
-    with atomic_path(path) as tmp:
-        tmp.write_text(manifest.to_json(), encoding="utf-8")
+    write_text_atomic(path, manifest.to_json())
     return path
 
 

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from prvr.checkpoint import read_checkpoint, save_checkpoint
 from prvr.config import DataConfig, ExperimentConfig, TrainConfig
 from prvr.data.dataset import PRVRCorpus, iter_query_batches, iter_video_batches, make_train_loader
-from prvr.fileio import atomic_path
+from prvr.fileio import write_text_atomic
 from prvr.losses import Criterion
 from prvr.metrics.retrieval import chunked_ranks, recall_metrics
 from prvr.model import DreamPRVR
@@ -259,11 +259,6 @@ def rank_corpus(
     return ranks.numpy()
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
 def _slice_tokens(tokens: VideoTokens, start: int, stop: int) -> VideoTokens:
     registers = tokens.registers[start:stop] if tokens.registers is not None else None
     return VideoTokens(tokens.clip[start:stop], tokens.frame[start:stop], tokens.frame_mask[start:stop], registers)
@@ -350,7 +345,7 @@ def fit(
         logger.info("resuming %s after epoch %d (best SumR %.2f at epoch %d)", run_dir, start_epoch, best_sumr,
                     best_epoch + 1)
         # the checkpoint's history is authoritative: drop lines of an epoch that was cut off before its checkpoint
-        _write_text_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+        write_text_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
     (run_dir / "config.json").write_text(config.to_json() + "\n", encoding="utf-8")
 
     run_start = time.perf_counter()

@@ -59,7 +59,7 @@ from prvr.data.features import (
     query_feature_path,
     write_hdf5_features,
 )
-from prvr.fileio import atomic_path, file_sha256
+from prvr.fileio import atomic_path, file_sha256, write_json_atomic
 from prvr.metrics.retrieval import DEFAULT_KS, chunked_ranks, recall_metrics
 from prvr.types import QueryRecord
 
@@ -343,13 +343,6 @@ def work_dir(root: str | os.PathLike[str], collection: str) -> Path:
     return Path(root) / collection / _WORK_FOLDER
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(obj, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # chunked, cached encoding
 
@@ -617,7 +610,7 @@ def build_capproxy(
     }
     timings["total_s"] = time.perf_counter() - began
     manifest["build"] = {"wall_time_s": {k: round(v, 2) for k, v in timings.items()}}
-    _write_json_atomic(manifest_path(root, collection), manifest)
+    write_json_atomic(manifest_path(root, collection), manifest)
     if not keep_work:
         shutil.rmtree(work, ignore_errors=True)
     logger.info("built %s in %.1f s: %s", base, timings["total_s"], split_counts)

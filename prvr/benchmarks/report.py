@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from prvr.fileio import atomic_path
+from prvr.fileio import write_text_atomic
 
 __all__ = ["median", "median_ms", "median_seconds", "percentile", "repeat_seconds", "write_json", "write_text"]
 
@@ -81,8 +81,7 @@ def write_text(path: str | os.PathLike[str], text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically, creating its folder; returns the path."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(target) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+    write_text_atomic(target, text)
     return target
 
 

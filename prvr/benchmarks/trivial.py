@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from prvr.config import DataConfig, TrainConfig
 from prvr.data.dataset import PRVRCorpus, make_train_loader
 from prvr.engine import evaluate
-from prvr.fileio import atomic_path
+from prvr.fileio import write_json_atomic, write_text_atomic
 from prvr.losses import infonce_loss
 from prvr.similarity import video_scores
 from prvr.types import QueryBatch, VideoBatch, VideoTokens
@@ -118,8 +118,6 @@ def train_trivial(
         history.append({"epoch": epoch + 1, "train": {"seconds": train_seconds},
                         "val": evaluate(model, val_corpus, eval_config),  # type: ignore[arg-type]
                         "wall_seconds": time.perf_counter() - start})
-    with atomic_path(metrics_path) as tmp:
-        tmp.write_text("".join(json.dumps(record) + "\n" for record in history), encoding="utf-8")
-    with atomic_path(out / "config.json") as tmp:
-        tmp.write_text(json.dumps({"trivial": asdict(config), "data": asdict(data)}, indent=2), encoding="utf-8")
+    write_text_atomic(metrics_path, "".join(json.dumps(record) + "\n" for record in history))
+    write_json_atomic(out / "config.json", {"trivial": asdict(config), "data": asdict(data)}, sort_keys=False)
     return history

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import inspect
 import json
@@ -46,7 +45,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from prvr.demo.generator import GENERATOR_VERSION, DemoVideo, generate_corpus
-from prvr.fileio import atomic_path, file_sha256
+from prvr.fileio import exclusive_lock, file_sha256, write_json_atomic, write_text_atomic
 
 __all__ = [
     "DEMO_COLLECTION",
@@ -187,11 +186,6 @@ def _stage_dir(directory: Path, stage: str) -> Path:
 # manifest
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
 def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The demo manifest, or None when it is missing or unreadable (then everything is rebuilt)."""
     path = Path(directory) / MANIFEST_NAME
@@ -234,18 +228,10 @@ def _verified(directory: Path, record: Any) -> bool:
     return True
 
 
-@contextlib.contextmanager
-def _demo_lock(directory: Path) -> Iterator[None]:
+def _demo_lock(directory: Path) -> contextlib.AbstractContextManager[None]:
     directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / _LOCK_NAME, "a+") as handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RuntimeError(f"another `prvr demo` is building {directory}; wait for it to finish") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    return exclusive_lock(directory / _LOCK_NAME,
+                          busy_message=f"another `prvr demo` is building {directory}; wait for it to finish")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -335,8 +321,7 @@ def _build_corpus(directory: Path, settings: DemoSettings, progress: bool,
         write_moments(moments_path(root, DEMO_COLLECTION, split), split_records)
         files += [caption_path(root, DEMO_COLLECTION, split), moments_path(root, DEMO_COLLECTION, split)]
     timelines = base / TIMELINES_NAME
-    with atomic_path(timelines) as tmp:
-        tmp.write_text("".join(json.dumps(v.to_dict()) + "\n" for v in videos), encoding="utf-8")
+    write_text_atomic(timelines, "".join(json.dumps(v.to_dict()) + "\n" for v in videos))
     files.append(timelines)
     facts = {"videos": splits, "queries": {split: len(r) for split, r in records.items()},
              "camera": camera.encoder_id, "text_encoder": text_encoder.encoder_id,
@@ -551,7 +536,7 @@ def build_demo(
                     stages.pop(later, None)
                     if position > 0 or later in ("corpus", "index"):  # a cut-off training resumes from last.pt
                         shutil.rmtree(_stage_dir(directory, later), ignore_errors=True)
-                _write_json_atomic(directory / MANIFEST_NAME, manifest)
+                write_json_atomic(directory / MANIFEST_NAME, manifest)
                 stale = True
             report(stage, "build")
             tic = time.perf_counter()
@@ -568,7 +553,7 @@ def build_demo(
             elapsed = time.perf_counter() - tic
             present = [_stage_dir(directory, "index") / "index.db"] if stage == "index" else []
             stages[stage] = _record(directory, files, facts, elapsed, present)
-            _write_json_atomic(directory / MANIFEST_NAME, manifest)
+            write_json_atomic(directory / MANIFEST_NAME, manifest)
             built.append(stage)
             seconds[stage] = elapsed
             report(stage, "skip" if facts.get("skipped") else "done")

@@ -40,7 +40,7 @@ from prvr.data.features import validate_features
 from prvr.features.backbones import ImageBackbone, backbone_ids_match, feature_file_backbone
 from prvr.features.cache import FeatureCache, cache_key
 from prvr.features.frames import SamplingConfig, VideoDecodeError, VideoFrameSampler, VideoInfo
-from prvr.fileio import atomic_path, file_sha256
+from prvr.fileio import atomic_path, file_sha256, write_text_atomic
 
 __all__ = [
     "VIDEO_SUFFIXES",
@@ -429,11 +429,6 @@ def _write_feature_file(path: Path, cache: FeatureCache, entries: Sequence[tuple
                 handle.attrs[name] = value
 
 
-def _write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
 def extract_videos(
     videos: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     out_root: str | os.PathLike[str],
@@ -524,11 +519,11 @@ def extract_videos(
         _write_feature_file(feature_file, cache, entries, attrs)
     else:
         feature_file.unlink(missing_ok=True)  # an empty feature file has no dimension; the loaders would refuse it
-    _write_text(folder / SIDECAR_FILE, "".join(json.dumps(r.to_dict(), sort_keys=True) + "\n" for r in results))
+    write_text_atomic(folder / SIDECAR_FILE, "".join(json.dumps(r.to_dict(), sort_keys=True) + "\n" for r in results))
     failures = {"backbone": backbone.backbone_id,
                 "failed": [{"video_id": r.video_id, "source": r.source, "reason": r.reason}
                            for r in results if not r.ok]}
-    _write_text(folder / FAILURES_FILE, json.dumps(failures, indent=2) + "\n")
+    write_text_atomic(folder / FAILURES_FILE, json.dumps(failures, indent=2) + "\n")
     result = ExtractionResult(folder, feature_file, name, backbone.backbone_id, results, calls)
     logger.info("extracted %d of %d videos into %s (%d from the cache, %d failed)", len(result.succeeded),
                 len(results), folder, sum(r.cached for r in result.succeeded), len(result.failed))
