@@ -11,6 +11,7 @@ Shape letters: V videos, C clips, F frames, D token width, Nq queries.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import socket
 import threading
@@ -39,6 +40,24 @@ def tiny_experiment_config() -> Any:
     from prvr.config import apply_overrides, load_preset
 
     return apply_overrides(load_preset("tiny"), TINY_OVERRIDES)
+
+
+def save_untrained_checkpoint(path: Path, video_dim: int, text_dim: int) -> Any:
+    """Save an untrained two-branch tiny DreamPRVR (torch seed 0) for ``video_dim`` / ``text_dim`` features at
+    ``path`` (for tests that index features without captions to size a config from); returns its config."""
+    import torch
+
+    from prvr.checkpoint import save_checkpoint
+    from prvr.config import apply_overrides, load_preset
+    from prvr.model import DreamPRVR
+
+    config = apply_overrides(load_preset("tiny"), ["model.block.widths=[null, 2.0]",
+                                                   "model.registers.diffusion.steps=2"])
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, video_dim=video_dim,
+                                                                   text_dim=text_dim))
+    torch.manual_seed(0)
+    save_checkpoint(path, model=DreamPRVR(config.model, seed=0), config=config, epoch=0)
+    return config
 
 
 # ------------------------------------------------------------------------------------------------ tiny backbones

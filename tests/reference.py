@@ -66,7 +66,7 @@ def nms(spans: list[list[float]], scores: list[float], threshold: float) -> list
     return keep
 
 
-# ----------------------------------------------------------------- moment metrics (written from spec/metrics.md)
+# ----------------------------------------------------------------- moment metrics (written from docs/design.md §4)
 
 
 def window_iou(a: list[float], b: list[float]) -> float:

@@ -3,7 +3,6 @@ the corpus the index builder takes, and the real sample video."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import shutil
@@ -15,7 +14,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from helpers import save_tiny_clip
+from helpers import save_tiny_clip, save_untrained_checkpoint
 from prvr.features.backbones import ClipImageBackbone
 from prvr.features.cache import FeatureCache
 from prvr.features.corpus import ExtractedVideoCorpus, extract_for_index, find_feature_name
@@ -202,21 +201,14 @@ def test_cli(tmp_path: Path, setup: dict, monkeypatch: pytest.MonkeyPatch) -> No
 def test_the_extracted_folder_builds_a_searchable_index(tmp_path: Path, extracted: dict, setup: dict,
                                                        tiny_bert: Path) -> None:
     from prvr.index.builder import build_index
-    from prvr.checkpoint import save_checkpoint
-    from prvr.config import apply_overrides, load_preset
-    from prvr.model import DreamPRVR
     from prvr.retriever import Retriever
     from prvr.text_encoders import TokenFeatureEncoder
     from prvr.index.catalog import open_database
 
     root = extracted["root"]
     assert find_feature_name(root, "videos") == "tiny_clip"
-    config = apply_overrides(load_preset("tiny"), ["model.block.widths=[null, 2.0]",
-                                                   "model.registers.diffusion.steps=2"])
-    config = dataclasses.replace(config, model=dataclasses.replace(config.model, video_dim=12, text_dim=16))
-    torch.manual_seed(0)
     checkpoint = tmp_path / "model.pt"
-    save_checkpoint(checkpoint, model=DreamPRVR(config.model, seed=0), config=config, epoch=0)
+    config = save_untrained_checkpoint(checkpoint, video_dim=12, text_dim=16)
     corpus = ExtractedVideoCorpus(root, "videos", config.data, text_dim=16, expected_video_dim=12,
                                   expected_backbone=setup["backbone"].backbone_id)
     assert set(corpus.video_ids) == OK_IDS and corpus.captions_of("a") == []

@@ -354,19 +354,11 @@ def test_extract_cli_lists_skipped_entries_in_failures(tmp_path: Path, tiny_clip
 
 def test_build_index_videos_reports_skipped_entries_on_stderr(tmp_path: Path, tiny_clip: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    import torch
-
-    from prvr.checkpoint import save_checkpoint
-    from prvr.config import apply_overrides, load_preset
+    from helpers import save_untrained_checkpoint
     from prvr.features.synthetic_video import write_video
-    from prvr.model import DreamPRVR
 
-    config = apply_overrides(load_preset("tiny"), ["model.block.widths=[null, 2.0]",
-                                                   "model.registers.diffusion.steps=2"])
-    config = dataclasses.replace(config, model=dataclasses.replace(config.model, video_dim=12, text_dim=16))
-    torch.manual_seed(0)
     checkpoint = tmp_path / "model.pt"
-    save_checkpoint(checkpoint, model=DreamPRVR(config.model, seed=0), config=config, epoch=0)
+    save_untrained_checkpoint(checkpoint, video_dim=12, text_dim=16)
     videos = tmp_path / "in"
     expected = make_bad_entries(videos)
     unreadable(monkeypatch, "locked.mp4")

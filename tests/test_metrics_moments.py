@@ -28,7 +28,7 @@ QVHIGHLIGHTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "qvhigh
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# random cases (the naive references, written from spec/metrics.md, are in reference.py)
+# random cases (the naive references, written from docs/design.md §4, are in reference.py)
 
 
 def _random_case(seed: int, num_queries: int = 40) -> tuple[list[dict], list[dict]]:
