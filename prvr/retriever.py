@@ -31,6 +31,7 @@ from prvr.data.preprocess import collate_queries, preprocess_query
 from prvr.fileio import file_sha256
 from prvr.model import DreamPRVR
 from prvr.moments.spans import temporal_nms
+from prvr.query_text import clean_queries
 from prvr.types import Moment, MomentLocalizer, QueryBatch
 from prvr.index.catalog import Database
 
@@ -299,16 +300,13 @@ class Retriever:
             For a string, up to k :class:`SearchResult` best first; for a list, one such list per sentence.
 
         Raises:
-            ValueError: on an empty query or k <= 0.
+            QueryTextError: (a ValueError) on a query the policy of :mod:`prvr.query_text` refuses: not text,
+                invalid Unicode, nothing visible, longer than :data:`prvr.query_text.MAX_QUERY_CHARS`.
+            ValueError: on k <= 0.
             RuntimeError: when no text encoder is available.
         """
         single = isinstance(query, str)
-        texts = [query] if single else list(query)
-        if not texts:
-            raise ValueError("empty query list; pass at least one sentence")
-        for position, text in enumerate(texts):
-            if not isinstance(text, str) or not text.strip():
-                raise ValueError(f"query {position} is empty or not a string ({text!r}); pass non-empty sentences")
+        texts = clean_queries([query] if single else query)  # the one query-text policy (prvr.query_text)
         n_candidates = self._default_candidates(n_candidates)
         _check_k(k, n_candidates)
         if self.text_encoder is None:
@@ -318,7 +316,7 @@ class Retriever:
                 "with precomputed token features"
             )
         with self._lock:
-            encoded = self.text_encoder.encode([text.strip() for text in texts])
+            encoded = self.text_encoder.encode(texts)
         raw = [np.asarray(tokens, dtype=np.float32) for tokens in encoded.tokens]  # Nq x (L_i, D_text)
         max_tokens = self.config.data.max_query_tokens
         arrays = [preprocess_query(tokens, max_tokens) for tokens in raw]  # Nq x (L_i, D_text)

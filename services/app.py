@@ -42,6 +42,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from prvr.index.layout import open_index_database
 from prvr.retriever import Retriever, SearchResult
+from prvr.query_text import MAX_QUERY_CHARS, QueryTextError, clean_query
 from prvr.services import media
 from prvr.index.catalog import Database, GenerationVideo, Video, VideoStatus
 from prvr.services.schemas import (
@@ -77,7 +78,7 @@ class ServiceSettings:
     Attributes:
         index_dir: the index directory written by ``prvr build-index``.
         api_key: when set, every data endpoint needs it in the ``X-API-Key`` header.
-        max_query_chars: longest accepted query (characters, after stripping).
+        max_query_chars: longest accepted query (characters, after cleaning; at most prvr.query_text.MAX_QUERY_CHARS).
         max_k: most results per query.
         max_batch: most queries in one ``POST /search``.
         poll_interval_s: how often the poller checks the active generation (0 disables the poller).
@@ -100,6 +101,9 @@ class ServiceSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if self.max_query_chars > MAX_QUERY_CHARS:
+            raise ValueError(f"max_query_chars {self.max_query_chars} exceeds the search's own limit of "
+                             f"{MAX_QUERY_CHARS} characters (prvr.query_text.MAX_QUERY_CHARS); pick at most that")
         if self.poll_interval_s < 0:
             raise ValueError(f"poll_interval_s must be >= 0 (0 disables polling), got {self.poll_interval_s!r}")
         if self.api_key is not None and len(self.api_key) < 8:
@@ -465,15 +469,11 @@ def create_app(settings: ServiceSettings, *, loader: Callable[[Path], Retriever]
                                                        f"{settings.max_batch} allowed, split the batch")
         cleaned = []
         for position, text in enumerate(queries):
-            stripped = text.strip()
-            where = "q" if len(queries) == 1 else f"queries[{position}]"
-            if not stripped:
-                raise ServiceError(422, "invalid_request", f"{where} is empty; type a sentence such as "
-                                                           "\"a man is playing a guitar\"")
-            if len(stripped) > settings.max_query_chars:
-                raise ServiceError(422, "invalid_request", f"{where} is {len(stripped)} characters long; at most "
-                                                           f"{settings.max_query_chars} allowed")
-            cleaned.append(stripped)
+            try:  # the one query-text policy of the CLI and the Python API (prvr.query_text)
+                cleaned.append(clean_query(text, where="q" if len(queries) == 1 else f"queries[{position}]",
+                                           max_chars=settings.max_query_chars))
+            except QueryTextError as error:
+                raise ServiceError(422, "invalid_request", str(error)) from None
         return cleaned
 
     def media_url(video_id: str) -> str:

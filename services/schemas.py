@@ -60,9 +60,10 @@ class SearchResponse(_Out):
 
 
 class BatchSearchRequest(BaseModel):
-    """Several queries answered in one model pass (``POST /search``)."""
+    """Several queries answered in one model pass (``POST /search``). Strict types: ``k: true`` or ``k: "3"`` is
+    refused, not read as 1 or 3."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     queries: list[str] = Field(description="The sentences to search for.")
     k: int = Field(default=10, description="Results per query.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import unicodedata
 
 import pytest
@@ -83,3 +84,58 @@ def test_every_codepoint_class_gives_a_clean_result_or_the_policy_error():
         assert all(unicodedata.category(c) not in {"Cc", "Cf", "Cs"} for c in cleaned)
         assert all(not c.isspace() or c == " " for c in cleaned)
         assert cleaned == unicodedata.normalize("NFC", cleaned)
+
+
+# ------------------------------------------------------------------------------ the three entry points share it
+
+
+BAD_TEXTS = [("\ud800 a dog", "not valid Unicode"), ("\u200b\u200b", "is empty"), ("\x00", "is empty"),
+             ("a" * (MAX_QUERY_CHARS + 1), "characters long")]
+
+
+@pytest.mark.parametrize("text, message", BAD_TEXTS)
+def test_retriever_search_applies_the_policy(tiny_index, query_bert, text, message):
+    from prvr.retriever import Retriever
+    from prvr.text_encoders import TokenFeatureEncoder
+
+    with Retriever.load(tiny_index, text_encoder=TokenFeatureEncoder(query_bert)) as retriever:
+        with pytest.raises(QueryTextError, match=message):
+            retriever.search(text, k=2)
+        with pytest.raises(QueryTextError, match=r"queries\[1\]"):
+            retriever.search(["a dog", text], k=2)
+        assert retriever.search(" a\u200b dog\t", k=2) == retriever.search("a dog", k=2)
+
+
+@pytest.mark.parametrize("text, message", BAD_TEXTS)
+def test_the_service_answers_the_policy_with_a_json_422(service_index, text, message):
+    from fastapi.testclient import TestClient
+
+    from helpers import load_with_localizer
+    from prvr.services.app import ServiceSettings, create_app
+
+    app = create_app(ServiceSettings(index_dir=service_index["dir"], poll_interval_s=0), loader=load_with_localizer)
+    def post(body):  # json.dumps escapes a lone surrogate as \ud800, as a browser's JSON.stringify does
+        return client.post("/search", content=json.dumps(body), headers={"content-type": "application/json"})
+
+    with TestClient(app) as client:
+        for response in (post({"queries": [text]}), post({"queries": ["a dog", text]})):
+            assert response.status_code == 422, response.text
+            assert response.json()["error"]["code"] == "invalid_request"
+            assert message in response.json()["error"]["message"]
+        assert client.post("/search", json={"queries": ["a dog"], "k": True}).status_code == 422  # strict types
+        assert client.post("/search", json={"queries": ["a dog"], "k": 2}).status_code == 200
+
+
+def test_the_cli_answers_undecodable_argv_bytes_with_exit_1(tiny_index, query_bert, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    argv_text = b"a \xff dog".decode("utf-8", "surrogateescape")
+    env = dict(os.environ, PYTHONIOENCODING="utf-8")
+    script = ("import sys; from prvr.cli import main; "
+              f"sys.argv = ['prvr', 'query', {argv_text!r}, '--index', {str(tiny_index)!r}, '--no-moments']; main()")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, env=env, timeout=300,
+                          text=True, errors="replace")
+    assert done.returncode == 1, done.stderr
+    assert "not valid Unicode" in done.stderr + done.stdout and "Traceback" not in done.stderr

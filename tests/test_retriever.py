@@ -41,7 +41,7 @@ def test_input_errors(tiny_index, synthetic_corpus) -> None:
             retriever.search_features(batch, k=-2)
         with pytest.raises(ValueError, match="empty"):
             retriever.search("   ", k=3)
-        with pytest.raises(ValueError, match="empty"):
+        with pytest.raises(ValueError, match="no queries given"):
             retriever.search([], k=3)
 
 

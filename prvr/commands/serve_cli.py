@@ -22,8 +22,8 @@ __all__ = ["serve_command"]
 @click.option("--api-key-env", default=None, metavar="NAME",
               help="Environment variable holding the API key (clients send it as X-API-Key). Unset: no key.")
 @click.option("--max-k", default=100, show_default=True, type=click.IntRange(min=1), help="Most results per query.")
-@click.option("--max-query-chars", default=512, show_default=True, type=click.IntRange(min=1),
-              help="Longest accepted query.")
+@click.option("--max-query-chars", default=512, show_default=True, type=click.IntRange(min=1, max=512),
+              help="Longest accepted query (characters after cleaning; the search's own limit is 512).")
 @click.option("--poll-interval", default=2.0, show_default=True, type=click.FloatRange(min=0),
               help="Seconds between checks for a new index generation (0: never).")
 @click.option("--query-log", is_flag=True, help="Record every query in the index database (off: privacy).")
