@@ -4,8 +4,7 @@ Shape letters: Nq queries, V videos, D hidden, K results per query.
 
 For every setting of the grid (IVF ``nprobe`` or HNSW ``efSearch``, times the candidate count) the two-stage search
 runs once, without widening, and its top-K is compared with the exact top-K from scoring every stored video
-(``prvr.index.exact.exact_topk``, re-exported here). The
-cheapest setting whose mean recall reaches the target is chosen. Cost is a deterministic work model (vectors the
+(``prvr.index.exact.exact_topk``). The cheapest setting whose mean recall reaches the target is chosen. Cost is a deterministic work model (vectors the
 token search compares plus tokens the re-rank reads), so the choice does not depend on how loaded the machine is;
 measured milliseconds are reported beside it.
 """
@@ -25,8 +24,7 @@ from prvr.index.exact import exact_topk
 from prvr.index.search import search_topk
 from prvr.index.token_store import TokenStore
 
-__all__ = ["DEFAULT_CANDIDATE_GRID", "CalibrationResult", "calibrate", "exact_topk", "heldout_token_queries",
-           "video_recall"]
+__all__ = ["DEFAULT_CANDIDATE_GRID", "CalibrationResult", "calibrate", "heldout_token_queries", "video_recall"]
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from prvr.config import ExperimentConfig
 from prvr.fileio import atomic_path
 from prvr.model import DreamPRVR
 
-__all__ = ["save_checkpoint", "read_checkpoint", "load_model", "atomic_torch_save"]
+__all__ = ["save_checkpoint", "read_checkpoint", "checkpoint_config", "load_model", "atomic_torch_save"]
 
 FORMAT_VERSION = 1
 
@@ -74,6 +74,11 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
         raise ValueError(f"{path} is not a checkpoint of `{command}` (no embedded {config_key}); pass a file written "
                          f"by `{command}`")
     return payload
+
+
+def checkpoint_config(path: str | Path) -> ExperimentConfig:
+    """The experiment config embedded in a retrieval checkpoint (read safely, see :func:`read_checkpoint`)."""
+    return ExperimentConfig.from_json(read_checkpoint(path)["model_config"])
 
 
 def load_model(

@@ -8,7 +8,7 @@ import hashlib
 import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -63,10 +63,11 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
             handle.write(text)
 
 
-def write_json_atomic(path: str | os.PathLike[str], obj: Any, *, indent: int | None = 2,
-                      sort_keys: bool = True) -> None:
-    """Write ``obj`` as JSON plus a final newline to ``path`` crash-safely (see :func:`atomic_path`)."""
-    write_text_atomic(path, json.dumps(obj, indent=indent, sort_keys=sort_keys) + "\n")
+def write_json_atomic(path: str | os.PathLike[str], obj: Any, *, indent: int | None = 2, sort_keys: bool = True,
+                      default: Callable[[Any], Any] | None = None) -> None:
+    """Write ``obj`` as JSON plus a final newline to ``path`` crash-safely (see :func:`atomic_path`); ``default``
+    converts what JSON cannot hold, as in :func:`json.dumps`."""
+    write_text_atomic(path, json.dumps(obj, indent=indent, sort_keys=sort_keys, default=default) + "\n")
 
 
 @contextmanager

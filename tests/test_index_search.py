@@ -7,7 +7,8 @@ import pytest
 
 from helpers import TOKEN_DIM, W_CLIP, W_FRAME, noisy_queries, synthetic_tokens
 from reference import fused_scores
-from prvr.index.calibrate import calibrate, exact_topk, heldout_token_queries, video_recall
+from prvr.index.calibrate import calibrate, heldout_token_queries, video_recall
+from prvr.index.exact import exact_topk
 from prvr.index.faiss_store import FaissTokenIndex
 from prvr.index.search import search_topk
 from prvr.index.token_store import TokenStore

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import time
@@ -12,7 +11,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from prvr.fileio import write_text_atomic
+from prvr.fileio import write_json_atomic, write_text_atomic
 
 __all__ = ["median", "median_ms", "median_seconds", "percentile", "repeat_seconds", "write_json", "write_text"]
 
@@ -86,5 +85,9 @@ def write_text(path: str | os.PathLike[str], text: str) -> Path:
 
 
 def write_json(path: str | os.PathLike[str], payload: Any, *, default: Callable[[Any], Any] | None = None) -> Path:
-    """Write ``payload`` as indented JSON plus a final newline to ``path`` atomically; returns the path."""
-    return write_text(path, json.dumps(payload, indent=2, default=default) + "\n")
+    """Write ``payload`` as indented JSON (keys in insertion order) plus a final newline to ``path`` atomically,
+    creating its folder; returns the path."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(target, payload, sort_keys=False, default=default)
+    return target

@@ -23,8 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from prvr.checkpoint import read_checkpoint
-from prvr.config import ExperimentConfig
+from prvr.checkpoint import checkpoint_config
 from prvr.data.dataset import PRVRCorpus, iter_query_batches
 from prvr.index.builder import build_index
 from prvr.metrics.retrieval import recall_metrics
@@ -93,7 +92,7 @@ def check_retriever_against_eval(
     """
     from prvr.commands.common import text_backbone_record
 
-    config = ExperimentConfig.from_json(read_checkpoint(checkpoint)["model_config"])
+    config = checkpoint_config(checkpoint)
     corpus = PRVRCorpus(data, collection, split, config.data,
                         expected_video_dim=config.model.video_dim, expected_text_dim=config.model.text_dim)
     folder = Path(index_dir) if index_dir else Path(tempfile.mkdtemp(prefix="check_retriever_"))

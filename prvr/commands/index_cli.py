@@ -243,11 +243,10 @@ def _real_queries(retriever: Any, root: str, collection: str, split: str, num_qu
 
 def _checkpoint_config(checkpoint: str | Path, video_feature: str | None, text_feature: str | None) -> Any:
     """The experiment config saved in a checkpoint, with ``--video-feature`` / ``--text-feature`` applied."""
-    from prvr.checkpoint import read_checkpoint
-    from prvr.config import ExperimentConfig, apply_overrides
+    from prvr.checkpoint import checkpoint_config
+    from prvr.config import apply_overrides
 
-    config = ExperimentConfig.from_json(read_checkpoint(checkpoint)["model_config"])
-    return apply_overrides(config, list(feature_overrides(video_feature, text_feature)))
+    return apply_overrides(checkpoint_config(checkpoint), list(feature_overrides(video_feature, text_feature)))
 
 
 @click.command("build-index")

@@ -448,12 +448,11 @@ def _train_moments(directory: Path, settings: DemoSettings, progress: bool,
 def _build_index(directory: Path, settings: DemoSettings, moment_checkpoint: Path | None,
                  progress: bool, text_backbone: dict[str, Any] | None) -> tuple[list[Path], dict[str, Any]]:
     from prvr.index.builder import build_index
-    from prvr.checkpoint import read_checkpoint
-    from prvr.config import ExperimentConfig
+    from prvr.checkpoint import checkpoint_config
     from prvr.data.dataset import PRVRCorpus
 
     checkpoint = _stage_dir(directory, "model") / "best.pt"
-    config = ExperimentConfig.from_json(read_checkpoint(checkpoint)["model_config"])
+    config = checkpoint_config(checkpoint)
     corpus = PRVRCorpus(_data_root(directory), DEMO_COLLECTION, INDEX_SPLIT, config.data,
                         expected_video_dim=config.model.video_dim)
     if text_backbone is None:
