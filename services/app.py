@@ -9,6 +9,11 @@ Safe by default: ``prvr serve`` binds 127.0.0.1 and refuses any other host witho
 with a key every data endpoint needs the ``X-API-Key`` header (media links carry a short-lived signed token instead,
 since a ``<video>`` element cannot send headers); query length, batch size and k are bounded; errors are JSON
 (:class:`services.schemas.ErrorResponse`); only files registered as a video's uri in the index are streamed.
+
+Under load: searches go through one bounded queue (:mod:`prvr.services.batcher`) whose workers join concurrent
+requests into one ``Retriever.search`` of many queries (micro-batching); a full queue or a request past its timeout
+is answered 503 with ``Retry-After``. The search endpoints and ``/health`` are ``async``, so they never wait for the
+thread pool: ``/health`` answers at once however many searches are queued.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
+    Hashable,
     Iterator,
     MutableMapping,
     Sequence,
@@ -44,6 +50,7 @@ from prvr.index.layout import open_index_database
 from prvr.retriever import Retriever, SearchResult
 from prvr.query_text import MAX_QUERY_CHARS, QueryTextError, clean_query
 from prvr.services import media
+from prvr.services.batcher import BatchSettings, Overloaded, SearchBatcher, SearchTimeout
 from prvr.index.catalog import Database, GenerationVideo, Video, VideoStatus
 from prvr.services.schemas import (
     BatchSearchRequest,
@@ -80,24 +87,26 @@ class ServiceSettings:
         api_key: when set, every data endpoint needs it in the ``X-API-Key`` header.
         max_query_chars: longest accepted query (characters, after cleaning; at most prvr.query_text.MAX_QUERY_CHARS).
         max_k: most results per query.
-        max_batch: most queries in one ``POST /search``.
+        max_request_queries: most queries in one ``POST /search``.
         poll_interval_s: how often the poller checks the active generation (0 disables the poller).
         query_log: record every query in the database's ``query_log`` table (off by default: privacy).
         media_token_ttl_s: lifetime of the signed media links handed out when an API key is set.
+        batching: the search queue's bounds and micro-batching (:class:`prvr.services.batcher.BatchSettings`).
     """
 
     index_dir: Path
     api_key: str | None = None
     max_query_chars: int = 512
     max_k: int = 100
-    max_batch: int = 32
+    max_request_queries: int = 32
     poll_interval_s: float = 2.0
     query_log: bool = False
     media_token_ttl_s: int = 3600
+    batching: BatchSettings = BatchSettings()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "index_dir", Path(self.index_dir))
-        for name in ("max_query_chars", "max_k", "max_batch", "media_token_ttl_s"):
+        for name in ("max_query_chars", "max_k", "max_request_queries", "media_token_ttl_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
@@ -109,6 +118,10 @@ class ServiceSettings:
         if self.api_key is not None and len(self.api_key) < 8:
             raise ValueError("the API key must be at least 8 characters long; generate one with "
                              "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
+        if self.max_request_queries > self.batching.max_queue:
+            raise ValueError(f"max_request_queries {self.max_request_queries} exceeds the queue bound "
+                             f"{self.batching.max_queue}: such a request could never be queued; raise the queue bound "
+                             "or lower max_request_queries")
 
 
 def is_loopback(host: str) -> bool:
@@ -358,6 +371,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (401, "Missing or wrong X-API-Key."),
         (404, "Unknown video or no local media."),
         (422, "Invalid parameters (empty or too long query, k out of range, ...)."),
+        (503, "Overloaded: the search queue is full or the request timed out; retry after Retry-After seconds."),
     )
 }
 
@@ -405,6 +419,7 @@ def create_app(settings: ServiceSettings, *, loader: Callable[[Path], Retriever]
         try:
             yield
         finally:
+            batcher.close()
             holder.close()
 
     app = FastAPI(
@@ -415,8 +430,9 @@ def create_app(settings: ServiceSettings, *, loader: Callable[[Path], Retriever]
     )
     app.state.holder = holder
     app.state.settings = settings
-    # the largest useful body: max_batch queries of max_query_chars characters (4 bytes each in UTF-8), plus slack
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_batch * settings.max_query_chars * 4 + 4096)
+    # the largest useful body: the most queries of the longest text (4 bytes a character in UTF-8), plus slack
+    body_bytes = settings.max_request_queries * settings.max_query_chars * 4 + 4096
+    app.add_middleware(BodyLimitMiddleware, max_bytes=body_bytes)
     app.add_middleware(RequestLogMiddleware)
 
     # ---------------------------------------------------------------------------------------- errors
@@ -464,9 +480,9 @@ def create_app(settings: ServiceSettings, *, loader: Callable[[Path], Retriever]
     def clean_queries(queries: Sequence[str]) -> list[str]:
         if not queries:
             raise ServiceError(422, "invalid_request", "no queries given; pass at least one sentence")
-        if len(queries) > settings.max_batch:
+        if len(queries) > settings.max_request_queries:
             raise ServiceError(422, "invalid_request", f"{len(queries)} queries in one request; at most "
-                                                       f"{settings.max_batch} allowed, split the batch")
+                                                       f"{settings.max_request_queries} allowed, split the batch")
         cleaned = []
         for position, text in enumerate(queries):
             try:  # the one query-text policy of the CLI and the Python API (prvr.query_text)
@@ -507,11 +523,12 @@ def create_app(settings: ServiceSettings, *, loader: Callable[[Path], Retriever]
             for external_id, uri in rows
         }
 
-    def search(queries: Sequence[str], k: int, moments: bool, relevance: bool) -> tuple[int, list[SearchResponse]]:
-        texts = clean_queries(queries)
-        check_k(k)
+    def run_batch(key: Hashable, texts: list[str]) -> list[tuple[int, list[SearchHit]]]:
+        """One ``Retriever.search`` for the joined queries of a batch (all with the same k / moments / relevance):
+        each query's generation and hits. Runs in a batcher worker thread."""
+        k, moments, relevance = key
         start = time.perf_counter()
-        with holder.lease() as retriever:
+        with holder.lease() as retriever:  # one generation for the whole batch
             generation = retriever.generation_id
             try:
                 results = retriever.search(texts, k, localize=moments, relevance=relevance)
@@ -520,45 +537,61 @@ def create_app(settings: ServiceSettings, *, loader: Callable[[Path], Retriever]
             except ValueError as error:
                 raise ServiceError(400, "bad_request", str(error)) from error
         urls = media_urls([result.video_id for row in results for result in row])
-        took_ms = (time.perf_counter() - start) * 1000
-        responses = [
-            SearchResponse(query=text, k=k, generation=generation, took_ms=took_ms, results=_hits(row, urls))
-            for text, row in zip(texts, results)
-        ]
+        answers = [(generation, _hits(row, urls)) for row in results]
         if settings.query_log:
+            took_ms = (time.perf_counter() - start) * 1000 / len(texts)
             with write_lock:
-                for response in responses:
-                    holder.db.log_query(response.query, k=k, latency_ms=took_ms, n_results=len(response.results),
-                                        generation_id=generation)
+                for text, (_, hits) in zip(texts, answers):
+                    holder.db.log_query(text, k=k, latency_ms=took_ms, n_results=len(hits), generation_id=generation)
+        return answers
+
+    batcher = SearchBatcher(run_batch, settings.batching)
+    app.state.batcher = batcher
+
+    async def search(queries: Sequence[str], k: int, moments: bool,
+                     relevance: bool) -> tuple[int, list[SearchResponse]]:
+        """Clean and check, then wait for the batcher's answer (never longer than the request timeout)."""
+        start = time.perf_counter()
+        texts = clean_queries(queries)
+        check_k(k)
+        try:
+            answers = await batcher.answer((k, moments, relevance), texts)
+        except (Overloaded, SearchTimeout) as error:
+            code = "overloaded" if isinstance(error, Overloaded) else "timeout"
+            raise ServiceError(503, code, str(error), headers={"Retry-After": str(error.retry_after_s)}) from None
+        took_ms = (time.perf_counter() - start) * 1000
+        generation = answers[0][0]
+        responses = [SearchResponse(query=text, k=k, generation=generation, took_ms=took_ms, results=hits)
+                     for text, (_, hits) in zip(texts, answers)]
         return generation, responses
 
     # ---------------------------------------------------------------------------------------- endpoints
 
     @app.get("/health", response_model=Health, tags=["service"])
-    def health() -> Health:
-        """Liveness, and which index generation answers."""
+    async def health() -> Health:
+        """Liveness, which index generation answers, and how many queries wait in the search queue."""
         with holder.lease() as retriever:
             return Health(status="ok", generation=retriever.generation_id,
                           generation_directory=retriever.manifest.generation,
-                          num_videos=retriever.num_videos)
+                          num_videos=retriever.num_videos, queued_queries=batcher.queued)
 
     @app.get("/search", response_model=SearchResponse, responses=_ERRORS, tags=["search"],
              dependencies=[Depends(require_key)])
-    def search_get(
+    async def search_get(
         q: str = Query(description="The sentence to search for."),
         k: int = Query(default=10, description="Number of videos to return."),
         moments: bool = Query(default=True, description="Localise moments in each hit."),
         relevance: bool = Query(default=False, description="Return each hit's per-frame relevance curve."),
     ) -> SearchResponse:
         """Rank the indexed videos for one sentence."""
-        return search([q], k, moments, relevance)[1][0]
+        return (await search([q], k, moments, relevance))[1][0]
 
     @app.post("/search", response_model=BatchSearchResponse, responses=_ERRORS, tags=["search"],
               dependencies=[Depends(require_key)])
-    def search_post(request: BatchSearchRequest) -> BatchSearchResponse:
+    async def search_post(request: BatchSearchRequest) -> BatchSearchResponse:
         """Rank the indexed videos for several sentences at once (one model pass)."""
         start = time.perf_counter()
-        generation, responses = search(request.queries, request.k, request.moments, request.relevance)
+        generation, responses = await search(request.queries, request.k, request.moments, request.relevance)
         return BatchSearchResponse(generation=generation, took_ms=(time.perf_counter() - start) * 1000,
                                    responses=responses)
 

@@ -98,6 +98,7 @@ class Health(_Out):
     generation: int
     generation_directory: str
     num_videos: int
+    queued_queries: int = Field(default=0, description="Queries waiting in the search queue now.")
 
 
 class ErrorBody(_Out):
