@@ -1,10 +1,12 @@
-"""Load run of the search service: throughput and p50/p99 latency at 1, 4 and 16 concurrent clients (loopback only).
+"""Load run of the search service: throughput, p50/p99 latency, 503s and /health at 1, 4, 16 and 64 clients, with
+and without micro-batching in the same run (loopback only).
 
-Starts ``prvr serve`` on a free 127.0.0.1 port in a subprocess (so the clients do not share its interpreter), then
-for each concurrency level sends GET /search requests drawn from the indexed split's captions from N client threads,
-bounded in count (--requests) and time (--max-seconds) per run, repeated --repeats times; the figures are the medians
-over the repeats. Any non-200 answer is an error; the script exits 1 when there is one. The load run itself is
-``prvr.benchmarks.service_bench``.
+For each server mode (``batched``: the default micro-batching; ``unbatched``: ``--no-batching``) starts ``prvr serve``
+on a free 127.0.0.1 port in a subprocess (so the clients do not share its interpreter), then for each concurrency
+level sends GET /search requests drawn from the indexed split's captions from N client threads, bounded in count
+(--requests) and time (--max-seconds) per run, repeated --repeats times, while a prober times GET /health; the figures
+are the medians over the repeats. A 503 (queue bound or request timeout, with Retry-After) is counted apart; any
+other non-200 answer is an error and the script exits 1. The load run itself is ``prvr.benchmarks.service_bench``.
 
     python scripts/bench_service.py --index indexes/capproxy-val --out docs/bench/service.json
 """
@@ -26,6 +28,10 @@ from prvr.index.layout import open_active
 from prvr.data.captions import caption_path, read_captions
 from prvr.benchmarks.report import write_json, write_text
 from prvr.benchmarks.service_bench import HOST, load_run, markdown, start_server, summarize_level, wait_ready
+
+# server mode -> its extra prvr serve options; "bounded" shows the overload bounds (small queue, short timeout)
+MODES = {"batched": [], "unbatched": ["--no-batching"],
+         "bounded": ["--no-batching", "--max-queue", "16", "--request-timeout", "1"]}
 
 
 def free_port() -> int:
@@ -53,7 +59,14 @@ def query_texts(manifest: Any, limit: int, seed: int) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--index", required=True, type=Path, help="Index directory (prvr build-index --out).")
-    parser.add_argument("--clients", default="1,4,16", help="Concurrency levels, comma separated.")
+    parser.add_argument("--clients", default="1,4,16,64", help="Concurrency levels, comma separated.")
+    parser.add_argument("--modes", default="batched,unbatched", help="Server modes, comma separated: batched "
+                        "(micro-batching on), unbatched (--no-batching), bounded (--no-batching, a 16-query queue and "
+                        "a 1 s timeout: the 503 path).")
+    parser.add_argument("--batch-window-ms", type=float, default=None, help="prvr serve --batch-window-ms.")
+    parser.add_argument("--max-batch", type=int, default=None, help="prvr serve --max-batch (batched mode).")
+    parser.add_argument("--max-queue", type=int, default=None, help="prvr serve --max-queue.")
+    parser.add_argument("--request-timeout", type=float, default=None, help="prvr serve --request-timeout (s).")
     parser.add_argument("--requests", type=int, default=200, help="Requests per run (count bound).")
     parser.add_argument("--max-seconds", type=float, default=60.0, help="Time bound of one run.")
     parser.add_argument("--repeats", type=int, default=3, help="Runs per level; the report gives medians.")
@@ -69,6 +82,13 @@ def main() -> int:
     levels = [int(x) for x in args.clients.split(",")]
     if any(level < 1 for level in levels):
         parser.error("--clients must be positive integers")
+    modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
+    if not modes or any(mode not in MODES for mode in modes):
+        parser.error(f"--modes takes a comma-separated list of {', '.join(MODES)}")
+    common: list[str] = []
+    for flag, value in (("--max-queue", args.max_queue), ("--request-timeout", args.request_timeout)):
+        if value is not None:
+            common += [flag, str(value)]
 
     index_dir = args.index.resolve()
     manifest = manifest_of(index_dir)
@@ -76,33 +96,44 @@ def main() -> int:
     if not texts:
         raise SystemExit("the indexed split has no captions to use as queries")
     load_before = os.getloadavg()[0]  # other jobs on the machine share its cores: recorded with the figures
-    port = free_port()
-    base = f"http://{HOST}:{port}"
-    server = start_server(index_dir, port)
-    try:
+    moments = not args.no_moments
+    report_modes = []
+    health: dict[str, Any] = {}
+    for mode in modes:
+        server_args = [*common, *MODES[mode]]
+        if mode == "batched":
+            for flag, value in (("--batch-window-ms", args.batch_window_ms), ("--max-batch", args.max_batch)):
+                if value is not None:
+                    server_args += [flag, str(value)]
+        port = free_port()
+        base = f"http://{HOST}:{port}"
+        server = start_server(index_dir, port, extra_args=server_args)
         try:
-            health = wait_ready(base, server, timeout_s=300)
-        except RuntimeError as error:
-            raise SystemExit(str(error)) from error
-        moments = not args.no_moments
-        warm = load_run(base, texts, 1, args.warmup, 120, args.k, moments, args.relevance, offset=10_000)
-        if warm["errors"]:
-            raise SystemExit(f"warm-up failed: {warm['error_samples']}")
-        results = []
-        for clients in levels:
-            runs = [load_run(base, texts, clients, args.requests, args.max_seconds, args.k, moments, args.relevance,
-                             offset=run * args.requests) for run in range(args.repeats)]
-            summary = summarize_level(clients, runs)
-            results.append(summary)
-            print(f"{clients:>3} clients: {summary['throughput_qps']:.1f} q/s, p50 {summary['p50_ms']:.1f} ms, "
-                  f"p99 {summary['p99_ms']:.1f} ms, {summary['errors']} errors", flush=True)
-    finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+            try:
+                health = wait_ready(base, server, timeout_s=300)
+            except RuntimeError as error:
+                raise SystemExit(str(error)) from error
+            warm = load_run(base, texts, 1, args.warmup, 120, args.k, moments, args.relevance, offset=10_000)
+            if warm["errors"] or warm["refused_503"]:
+                raise SystemExit(f"warm-up failed: {warm['error_samples']}")
+            results = []
+            for clients in levels:
+                runs = [load_run(base, texts, clients, args.requests, args.max_seconds, args.k, moments,
+                                 args.relevance, offset=run * args.requests) for run in range(args.repeats)]
+                summary = summarize_level(clients, runs)
+                results.append(summary)
+                print(f"{mode:>9} {clients:>3} clients: {summary['throughput_qps']:.1f} q/s, p50 "
+                      f"{summary['p50_ms']:.1f} ms, p99 {summary['p99_ms']:.1f} ms, longest wait "
+                      f"{summary['max_wait_ms']:.0f} ms, {summary['refused_503']} 503s, {summary['errors']} errors",
+                      flush=True)
+        finally:
+            server.send_signal(signal.SIGINT)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+        report_modes.append({"name": mode, "server_args": server_args, "levels": results})
     source = manifest.data_source
     home = str(Path.home())
     report = {
@@ -128,11 +159,11 @@ def main() -> int:
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
             "load_average_before": round(load_before, 2),
         },
-        "levels": results,
+        "modes": report_modes,
     }
     write_json(args.out, report)
     write_text(args.out.with_suffix(".md"), markdown(report))
-    errors = sum(level["errors"] for level in results)
+    errors = sum(level["errors"] for mode in report_modes for level in mode["levels"])
     if errors:
         print(f"{errors} requests failed", file=sys.stderr)
         return 1

@@ -163,3 +163,25 @@ def test_no_batching_searches_each_request_alone(service_index) -> None:
 def test_settings_refuse_a_request_size_the_queue_cannot_hold(service_index) -> None:
     with pytest.raises(ValueError, match="exceeds the queue bound 8"):
         ServiceSettings(index_dir=service_index["dir"], max_request_queries=16, batching=BatchSettings(max_queue=8))
+
+
+def test_the_load_run_of_the_benchmark_counts_answers_and_renders(service_index) -> None:
+    from prvr.benchmarks.service_bench import load_run, markdown, summarize_level
+
+    app = create_app(ServiceSettings(index_dir=service_index["dir"], poll_interval_s=0), loader=load_with_localizer)
+    with serve_in_thread(app) as base:
+        run = load_run(base, TEXTS, clients=3, requests=9, max_seconds=60, k=3, moments=True, relevance=False,
+                       offset=0, health_interval_s=0.01)
+    assert run["requests"] == 9 and run["errors"] == 0 and run["refused_503"] == 0, run
+    assert run["p50_ms"] <= run["p99_ms"] <= run["max_wait_ms"] + 1e-6
+    level = summarize_level(3, [run, run])
+    assert level["requests"] == 18 and level["max_wait_ms"] == run["max_wait_ms"]
+    setup = {"index": "i", "num_videos": 12, "collection": "c", "split": "val", "faiss": "Flat", "k": 3,
+             "moments": True, "has_moment_model": False, "relevance": False, "omp_threads": "1", "requests": 9,
+             "max_seconds": 60, "repeats": 2, "machine": "m", "load_average_before": 0.1, "checkpoint_sha256": "ab" * 32}
+    slower = {**level, "throughput_qps": level["throughput_qps"] / 2}
+    page = markdown({"command": "python scripts/bench_service.py", "setup": setup,
+                     "modes": [{"name": "batched", "server_args": [], "levels": [level]},
+                               {"name": "unbatched", "server_args": ["--no-batching"], "levels": [slower]}]})
+    assert "## unbatched: `prvr serve --no-batching`" in page
+    assert "Throughput of batched over unbatched (same run): 3 clients 2.00x." in page

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
@@ -23,18 +24,26 @@ HOST = "127.0.0.1"  # loopback only, by design
 
 
 def load_run(base: str, texts: list[str], clients: int, requests: int, max_seconds: float, k: int,
-             moments: bool, relevance: bool, offset: int) -> dict[str, Any]:
-    """``requests`` searches from ``clients`` threads (stopping early after ``max_seconds``).
+             moments: bool, relevance: bool, offset: int, health_interval_s: float = 0.05) -> dict[str, Any]:
+    """``requests`` searches from ``clients`` threads (stopping early after ``max_seconds``), with a prober sending
+    GET /health every ``health_interval_s`` meanwhile.
 
-    Latency percentiles are nearest-rank (always a measured request); ``server_search_p50_ms`` is the median of the
-    server's own ``took_ms``.
+    A 503 (the server's queue bound or request timeout) is counted apart from errors (anything else that is not a
+    200 with results). Latency percentiles are nearest-rank (always a measured request) over the 200 answers;
+    ``max_wait_ms`` is the longest any request waited for its answer, 503s included; ``server_search_p50_ms`` is the
+    median of the server's own ``took_ms`` (queue wait + search).
     """
     latencies: list[float] = []
-    server_ms: list[float] = []  # the search itself, as timed by the server (took_ms)
+    waits: list[float] = []  # every answered request, 503s included
+    server_ms: list[float] = []
+    health_ms: list[float] = []
     errors: list[str] = []
+    refused: list[str] = []
+    retry_after: list[int] = []
     lock = threading.Lock()
     counter = iter(range(requests))
     deadline = time.monotonic() + max_seconds
+    done = threading.Event()
 
     def client() -> None:
         with httpx.Client(base_url=base, timeout=60) as session:
@@ -46,62 +55,113 @@ def load_run(base: str, texts: list[str], clients: int, requests: int, max_secon
                 params = {"q": texts[(offset + index) % len(texts)], "k": k, "moments": str(moments).lower(),
                           "relevance": str(relevance).lower()}
                 start = time.perf_counter()
+                status, body, problem = 0, {}, None
                 try:
                     response = session.get("/search", params=params)
-                    body = response.json() if response.status_code == 200 else {}
-                    ok = len(body.get("results", ())) > 0
-                    problem = None if ok else f"{response.status_code}: {response.text[:200]}"
+                    status = response.status_code
+                    body = response.json() if status in (200, 503) else {}
+                    if status == 503:
+                        problem = (body.get("error") or {}).get("code", "503")
+                        retry = response.headers.get("retry-after", "")
+                        if retry.isdigit():
+                            with lock:
+                                retry_after.append(int(retry))
+                    elif status != 200 or not body.get("results"):
+                        problem = f"{status}: {response.text[:200]}"
                 except (httpx.HTTPError, ValueError) as error:
                     problem = repr(error)
                 elapsed = time.perf_counter() - start
                 with lock:
+                    if status in (200, 503):
+                        waits.append(elapsed)
                     if problem is None:
                         latencies.append(elapsed)
                         server_ms.append(float(body["took_ms"]))
+                    elif status == 503:
+                        refused.append(problem)
                     else:
                         errors.append(problem)
 
+    def prober() -> None:
+        with httpx.Client(base_url=base, timeout=60) as session:
+            while not done.wait(health_interval_s):
+                start = time.perf_counter()
+                try:
+                    ok = session.get("/health").status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                with lock:
+                    if ok:
+                        health_ms.append((time.perf_counter() - start) * 1000)
+                    else:
+                        errors.append("/health failed")
+
     threads = [threading.Thread(target=client) for _ in range(clients)]
+    probe = threading.Thread(target=prober)
     start = time.perf_counter()
+    probe.start()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - start
+    done.set()
+    probe.join()
+
+    def ms(values: list[float], q: float) -> float | None:
+        return percentile(values, q, method="nearest_rank") * 1000 if values else None
+
     return {
-        "requests": len(latencies) + len(errors),
+        "requests": len(latencies) + len(errors) + len(refused),
         "errors": len(errors),
         "error_samples": errors[:3],
+        "refused_503": len(refused),
+        "refused_codes": sorted(set(refused)),
+        "retry_after_s_max": max(retry_after) if retry_after else None,
         "seconds": wall,
         "throughput_qps": len(latencies) / wall if wall > 0 else 0.0,
-        "p50_ms": percentile(latencies, 50, method="nearest_rank") * 1000 if latencies else None,
-        "p99_ms": percentile(latencies, 99, method="nearest_rank") * 1000 if latencies else None,
+        "p50_ms": ms(latencies, 50),
+        "p99_ms": ms(latencies, 99),
+        "max_wait_ms": max(waits) * 1000 if waits else None,
         "server_search_p50_ms": median(server_ms) if server_ms else None,
+        "health_p50_ms": median(health_ms) if health_ms else None,
+        "health_max_ms": max(health_ms) if health_ms else None,
     }
 
 
 def summarize_level(clients: int, runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """One concurrency level: medians over its runs of throughput and latencies, summed request and error counts."""
+    """One concurrency level: medians over its runs of throughput and latencies, summed counts, the longest wait."""
+
+    def med(name: str) -> float | None:
+        values = [r[name] for r in runs if r[name] is not None]
+        return median(values) if values else None
+
+    waits = [r["max_wait_ms"] for r in runs if r["max_wait_ms"] is not None]
+    health = [r["health_max_ms"] for r in runs if r["health_max_ms"] is not None]
     return {
         "clients": clients,
         "throughput_qps": median(r["throughput_qps"] for r in runs),
-        "p50_ms": median(r["p50_ms"] for r in runs if r["p50_ms"] is not None),
-        "p99_ms": median(r["p99_ms"] for r in runs if r["p99_ms"] is not None),
-        "server_search_p50_ms": median(
-            r["server_search_p50_ms"] for r in runs if r["server_search_p50_ms"] is not None
-        ),
+        "p50_ms": med("p50_ms"),
+        "p99_ms": med("p99_ms"),
+        "server_search_p50_ms": med("server_search_p50_ms"),
+        "health_p50_ms": med("health_p50_ms"),
+        "health_max_ms": max(health) if health else None,
+        "max_wait_ms": max(waits) if waits else None,
         "requests": sum(r["requests"] for r in runs),
         "errors": sum(r["errors"] for r in runs),
+        "refused_503": sum(r["refused_503"] for r in runs),
         "runs": runs,
     }
 
 
-def start_server(index_dir: Path, port: int, host: str = HOST) -> subprocess.Popen[bytes]:
-    """``prvr serve`` on ``host:port`` in its own process (OMP_NUM_THREADS 1 unless set), without index polling."""
+def start_server(index_dir: Path, port: int, host: str = HOST,
+                 extra_args: Sequence[str] = ()) -> subprocess.Popen[bytes]:
+    """``prvr serve`` on ``host:port`` in its own process (OMP_NUM_THREADS 1 unless set), without index polling;
+    ``extra_args`` are more ``prvr serve`` options (e.g. ``--no-batching``)."""
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     entry = "import sys; from prvr.cli import main; sys.exit(main())"  # `python -m prvr.cli` imports it twice
     command = [sys.executable, "-c", entry, "serve", "--index", str(index_dir), "--host", host, "--port", str(port),
-               "--poll-interval", "0"]
+               "--poll-interval", "0", *extra_args]
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -122,8 +182,12 @@ def wait_ready(base: str, server: subprocess.Popen[bytes], timeout_s: float) -> 
     raise RuntimeError(f"the server did not answer /health within {timeout_s:.0f} s")
 
 
+def _cell(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
 def markdown(report: dict[str, Any]) -> str:
-    """The markdown page of a service load-run report."""
+    """The markdown page of a service load-run report (one table per server mode)."""
     setup = report["setup"]
     lines = [
         "# Search service load run",
@@ -137,23 +201,40 @@ def markdown(report: dict[str, Any]) -> str:
         (
             f"`prvr serve` on {HOST} in its own process (OMP_NUM_THREADS={setup['omp_threads']}); GET /search from "
             f"N client threads, {setup['requests']} requests or {setup['max_seconds']:.0f} s per run, medians of "
-            f"{setup['repeats']} runs. Machine: {setup['machine']}, 1-min load average {setup['load_average_before']} "
-            f"before the run. Checkpoint sha256 {setup['checkpoint_sha256'][:12]}."
+            f"{setup['repeats']} runs, and a prober sending GET /health every 50 ms meanwhile. Machine: "
+            f"{setup['machine']}, 1-min load average {setup['load_average_before']} before the run. Checkpoint "
+            f"sha256 {setup['checkpoint_sha256'][:12]}."
         ),
-        "",
-        "| clients | queries/s | p50 (ms) | p99 (ms) | server-side search p50 (ms) | requests | errors |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for level in report["levels"]:
-        lines.append(
-            f"| {level['clients']} | {level['throughput_qps']:.1f} | {level['p50_ms']:.1f} | {level['p99_ms']:.1f} "
-            f"| {level['server_search_p50_ms']:.1f} | {level['requests']} | {level['errors']} |"
-        )
+    for mode in report["modes"]:
+        lines += [
+            "",
+            f"## {mode['name']}: `prvr serve {' '.join(mode['server_args'])}`".rstrip(),
+            "",
+            "| clients | queries/s | p50 (ms) | p99 (ms) | longest wait (ms) | server-side p50 (ms) | /health p50 / max "
+            "(ms) | requests | 503s | errors |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for level in mode["levels"]:
+            lines.append(
+                f"| {level['clients']} | {level['throughput_qps']:.1f} | {_cell(level['p50_ms'])} "
+                f"| {_cell(level['p99_ms'])} | {_cell(level['max_wait_ms'])} | {_cell(level['server_search_p50_ms'])} "
+                f"| {_cell(level['health_p50_ms'])} / {_cell(level['health_max_ms'])} | {level['requests']} "
+                f"| {level['refused_503']} | {level['errors']} |"
+            )
+    if len(report["modes"]) > 1:
+        base, other = report["modes"][1], report["modes"][0]
+        ratios = []
+        for left, right in zip(other["levels"], base["levels"]):
+            if right["throughput_qps"] > 0:
+                ratios.append(f"{left['clients']} clients {left['throughput_qps'] / right['throughput_qps']:.2f}x")
+        lines += ["", f"Throughput of {other['name']} over {base['name']} (same run): " + ", ".join(ratios) + "."]
     lines += [
         "",
         (
-            "Latency is measured by the client; the server-side column is the search call (`took_ms`: encoding, FAISS, "
-            "re-rank, moments, and the wait for the shared model), so the difference is HTTP, JSON and the thread pool."
+            "Latency is measured by the client over the 200 answers; the longest wait includes 503s (it is what the "
+            "request timeout bounds); the server-side column is the server's `took_ms` (queue wait + the joined "
+            "search: encoding, FAISS, re-rank, moments), so the difference is HTTP, JSON and the event loop."
         ),
         "",
         f"Reproduce: `{report['command']}`",
