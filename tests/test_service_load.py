@@ -185,3 +185,64 @@ def test_the_load_run_of_the_benchmark_counts_answers_and_renders(service_index)
                                {"name": "unbatched", "server_args": ["--no-batching"], "levels": [slower]}]})
     assert "## unbatched: `prvr serve --no-batching`" in page
     assert "Throughput of batched over unbatched (same run): 3 clients 2.00x." in page
+
+
+def test_a_hot_swap_under_load_answers_each_request_from_one_generation(service_index, synthetic_corpus,
+                                                                        tmp_path) -> None:
+    import shutil
+
+    from prvr.index.builder import build_index
+
+    index_dir = tmp_path / "index"
+    shutil.copytree(service_index["dir"], index_dir)
+    queries = TEXTS[:6]
+    app = create_app(ServiceSettings(index_dir=index_dir, poll_interval_s=0,
+                                     batching=BatchSettings(window_ms=5, max_batch=16)), loader=load_with_localizer)
+    expected: dict[int, dict[str, list[str]]] = {}
+
+    def answers_of_the_served_generation() -> None:
+        with load_with_localizer(index_dir) as retriever:
+            expected[retriever.generation_id] = {
+                text: [result.video_id for result in retriever.search(text, 16)] for text in queries}
+
+    answers_of_the_served_generation()
+    seen: list[tuple[int, dict[str, list[str]]]] = []
+    failures: list[str] = []
+    stop = threading.Event()
+    with serve_in_thread(app) as base:
+
+        def client(offset: int) -> None:
+            with httpx.Client(base_url=base, timeout=60) as session:
+                while not stop.is_set():
+                    batch = [queries[(offset + i) % len(queries)] for i in range(3)]
+                    response = session.post("/search", json={"queries": batch, "k": 16, "moments": False})
+                    if response.status_code != 200:
+                        failures.append(response.text)
+                        continue
+                    body = response.json()
+                    if {r["generation"] for r in body["responses"]} != {body["generation"]}:
+                        failures.append(f"one request answered from several generations: {body}")
+                    seen.append((body["generation"], {r["query"]: [h["video_id"] for h in r["results"]]
+                                                      for r in body["responses"]}))
+
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        while len(seen) < 8:
+            time.sleep(0.01)
+        models = index_dir / "models"
+        build_index(models / next(models.iterdir()).name, synthetic_corpus.split("test"), index_dir,
+                    collection_name="synth", progress=False)
+        assert app.state.holder.refresh() is True
+        answers_of_the_served_generation()
+        swapped_at = len(seen)
+        while len(seen) < swapped_at + 8:
+            time.sleep(0.01)
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+    assert not failures, failures[:3]
+    assert len(expected) == 2 and {generation for generation, _ in seen} == set(expected)
+    for generation, rankings in seen:
+        for text, ranking in rankings.items():
+            assert ranking == expected[generation][text], (generation, text)
