@@ -218,7 +218,9 @@ def test_bigfile_with_random_text_files(workdir: Callable[[], Path], shape: str,
 # caption, moments and sidecar files
 
 CONTROLS = [chr(c) for c in [*range(0, 9), *range(10, 32), 127, *range(0x80, 0xA0), 0x2028, 0x2029] if c != 10]
-LINE_TEXT = st.text(st.one_of(st.characters(blacklist_categories=("Cs",)), st.sampled_from(CONTROLS)), max_size=12)
+# no "\n" inside a line's text: it would start another line and shift the line numbers the test expects
+LINE_TEXT = st.text(st.one_of(st.characters(blacklist_categories=("Cs",), blacklist_characters="\n"),
+                              st.sampled_from(CONTROLS)), max_size=12)
 
 
 @SETTINGS
