@@ -38,6 +38,7 @@ from prvr.model import DreamPRVR
 from prvr.types import VideoCorpus, VideoTokens
 from prvr.index.catalog import Database, GenerationStatus, VideoRecord, open_database
 from prvr.index.layout import (
+    DATABASE_URL_FILE,
     FAISS_DIR,
     LOCK_NAME,
     MODELS_DIR,
@@ -45,6 +46,7 @@ from prvr.index.layout import (
     database_location,
     find_active,
     generation_path,
+    is_index_dir,
     open_active,
     record_database_url,
 )
@@ -206,10 +208,15 @@ def build_index(
                 f"but the checkpoint expects {config.model.video_dim}/{config.model.text_dim}; use the features it "
                 "was trained on"
             )
+        new_url = database_url is not None and not is_index_dir(out_dir)
         record_database_url(out_dir, database_url)
         db = open_database(database_location(out_dir))
         try:
             db.create_schema()
+            if new_url and db.generations():  # another index's: its builds and ours would drop each other's rows
+                (out_dir / DATABASE_URL_FILE).unlink()
+                raise ValueError(f"{db.engine.url.render_as_string(hide_password=True)} already holds the generations "
+                                 f"of another index; give {out_dir} a database of its own (one database per index)")
             return _build_locked(
                 db, model, config, stored, sha, corpus, out_dir,
                 collection_name=collection_name, factory=factory, batch_size=batch_size,

@@ -13,8 +13,12 @@ generation active and the half-built one ``building``.
 SQLite (default) runs in WAL mode with ``busy_timeout`` and foreign keys on every connection; SQLAlchemy emits the
 ``BEGIN`` itself (the sqlite3 driver's legacy mode does not, which breaks repeatable reads): write sessions take
 ``BEGIN IMMEDIATE`` (writers queue on the lock instead of failing to upgrade), read-only sessions and plain
-``engine.connect()`` a deferred ``BEGIN`` (a consistent snapshot that never blocks the writer). Any other SQLAlchemy URL
-(PostgreSQL for scale) works as is.
+``engine.connect()`` a deferred ``BEGIN`` (a consistent snapshot that never blocks the writer). PostgreSQL (for scale;
+tests/test_postgres.py runs the catalog's tests on a real server) gets the same guarantees: read-only sessions run in
+``REPEATABLE READ`` (one snapshot; PostgreSQL's default READ COMMITTED takes a new one per statement) and write sessions
+queue on one transaction-level advisory lock, as SQLite's single writer lock makes them (two writers registering the
+same external id would otherwise both miss it and one would fail on the unique index). Other SQLAlchemy URLs work as
+is.
 """
 
 from __future__ import annotations
@@ -80,7 +84,8 @@ logger = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 5000
 _CHUNK = 500  # ids per IN (...) list: far below every backend's bound-parameter limit
-_BEGIN_OPTION = "prvr_sqlite_begin"  # execution option read by the SQLite "begin" hook
+_BEGIN_OPTION = "prvr_begin"  # execution option read by the "begin" hooks: IMMEDIATE marks a write session
+_WRITE_LOCK_KEY = 0x7072_7672  # "prvr": the PostgreSQL advisory lock that write sessions queue on (per database)
 
 _EnumT = TypeVar("_EnumT", bound=enum.Enum)
 _T = TypeVar("_T")
@@ -466,7 +471,11 @@ class Database:
         self._sessions = sessionmaker(
             bind=engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"}), expire_on_commit=False
         )
-        self._read_sessions = sessionmaker(bind=engine, expire_on_commit=False)
+        # SQLite's deferred BEGIN already reads one snapshot; server databases need the isolation level for it
+        snapshot = engine
+        if engine.dialect.name != "sqlite":
+            snapshot = engine.execution_options(isolation_level="REPEATABLE READ")
+        self._read_sessions = sessionmaker(bind=snapshot, expire_on_commit=False)
 
     def __repr__(self) -> str:
         return f"Database({self.engine.url.render_as_string(hide_password=True)!r})"
@@ -971,6 +980,14 @@ def _sqlite_on_begin(connection: Connection) -> None:
     connection.exec_driver_sql(f"BEGIN {mode}")
 
 
+def _postgresql_on_begin(connection: Connection) -> None:
+    """Write sessions (:meth:`Database.session`) take the advisory write lock first, waiting at most the busy
+    timeout; the lock is released by their COMMIT or ROLLBACK."""
+    if connection.get_execution_options().get(_BEGIN_OPTION) == "IMMEDIATE":
+        connection.exec_driver_sql(f"SET LOCAL lock_timeout = {BUSY_TIMEOUT_MS}")
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_WRITE_LOCK_KEY})")
+
+
 def _resolve_url(url_or_path: str | os.PathLike[str]) -> URL:
     if not isinstance(url_or_path, (str, os.PathLike)):
         raise ValueError(f"expected a database URL or a file path, got {type(url_or_path).__name__}")
@@ -1005,12 +1022,15 @@ def open_database(url_or_path: str | os.PathLike[str], *, echo: bool = False) ->
     url = _resolve_url(url_or_path)
     if url.get_backend_name() != "sqlite":
         try:
-            return Database(create_engine(url, echo=echo, pool_pre_ping=True))
+            server_engine = create_engine(url, echo=echo, pool_pre_ping=True)
         except (NoSuchModuleError, ImportError) as error:
             raise ValueError(
                 f"cannot open {url.render_as_string(hide_password=True)!r}: {error}; install its driver (e.g. "
                 "pip install 'psycopg[binary]' for postgresql+psycopg://) or check the URL scheme"
             ) from None
+        if server_engine.dialect.name == "postgresql":
+            event.listen(server_engine, "begin", _postgresql_on_begin)
+        return Database(server_engine)
     database = url.database or ""
     in_memory = database in ("", ":memory:") or url.query.get("mode") == "memory"
     if in_memory:
