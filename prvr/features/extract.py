@@ -26,7 +26,7 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,10 @@ __all__ = [
     "feature_name_for",
     "feature_folder",
     "encode_video",
+    "EncodeJob",
+    "Encoded",
+    "EncodeRunner",
+    "local_runner",
     "extract_videos",
     "read_sidecar",
 ]
@@ -429,6 +433,46 @@ def _write_feature_file(path: Path, cache: FeatureCache, entries: Sequence[tuple
                 handle.attrs[name] = value
 
 
+@dataclass(frozen=True)
+class EncodeJob:
+    """One video to decode and encode (a cache miss): its position in the run, file, id, content hash and cache key."""
+
+    order: int
+    path: Path
+    video_id: str
+    digest: str
+    key: str
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """What encoding one :class:`EncodeJob` gave: (n, D) features and the decoding facts, or the failure reason."""
+
+    job: EncodeJob
+    features: np.ndarray | None
+    info: dict[str, Any] | None
+    error: str | None = None
+    calls: int = 0
+
+
+EncodeRunner = Callable[[Sequence[EncodeJob]], Iterable[Encoded]]
+
+
+def local_runner(backbone: ImageBackbone, sampling: SamplingConfig, *, threads: int = 0) -> EncodeRunner:
+    """Encode the jobs one after another in this process (the default of :func:`extract_videos`)."""
+
+    def run(jobs: Sequence[EncodeJob]) -> Iterator[Encoded]:
+        for job in jobs:
+            try:
+                features, info, used = encode_video(job.path, backbone, sampling, threads=threads)
+            except VideoDecodeError as error:
+                yield Encoded(job, None, None, error=str(error))
+                continue
+            yield Encoded(job, features, info.to_dict(), calls=used)
+
+    return run
+
+
 def extract_videos(
     videos: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     out_root: str | os.PathLike[str],
@@ -440,19 +484,27 @@ def extract_videos(
     cache_dir: str | os.PathLike[str] | None = None,
     threads: int = 0,
     progress: bool = True,
+    runner: EncodeRunner | None = None,
 ) -> ExtractionResult:
     """Extract the features of every video file into ``<out_root>/<collection>/FeatureData/<feature_name>``.
+
+    Every file is hashed and looked up in the cache here; the misses go to ``runner`` (this process by default, or
+    a Ray cluster: :func:`prvr.features.ray_extract.ray_runner`), and each encoded video enters the cache as soon
+    as it arrives, so a killed run resumes where it stopped whichever runner did the work.
 
     Args:
         videos: a folder of videos (searched recursively), a file, or a list of them.
         out_root: the data root to write into.
-        backbone: the frame backbone (see :func:`prvr.features.backbones.load_image_backbone`).
+        backbone: the frame backbone (see :func:`prvr.features.backbones.load_image_backbone`); its id keys the
+            cache and is recorded in the feature file.
         collection: the collection folder name.
         feature_name: the FeatureData name (default: from the backbone, e.g. ``clip_vit_base_patch32``).
         sampling: frame sampling (default: 1 feature per second, 1 frame per feature).
         cache_dir: the feature cache (default: ``cache/`` inside the feature folder).
         threads: decoder threads per video (0: FFmpeg's choice).
         progress: show a tqdm bar over the videos.
+        runner: encodes the cache misses (default :func:`local_runner` of ``backbone``); it must encode with a
+            backbone of the same id.
 
     Returns:
         The :class:`ExtractionResult`; failed videos are listed there and in ``failures.json``.
@@ -474,39 +526,57 @@ def extract_videos(
     feature_file = folder / FEATURE_FILE
     _check_existing(feature_file, backbone.backbone_id, sampling)
     cache = FeatureCache(cache_dir if cache_dir is not None else folder / CACHE_DIR)
+    runner = runner or local_runner(backbone, sampling, threads=threads)
 
     # entries named like videos that are not readable files fail like undecodable ones (failures.json, summary)
     results: list[VideoResult] = [VideoResult(entry.path.stem, str(entry.path), "failed", reason=entry.reason)
                                   for entry in skipped]
-    entries: list[tuple[str, str, VideoResult]] = []
-    calls = 0
-    bar = tqdm(zip(paths, video_ids), total=len(paths), desc="extract", unit="video", disable=not progress)
-    for path, video_id in bar:
-        bar.set_postfix_str(path.name[-40:], refresh=False)
+    by_order: dict[int, VideoResult] = {}  # the videos' results in path order
+    keys: dict[int, str] = {}
+    jobs: list[EncodeJob] = []
+    for order, (path, video_id) in enumerate(zip(paths, video_ids)):
         try:
             digest = file_sha256(path)
         except OSError as error:
-            results.append(VideoResult(video_id, str(path), "failed", reason=f"cannot read the file ({error})"))
+            by_order[order] = VideoResult(video_id, str(path), "failed", reason=f"cannot read the file ({error})")
             continue
         key = cache_key(digest, backbone.backbone_id, sampling)
         cached = cache.get(key)
         if cached is not None:
-            result = VideoResult(video_id, str(path), "ok", cached=True, content_sha256=digest,
-                                 **_info_fields(cached.metadata))
+            by_order[order] = VideoResult(video_id, str(path), "ok", cached=True, content_sha256=digest,
+                                          **_info_fields(cached.metadata))
+            keys[order] = key
         else:
-            try:
-                features, info, used = encode_video(path, backbone, sampling, threads=threads)
-            except VideoDecodeError as error:
-                logger.warning("skipping %s: %s", path, error)
-                results.append(VideoResult(video_id, str(path), "failed", reason=str(error), content_sha256=digest))
-                continue
-            calls += used
-            metadata = {**info.to_dict(), "backbone": backbone.backbone_id, "sampling": sampling.to_dict()}
-            cache.put(key, features, metadata)
-            result = VideoResult(video_id, str(path), "ok", content_sha256=digest, **_info_fields(metadata))
-        results.append(result)
-        entries.append((video_id, key, result))
+            jobs.append(EncodeJob(order, path, video_id, digest, key))
+    calls = 0
+    bar = tqdm(total=len(paths), initial=len(paths) - len(jobs), desc="extract", unit="video", disable=not progress)
+    for done in runner(jobs):
+        job = done.job
+        bar.update(1)
+        bar.set_postfix_str(job.path.name[-40:], refresh=False)
+        if done.features is None or done.info is None:
+            logger.warning("skipping %s: %s", job.path, done.error)
+            by_order[job.order] = VideoResult(job.video_id, str(job.path), "failed", reason=done.error,
+                                              content_sha256=job.digest)
+            continue
+        features = validate_features(done.features, source=str(job.path), key="features")
+        calls += done.calls
+        metadata = {**done.info, "backbone": backbone.backbone_id, "sampling": sampling.to_dict()}
+        cache.put(job.key, features, metadata)
+        by_order[job.order] = VideoResult(job.video_id, str(job.path), "ok", content_sha256=job.digest,
+                                          **_info_fields(metadata))
+        keys[job.order] = job.key
     bar.close()
+    missing = [job.path for job in jobs if job.order not in by_order]
+    if missing:
+        raise RuntimeError(f"the encoder returned no result for {len(missing)} video(s), e.g. {missing[0]}; re-run "
+                           "(the videos done so far are cached)")
+    entries: list[tuple[str, str, VideoResult]] = []
+    for order in sorted(by_order):
+        result = by_order[order]
+        results.append(result)
+        if result.ok:
+            entries.append((result.video_id, keys[order], result))
 
     attrs = {
         "backbone": backbone.backbone_id,
