@@ -91,10 +91,14 @@ def _build_lock(index_dir: Path) -> contextlib.AbstractContextManager[None]:
 
 
 def _abandon_stale_builds(db: Database, index_dir: Path) -> None:
-    """Drop generations left ``building`` by crashed builds (safe: we hold the build lock) and their directories."""
+    """Drop generations left ``building`` by crashed builds (safe: we hold the build lock) and their directories.
+
+    The directory goes first and the row last: a crash in between leaves the row, so the next build finishes the
+    job (the other order would orphan the directory, which no row names and no later build would remove).
+    """
     for generation in db.generations(GenerationStatus.BUILDING):
+        shutil.rmtree(generation_path(index_dir, generation.directory), ignore_errors=True)
         name = db.abandon_generation(generation.id)
-        shutil.rmtree(generation_path(index_dir, name), ignore_errors=True)
         logger.warning("removed generation %s left behind by an interrupted build", name)
 
 

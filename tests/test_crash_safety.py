@@ -415,3 +415,40 @@ def test_killed_index_add_keeps_serving(crash_setup, tmp_path) -> None:
 
     _kill_campaign(crash_setup, index_dir, argv_of, "a")
 
+
+class _Killed(BaseException):
+    """Stands in for a SIGKILL at one exact point of the builder."""
+
+
+def test_build_killed_while_removing_leftovers_leaves_no_orphan(crash_setup, tmp_path, monkeypatch) -> None:
+    """A build that dies while deleting the directory of an earlier crashed build (a window too narrow for the
+    random kills) must leave that directory on record, so the next build still removes it."""
+    from prvr.index import builder
+
+    index_dir = tmp_path / "index"
+    shutil.copytree(crash_setup["base"], index_dir)
+    with open_database(index_dir / DB_NAME) as db:  # what a build killed mid-write leaves: a building row + files
+        active = db.active_generation()
+        stale = db.get_generation(db.begin_generation(model_id=active.model_id, factories=dict(active.factories),
+                                                      faiss_version="killed")).directory
+    partial = index_dir / GENERATIONS_DIR / stale / "tokens"
+    partial.mkdir(parents=True)
+    for name in ("shard-0.bin", "shard-1.bin"):
+        (partial / name).write_bytes(b"\0" * 64)
+    real_rmtree = shutil.rmtree
+
+    def dies_midway(path, *args, **kwargs):  # deletes a file of the leftovers, then the process is gone
+        next(Path(path).rglob("*.bin")).unlink()
+        raise _Killed
+
+    monkeypatch.setattr(builder.shutil, "rmtree", dies_midway)
+    with pytest.raises(_Killed):
+        builder.build_index(crash_setup["checkpoint"], crash_setup["val"], index_dir, collection_name="synth",
+                            progress=False)
+    monkeypatch.setattr(builder.shutil, "rmtree", real_rmtree)
+    assert _load_answers(index_dir, crash_setup["val"])[0] == active.id  # still serving
+    result = builder.build_index(crash_setup["checkpoint"], crash_setup["val"], index_dir, collection_name="synth",
+                                 progress=False)
+    assert result.num_videos == 12 and result.new_videos == 0
+    _check_no_leftovers(index_dir)
+    assert not (index_dir / GENERATIONS_DIR / stale).exists()
