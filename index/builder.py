@@ -228,13 +228,16 @@ def build_index(
 def _store_checkpoint(checkpoint: Path, out_dir: Path) -> tuple[Path, str]:
     """Copy the checkpoint into the index as ``models/<sha256[:16]>.pt`` so the index describes itself (a later
     training run that overwrites best.pt cannot break search). The hash is taken of the copy, so a file replaced
-    during the copy cannot be recorded under another file's hash.
+    during the copy cannot be recorded under another file's hash. Temporary copies that a killed build left in
+    ``models/`` are deleted first (the caller holds the build lock, so no other copy is in progress).
 
     Returns:
         (path relative to ``out_dir``, sha256 of the stored copy).
     """
     models = out_dir / MODELS_DIR
     models.mkdir(parents=True, exist_ok=True)
+    for stale in models.glob(".*.tmp"):  # atomic_path's names: a SIGKILL skips their clean-up
+        stale.unlink(missing_ok=True)
     with atomic_path(models / ".incoming.pt") as tmp:
         shutil.copyfile(checkpoint, tmp)
     incoming = models / ".incoming.pt"

@@ -287,7 +287,8 @@ def _check_grown(before: Answers, after: Answers, old_ids: set[str], new_ids: se
 
 def _check_debris_harmless(setup: dict, index_dir: Path, num_videos: int) -> None:
     """Planted debris of crashes (a half-written generation directory no row names, a partial temporary checkpoint
-    copy) changes nothing: the index answers as before, info works, an add commits past it."""
+    copy) changes nothing: the index answers as before, info works, an add commits past it (and deletes the
+    temporary copy)."""
     _check_no_leftovers(index_dir)
     before = _load_answers(index_dir, setup["val"])[1]
     stray = index_dir / GENERATIONS_DIR / "gen-999999"
@@ -301,6 +302,7 @@ def _check_debris_harmless(setup: dict, index_dir: Path, num_videos: int) -> Non
              "--no-progress"])  # nothing new to add: one more generation all the same
     _check_active_complete(index_dir, num_videos)
     assert "gen-999999" not in _statuses(index_dir)
+    assert not list((index_dir / MODELS_DIR).glob(".*.tmp")), "the killed checkpoint copy was not cleaned up"
     assert _load_answers(index_dir, setup["val"])[1] == before
 
 
