@@ -93,10 +93,14 @@ def _build_lock(index_dir: Path) -> contextlib.AbstractContextManager[None]:
 
 
 def _abandon_stale_builds(db: Database, index_dir: Path) -> None:
-    """Drop generations left ``building`` by crashed builds (safe: we hold the build lock) and their directories."""
+    """Drop generations left ``building`` by crashed builds (safe: we hold the build lock) and their directories.
+
+    The directory goes first and the row last: a crash in between leaves the row, so the next build finishes the
+    job (the other order would orphan the directory, which no row names and no later build would remove).
+    """
     for generation in db.generations(GenerationStatus.BUILDING):
+        shutil.rmtree(generation_path(index_dir, generation.directory), ignore_errors=True)
         name = db.abandon_generation(generation.id)
-        shutil.rmtree(generation_path(index_dir, name), ignore_errors=True)
         logger.warning("removed generation %s left behind by an interrupted build", name)
 
 
@@ -231,13 +235,16 @@ def build_index(
 def _store_checkpoint(checkpoint: Path, out_dir: Path) -> tuple[Path, str]:
     """Copy the checkpoint into the index as ``models/<sha256[:16]>.pt`` so the index describes itself (a later
     training run that overwrites best.pt cannot break search). The hash is taken of the copy, so a file replaced
-    during the copy cannot be recorded under another file's hash.
+    during the copy cannot be recorded under another file's hash. Temporary copies that a killed build left in
+    ``models/`` are deleted first (the caller holds the build lock, so no other copy is in progress).
 
     Returns:
         (path relative to ``out_dir``, sha256 of the stored copy).
     """
     models = out_dir / MODELS_DIR
     models.mkdir(parents=True, exist_ok=True)
+    for stale in models.glob(".*.tmp"):  # atomic_path's names: a SIGKILL skips their clean-up
+        stale.unlink(missing_ok=True)
     with atomic_path(models / ".incoming.pt") as tmp:
         shutil.copyfile(checkpoint, tmp)
     incoming = models / ".incoming.pt"
