@@ -35,9 +35,11 @@ def main() -> int:
     parser.add_argument("--train-videos", type=int, default=4096, help="Videos in the IVF training sample.")
     parser.add_argument("--chunk", type=int, default=2000, help="Videos generated and added per step.")
     parser.add_argument("--queries", type=int, default=200, help="Measured queries.")
-    parser.add_argument("--calibration-queries", type=int, default=100)
-    parser.add_argument("--candidates", default="50,100,200", help="Candidate counts for calibration.")
-    parser.add_argument("--knob-grid", default="8,16,32,64", help="nprobe values for calibration.")
+    parser.add_argument("--calibration-queries", type=int, default=500, help="Calibration queries (both parts).")
+    parser.add_argument("--held-out-fraction", type=float, default=0.3,
+                        help="Share of the calibration queries held out to verify the choice.")
+    parser.add_argument("--candidates", default="100,200,400", help="Candidate counts for calibration.")
+    parser.add_argument("--knob-grid", default="32,64,128", help="nprobe values for calibration.")
     parser.add_argument("--target", type=float, default=0.99, help="Calibration target recall@10.")
     parser.add_argument("--brute-single", type=int, default=5, help="Single-query brute-force runs.")
     parser.add_argument("--repeats", type=int, default=3, help="Batch throughput runs (median).")
@@ -57,7 +59,8 @@ def main() -> int:
         sizes=tuple(int(x) for x in args.sizes.split(",")), clips=args.clips, frames=args.frames, dim=args.dim,
         rank=args.rank, factory_small=args.factory_small, factory_large=args.factory_large, small_max=args.small_max,
         train_videos=args.train_videos, chunk=args.chunk, queries=args.queries,
-        calibration_queries=args.calibration_queries, candidates=tuple(int(x) for x in args.candidates.split(",")),
+        calibration_queries=args.calibration_queries, held_out_fraction=args.held_out_fraction,
+        candidates=tuple(int(x) for x in args.candidates.split(",")),
         knob_grid=tuple(int(x) for x in args.knob_grid.split(",")) if args.knob_grid else None, target=args.target,
         brute_single=args.brute_single, repeats=args.repeats, threads=args.threads, seed=args.seed, work=args.work)
     command = "OMP_NUM_THREADS=1 .venv/bin/python " + " ".join(["scripts/bench_index.py", *sys.argv[1:]])

@@ -85,11 +85,20 @@ def test_calibrate_stores_its_choice(workspace, tmp_path) -> None:
     assert code == 0, output
     result = json.loads(output)
     assert result["knob"] == "nprobe" and result["query_source"] == "heldout_tokens" and result["stored"]
-    assert {e["nprobe"] for e in result["grid"]} == {1, 2, 4}
+    assert {e["nprobe"] for e in result["grid"]} == {1, 2, 4} and {e["n_candidates"] for e in result["grid"]} == {5, 12}
+    assert (result["num_fit_queries"], result["num_held_out_queries"], result["held_out_fraction"]) == (21, 9, 0.3)
+    assert result["margin_method"] == "normal@0.95" and result["held_out_passed"] is not None
     code, output = _invoke("index", "info", str(out), "--json")
-    defaults = json.loads(output)["search_defaults"]
+    info = json.loads(output)
+    defaults = info["search_defaults"]
     assert defaults["nprobe"] == result["chosen"]["nprobe"]
     assert defaults["n_candidates"] == result["chosen"]["n_candidates"]
+    stored = info["manifest"]["calibration"]  # the manifest records both recalls, both part sizes, the margin
+    for key in ("fit_recall", "held_out_recall", "num_fit_queries", "num_held_out_queries", "margin",
+                "held_out_passed", "escalated_from"):
+        assert stored[key] == result[key], key
+    code, output = _invoke("index", "info", str(out))
+    assert code == 0 and "calibrated: fitting part: 21 queries" in output and "held-out part: 9 queries" in output
 
     from prvr.retriever import Retriever
 
@@ -97,13 +106,66 @@ def test_calibrate_stores_its_choice(workspace, tmp_path) -> None:
         assert retriever.faiss_index.describe()["clip"]["nprobe"] == result["chosen"]["nprobe"]
 
     code, output = _invoke("index", "calibrate", str(out), "--data", str(workspace["data"]), "--collection", "synth",
-                           "--split", "val", "-k", "5", "--dry-run")
+                           "--split", "val", "-k", "5", "--dry-run", "--margin", "0.01", "--held-out-fraction", "0.5",
+                           "--cost-by", "latency")
     assert code == 0, output
     assert "synth/val queries" in output and "dry run" in output and "<- chosen" in output
+    assert "margin 0.0100, fixed" in output and "held-out part:" in output
     code, output = _invoke("index", "calibrate", str(out), "--data", str(workspace["data"]))
     assert code == 1 and "--data, --collection and --split together" in output
     code, output = _invoke("index", "calibrate", str(out), "--candidates", "a,b")
     assert code == 1 and "comma-separated integers" in output
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (("--held-out-fraction", "1.0"), "Invalid value for '--held-out-fraction'"),
+    (("--held-out-fraction", "-0.2"), "Invalid value for '--held-out-fraction'"),
+    (("--margin", "lots"), "must be 'auto' or a number in [0, 1)"),
+    (("--margin", "1.5"), "a fixed margin must lie in [0, 1)"),
+    (("--confidence", "1"), "Invalid value for '--confidence'"),
+    (("--cost-by", "speed"), "Invalid value for '--cost-by'"),
+    (("--candidates", "0,100"), "--candidates needs positive integers"),
+    (("--queries", "1"), "a held-out part needs at least 2 queries"),
+])
+def test_calibrate_refuses_bad_values(workspace, tmp_path_factory, flags, message) -> None:
+    out = tmp_path_factory.getbasetemp() / "calibrate_flags_index"
+    if not out.exists():
+        _build(workspace, out, "--factory", "IVF4,Flat")
+    code, output = _invoke("index", "calibrate", str(out), "-k", "5", "--candidates", "5", *flags)
+    assert code != 0 and message in output, output
+
+
+def test_a_calibration_stored_before_the_held_out_check_still_loads(workspace, tmp_path) -> None:
+    import dataclasses
+
+    from prvr.index.builder import rewrite_manifest
+    from prvr.index.layout import open_active
+    from prvr.retriever import Retriever
+
+    out = tmp_path / "index"
+    _build(workspace, out, "--factory", "IVF4,Flat")
+    old = {"knob": "nprobe", "chosen": {"n_candidates": 12, "recall": 0.95, "ms_per_query": 1.0, "cost": 100.0,
+                                        "nprobe": 2},
+           "reached": True, "grid": [], "target": 0.9, "k": 5, "num_queries": 30, "query_source": "heldout_tokens"}
+    with open_active(out) as active:
+        manifest = active.manifest
+    rewrite_manifest(out, dataclasses.replace(manifest, calibration=old,
+                                              search_defaults={**manifest.search_defaults, "nprobe": 2,
+                                                               "n_candidates": 12}))
+    code, output = _invoke("index", "info", str(out))
+    assert code == 0, output
+    assert "recall@5 0.9500 on the calibration queries (no held-out check)" in output
+    with Retriever.load(out) as retriever:
+        assert retriever.faiss_index.describe()["clip"]["nprobe"] == 2
+
+
+def test_cli_calibrate_defaults_match_the_library() -> None:
+    from prvr.commands import index_cli
+    from prvr.index import calibrate
+
+    for name in ("DEFAULT_NUM_QUERIES", "DEFAULT_CANDIDATE_GRID", "DEFAULT_NPROBE_GRID", "DEFAULT_HELD_OUT_FRACTION",
+                 "DEFAULT_CONFIDENCE"):
+        assert getattr(index_cli, name) == getattr(calibrate, name), name
 
 
 def _broken_loader(path):

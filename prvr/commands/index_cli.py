@@ -18,8 +18,15 @@ from prvr.commands.common import (
     text_backbone_record,
 )
 
-__all__ = ["build_index_command", "query_command", "index_group"]
+__all__ = ["build_index_command", "calibration_summary", "query_command", "index_group"]
 
+# prvr.index.calibrate's defaults, spelled out so that the CLI starts without importing torch / faiss (a test keeps
+# them equal)
+DEFAULT_NUM_QUERIES = 500
+DEFAULT_CANDIDATE_GRID = (100, 200, 400)
+DEFAULT_NPROBE_GRID = (32, 64, 128, 256, 512)
+DEFAULT_HELD_OUT_FRACTION = 0.3
+DEFAULT_CONFIDENCE = 0.95
 
 
 @click.group("index")
@@ -74,9 +81,8 @@ def info_command(index_dir: str, as_json: bool) -> None:
     moments = manifest.moment_checkpoint
     click.echo(f"moment checkpoint: {moments['path'] + ' (' + moments['sha256'][:12] + '...)' if moments else 'none'}")
     if manifest.calibration:
-        calibration = manifest.calibration
-        click.echo(f"calibrated: recall@{calibration['k']} {calibration['chosen']['recall']:.4f} (target "
-                   f"{calibration['target']}, {calibration['num_queries']} {calibration['query_source']} queries)")
+        for line in calibration_summary(manifest.calibration):
+            click.echo(f"calibrated: {line}")
     click.echo(f"video status: {json.dumps(statuses, sort_keys=True)}")
 
 
@@ -150,33 +156,63 @@ def _int_list(text: str | None, name: str) -> list[int] | None:
     return values
 
 
+def _margin_option(ctx: click.Context, param: click.Parameter, value: str) -> float | None:
+    """``--margin``: ``auto`` (None: the statistical bound) or a fixed margin in [0, 1)."""
+    if value.strip().lower() == "auto":
+        return None
+    try:
+        margin = float(value)
+    except ValueError:
+        raise click.BadParameter(f"must be 'auto' or a number in [0, 1) such as 0.005, got {value!r}") from None
+    if not 0 <= margin < 1:
+        raise click.BadParameter(f"a fixed margin must lie in [0, 1), got {value!r}")
+    return margin
+
+
 @index_group.command("calibrate")
 @click.argument("index_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--target", default=0.99, show_default=True, type=click.FloatRange(0, 1, min_open=True),
-              help="Video-level recall@K to reach.")
+              help="Video-level recall@K to reach on queries the choice has not seen.")
 @click.option("-k", "k", default=10, show_default=True, type=click.IntRange(min=1), help="K of recall@K.")
-@click.option("--queries", "num_queries", default=200, show_default=True, type=click.IntRange(min=1),
-              help="Queries measured (a sample of the split's queries, or held-out tokens).")
+@click.option("--queries", "num_queries", default=DEFAULT_NUM_QUERIES, show_default=True,
+              type=click.IntRange(min=1),
+              help="Calibration queries, fitting and held-out parts together (a sample of the split's queries, at "
+              "most all of them, or queries made from stored tokens).")
 @click.option("--data", "root", default=None, type=click.Path(exists=True, file_okay=False),
-              help="Data root of real query features (else held-out stored tokens are the queries).")
+              help="Data root of real query features (else queries made from stored tokens).")
 @click.option("--collection", default=None, help="Collection of the query features.")
 @click.option("--split", default=None, help="Caption split of the query features.")
 @click.option("--candidates", "candidates_grid", default=None,
-              help="Comma-separated candidate counts to try (default 25,50,100,200,400,800).")
+              help="Comma-separated candidate counts (exact re-rank list sizes) to try (default "
+              f"{','.join(map(str, DEFAULT_CANDIDATE_GRID))}).")
 @click.option("--knob-grid", default=None, help="Comma-separated nprobe (IVF) / efSearch (HNSW) values to try "
-              "(default powers of two).")
-@click.option("--seed", default=0, show_default=True, type=int, help="Query sampling seed.")
+              f"(default nprobe {','.join(map(str, DEFAULT_NPROBE_GRID))} clipped to nlist, efSearch 16..512).")
+@click.option("--held-out-fraction", default=DEFAULT_HELD_OUT_FRACTION, show_default=True,
+              type=click.FloatRange(0, 1, max_open=True),
+              help="Share of the queries held out to verify the choice (0: no check).")
+@click.option("--margin", "margin", default="auto", show_default=True, callback=_margin_option,
+              help="Recall the fitting part must clear above --target: 'auto' (a one-sided lower confidence bound "
+              "at --confidence) or a fixed number such as 0.005.")
+@click.option("--confidence", default=DEFAULT_CONFIDENCE, show_default=True,
+              type=click.FloatRange(0.5, 1, min_open=True, max_open=True),
+              help="Confidence level of the 'auto' margin.")
+@click.option("--cost-by", default="model", show_default=True, type=click.Choice(["model", "latency"]),
+              help="Rank settings by the work model (machine-independent) or the measured latency.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Query sampling and fitting / held-out split "
+              "seed.")
 @click.option("--dry-run", is_flag=True, help="Measure and print, but do not store the choice.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @fail_cleanly
 def calibrate_command(index_dir: str, target: float, k: int, num_queries: int, root: str | None,
                       collection: str | None, split: str | None, candidates_grid: str | None, knob_grid: str | None,
-                      seed: int, dry_run: bool, as_json: bool) -> None:
-    """Measure recall@K against exact search over a grid; store the cheapest setting reaching --target."""
+                      held_out_fraction: float, margin: float | None, confidence: float, cost_by: str, seed: int,
+                      dry_run: bool, as_json: bool) -> None:
+    """Measure recall@K against exact search over a grid, choose the cheapest setting clearing --target with a
+    margin on the fitting queries, verify it on the held-out ones, and store it."""
     import numpy as np
 
     from prvr.index.builder import rewrite_manifest
-    from prvr.index.calibrate import DEFAULT_CANDIDATE_GRID, calibrate, heldout_token_queries
+    from prvr.index.calibrate import calibrate, heldout_token_queries
     from prvr.retriever import Retriever
 
     if (root is None) != (collection is None) or (root is not None and split is None):
@@ -194,7 +230,8 @@ def calibrate_command(index_dir: str, target: float, k: int, num_queries: int, r
                    "frame_weight": retriever.config.model.frame_weight}
         result = calibrate(retriever.faiss_index, retriever.store, np.asarray(queries, dtype=np.float32), k=k,
                            target=target, n_candidates_grid=grid_n, knob_grid=grid_knob, query_source=source,
-                           **weights)
+                           held_out_fraction=held_out_fraction, margin=margin, confidence=confidence, seed=seed,
+                           cost_by=cost_by, **weights)  # type: ignore[arg-type]
         manifest = retriever.manifest
     if not dry_run:
         defaults = {key: value for key, value in manifest.search_defaults.items()
@@ -206,15 +243,44 @@ def calibrate_command(index_dir: str, target: float, k: int, num_queries: int, r
         click.echo(json.dumps({**result.to_dict(), "stored": not dry_run}, indent=2))
         return
     knob = result.knob
-    header = f"{knob or '':>9}  {'candidates':>10}  {'recall@' + str(k):>9}  {'ms/query':>8}  {'cost':>12}"
-    click.echo(header)
+    held = result.num_held_out_queries > 0
+    click.echo(f"{knob or '':>9}  {'candidates':>10}  {'fit':>7}  {'fit low':>7}  {'held-out' if held else '':>8}  "
+               f"{'all':>7}  {'ms/query':>8}  {'cost':>12}")
     for entry in result.grid:
         mark = " <- chosen" if entry == result.chosen else ""
-        click.echo(f"{entry.get(knob, '') if knob else '':>9}  {entry['n_candidates']:>10}  {entry['recall']:>9.4f}  "
-                   f"{entry['ms_per_query']:>8.2f}  {entry['cost']:>12.0f}{mark}")
-    verdict = "reached" if result.reached else "NOT reached (most accurate setting kept)"
-    click.echo(f"target recall@{k} {target}: {verdict}; {result.num_queries} {result.query_source} queries; "
-               f"{'stored in the manifest' if not dry_run else 'dry run, nothing stored'}")
+        held_out = f"{entry['held_out_recall']:>8.4f}" if held else f"{'':>8}"
+        click.echo(f"{entry.get(knob, '') if knob else '':>9}  {entry['n_candidates']:>10}  "
+                   f"{entry['fit_recall']:>7.4f}  {entry['fit_lower_bound']:>7.4f}  {held_out}  "
+                   f"{entry['recall']:>7.4f}  {entry['ms_per_query']:>8.2f}  {entry['cost']:>12.0f}{mark}")
+    for entry in result.escalated_from:
+        setting = ", ".join(f"{key} {entry[key]}" for key in (knob, "n_candidates") if key)
+        click.echo(f"held-out check failed at {setting} (held-out recall {entry['held_out_recall']:.4f} < {target}): "
+                   "stepped to the next more expensive setting")
+    for line in calibration_summary(result.to_dict()):
+        click.echo(line)
+    click.echo(f"{'stored in the manifest' if not dry_run else 'dry run, nothing stored'}")
+
+
+def calibration_summary(calibration: dict[str, Any]) -> list[str]:
+    """Lines describing a stored ``calibration`` (also one written before the held-out check)."""
+    k, target = calibration["k"], calibration["target"]
+    chosen = calibration["chosen"]
+    verdict = "reached" if calibration["reached"] else "NOT reached (best fallback kept)"
+    lines = [f"target recall@{k} {target}: {verdict}; {calibration['num_queries']} {calibration['query_source']} "
+             "queries"]
+    if "num_fit_queries" not in calibration:  # written before the held-out check
+        lines[0] += f"; recall@{k} {chosen['recall']:.4f} on the calibration queries (no held-out check)"
+        return lines
+    lines.append(f"fitting part: {calibration['num_fit_queries']} queries, recall {chosen['fit_recall']:.4f}, lower "
+                 f"bound {chosen['fit_lower_bound']:.4f} (margin {calibration['margin']:.4f}, "
+                 f"{calibration['margin_method']})")
+    if calibration["num_held_out_queries"]:
+        check = "passed" if calibration["held_out_passed"] else "FAILED"
+        lines.append(f"held-out part: {calibration['num_held_out_queries']} queries, recall "
+                     f"{chosen['held_out_recall']:.4f}: check {check}")
+    else:
+        lines.append("held-out part: none (no check)")
+    return lines
 
 
 def _real_queries(retriever: Any, root: str, collection: str, split: str, num_queries: int,
