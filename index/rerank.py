@@ -189,7 +189,7 @@ def _score_views(
 def _score_codes(
     query: torch.Tensor, ids: np.ndarray, store: TokenStore, compute_dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(n, U) clip and frame max-scores of a compressed store: gather the candidates' code rows, score them on the fly."""
+    """(n, U) clip and frame max-scores of a compressed store: gather the candidates' code rows, score them."""
     shards, first_rows, num_clips, num_frames = store.locate(ids)  # (U,) each
     lengths = (num_clips + num_frames).astype(np.int64)  # (U,)
     rows, owner, within = _expand_ranges(first_rows.astype(np.int64), lengths)  # (R,) each

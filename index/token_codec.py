@@ -223,7 +223,8 @@ class ProductQuantizerCodec(TokenCodec):
 
     def _trained(self) -> faiss.ProductQuantizer:
         if self.centroids is None:
-            raise RuntimeError(f"the {self.name} codec is not trained: call train() (the builder trains it on a sample)")
+            raise RuntimeError(f"the {self.name} codec is not trained: call train() (the builder trains it on a "
+                               "sample)")
         if getattr(self, "_pq", None) is None:
             self._pq = self._quantizer()
         return self._pq
