@@ -30,7 +30,8 @@ from tqdm import tqdm
 
 from prvr.index.faiss_store import FaissTokenIndex, choose_factory, nlist_for
 from prvr.index.manifest import MANIFEST_NAME, IndexManifest, _utc_now_iso, write_manifest
-from prvr.index.token_store import TokenStore
+from prvr.index.token_codec import CODEC_NAMES_HELP, is_codec_name
+from prvr.index.token_store import STORAGE, TokenStore
 from prvr.checkpoint import load_model
 from prvr.data.dataset import iter_video_batches
 from prvr.fileio import atomic_path, exclusive_lock, file_sha256, fsync_directory
@@ -84,6 +85,12 @@ class BuildResult:
     new_videos: int
     ntotal: int
     manifest: IndexManifest
+
+
+def check_token_dtype(token_dtype: str) -> None:
+    """Refuse an unknown token store encoding early (before any encoding work), naming the valid ones."""
+    if token_dtype not in STORAGE and not is_codec_name(token_dtype):
+        raise ValueError(f"unknown --token-dtype {token_dtype!r}; use {CODEC_NAMES_HELP}")
 
 
 def _build_lock(index_dir: Path) -> contextlib.AbstractContextManager[None]:
@@ -169,9 +176,11 @@ def build_index(
         candidates_per_video: FAISS tokens fetched per candidate video (K' = this x n_candidates).
         moment_checkpoint: a moment-localiser checkpoint (``prvr.moments.localizer.load_localizer`` reads it),
             copied into the index under its sha256 and recorded in the manifest; default: the previous generation's.
-        token_dtype: precision of the re-rank token store of a first build: ``"bfloat16"`` (half the bytes) or
-            ``"float32"`` (scores equal the model's up to float32 rounding, so rankings match ``prvr eval`` exactly);
-            later builds keep the existing store's.
+        token_dtype: encoding of the re-rank token store of a first build: ``"bfloat16"`` (half the bytes),
+            ``"float32"`` (scores equal the model's up to float32 rounding, so rankings match ``prvr eval`` exactly),
+            or a compressed one of ``index.token_codec`` (``"pqM"``: M bytes per token, its codebook trained on the
+            FAISS training sample with the config's seed; ``"sq8"`` / ``"sq4"``). Later builds keep the existing
+            store's encoding and codebook (the store is copied, so new videos are encoded with the same codebook).
         database_url: a SQLAlchemy URL for the metadata of a NEW index (e.g. PostgreSQL), written to
             ``database.url`` in the index directory (``${VAR}`` is expanded when opened); default the SQLite file
             ``index.db`` inside it. An existing index keeps its database.
@@ -186,6 +195,7 @@ def build_index(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_token_dtype(token_dtype)
     if (n_candidates is not None and n_candidates < 1) or candidates_per_video < 1:
         raise ValueError(f"n_candidates and candidates_per_video must be >= 1, got {n_candidates}, "
                          f"{candidates_per_video}")
@@ -340,9 +350,14 @@ def _build_locked(
         shutil.copytree(previous.directory / TOKENS_DIR, gen_dir / TOKENS_DIR)
         store = TokenStore(gen_dir / TOKENS_DIR, dim)
     else:
-        store = TokenStore(gen_dir / TOKENS_DIR, dim, normalize=True, dtype=token_dtype)
-        if new_ids and any(_needs_training(f) for f in (factories["clip"], factories["frame"])):
-            index.train(*_train_sample(model, corpus, new_ids, factories["clip"], batch_size))
+        store = TokenStore(gen_dir / TOKENS_DIR, dim, normalize=True, dtype=token_dtype, codec_seed=config.seed)
+        index_training = any(_needs_training(f) for f in (factories["clip"], factories["frame"]))
+        store_training = store.codec is not None and store.codec.needs_training
+        if new_ids and (index_training or store_training):
+            sample = _train_sample(model, corpus, new_ids, factories["clip"], batch_size)
+            if index_training:
+                index.train(*sample)
+            store.train(*sample)
 
     clip_tokens = frame_tokens = 0
     batches = iter_video_batches(corpus, batch_size, new_ids) if new_ids else iter(())
@@ -375,6 +390,7 @@ def _build_locked(
         generation=generation.directory,
         moment_checkpoint=moment_checkpoint,
         calibration=calibration,
+        token_store=store.codec_record(),
     )
     manifest = _commit_generation(db, generation_id, gen_dir, index, manifest, counts)
     logger.info("index generation %s active: %d videos (%d new), %d tokens", generation.directory,
@@ -473,7 +489,8 @@ def remove_videos(index_dir: str | Path, external_ids: Sequence[str], *, compact
         store.remove(np.asarray(ids, dtype=np.int64))
         if compact:
             store.compact()
-        manifest = dataclasses.replace(active.manifest, generation=generation.directory, created_at=_utc_now_iso())
+        manifest = dataclasses.replace(active.manifest, generation=generation.directory, created_at=_utc_now_iso(),
+                                       token_store=store.codec_record())
         counts = {"new_videos": 0, "removed_videos": len(ids)}
         manifest = _commit_generation(db, generation_id, gen_dir, index, manifest, counts)
         db.soft_delete(external_ids)

@@ -12,7 +12,6 @@ token rows, the fast whole-corpus path). The weights are arguments, read from th
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from prvr.index.protocol import Candidates
 from prvr.index.rerank import exact_rerank
@@ -38,11 +37,6 @@ def exact_topk(
                         frame_weight=frame_weight, k=k)
 
 
-def _bf16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
-    """bfloat16 bit patterns (uint16) -> float32, exactly (a shift; memory-bound, unlike torch's CPU up-cast)."""
-    return (bits.astype(np.uint32) << 16).view(np.float32)
-
-
 def exact_scores(
     store: TokenStore,
     queries: np.ndarray,
@@ -55,7 +49,8 @@ def exact_scores(
     maxima with ``np.maximum.reduceat`` over the clip and frame segments (each video's rows are contiguous).
 
     The queries are L2-normalised here; the stored tokens are used as stored (a store written with
-    ``normalize=True`` holds unit tokens, so the products are cosines). Needs a bf16 store without removed rows.
+    ``normalize=True`` holds unit tokens, so the products are cosines; a compressed store is decoded on the fly).
+    Needs a store without removed rows.
 
     Args:
         store: the token store.
@@ -78,7 +73,6 @@ def exact_scores(
     for shard in np.unique(shards).tolist():
         members = np.flatnonzero(shards == shard)
         members = members[np.argsort(first_rows[members])]  # storage order
-        bits = store.shard_tensor(shard).view(torch.int16).numpy().view(np.uint16)  # (R, D) memory-mapped
         for offset in range(0, members.shape[0], videos_per_step):
             block = members[offset : offset + videos_per_step]
             starts = first_rows[block].astype(np.int64)
@@ -87,7 +81,7 @@ def exact_scores(
                 raise RuntimeError("exact_scores expects contiguous video blocks (no tombstones); compact the store "
                                    "or use exact_topk")
             first, last = int(starts[0]), int(ends[-1])
-            scores = _bf16_bits_to_float32(bits[first:last]) @ q.T  # (R, Nq)
+            scores = store.row_scores(shard, slice(first, last), q)  # (R, Nq), decoded from any encoding
             clip_starts = starts - first
             frame_starts = clip_starts + num_clips[block]
             bounds = np.stack([clip_starts, frame_starts], axis=1).reshape(-1)  # (2b,) segment starts

@@ -43,6 +43,9 @@ class IndexManifest:
             checkpoint copied into the index (``build-index --moment-checkpoint``), or None.
         calibration: what ``prvr index calibrate`` measured and chose (``{"target", "k", "chosen", "grid", ...}``),
             or None; the chosen search parameters are also written into ``search_defaults``.
+        token_store: ``TokenStore.codec_record()`` of the re-rank store: ``{"dtype", "bytes_per_token",
+            "token_error"}`` plus, for a compressed store, ``"codec"`` (its parameters) and ``"codebook"`` (file inside
+            ``tokens/`` and sha256); None in manifests written before the field existed (the store describes itself).
         created_at: ISO-8601 UTC time of the build.
         format_version: manifest layout version.
     """
@@ -58,6 +61,7 @@ class IndexManifest:
     generation: str
     moment_checkpoint: dict[str, Any] | None = None
     calibration: dict[str, Any] | None = None
+    token_store: dict[str, Any] | None = None
     created_at: str = field(default_factory=_utc_now_iso)
     format_version: int = MANIFEST_FORMAT_VERSION
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from prvr.index.protocol import Candidates
-from prvr.index.token_store import TokenStore
+from prvr.index.token_store import TokenStore, _expand_ranges
 
 __all__ = ["DEFAULT_MAX_GATHER_VIDEOS", "exact_rerank"]
 
@@ -60,6 +60,10 @@ def exact_rerank(
 
     With ``compute_dtype=torch.bfloat16`` the products come out rounded to bf16 (8-bit mantissa), so they only select
     each video's winning token; the winners are then rescored in float32, which keeps near-ties apart.
+
+    A compressed store (``pqM`` / ``sq8`` / ``sq4``, see ``index.token_codec``) is scored from its codes on the CPU
+    ("views": the candidates' code rows are gathered, then scored by table look-ups or decode + product, whatever
+    ``compute_dtype``); each score is then within ``(|w_c| + |w_f|) * store.token_error`` of the exact one.
 
     Args:
         query: (Nq, D) query vectors (numpy or torch; the computation runs on a torch query's device).
@@ -121,7 +125,10 @@ def exact_rerank(
         scores = np.zeros((stop - start, union.shape[0]), dtype=np.float32)  # (n, U)
         for first in range(0, union.shape[0], max_gather_videos):
             ids = union[first : first + max_gather_videos]
-            score = _score_views if method == "views" else _score_gathered
+            if method == "views":
+                score = _score_codes if store.codec is not None else _score_views
+            else:
+                score = _score_gathered
             clip_scores, frame_scores = score(q[start:stop], ids, store, compute_dtype)  # (n, U) each
             total = clip_weight * clip_scores + frame_weight * frame_scores  # (n, U)
             scores[:, first : first + ids.shape[0]] = total.cpu().numpy()
@@ -176,6 +183,26 @@ def _score_views(
             tokens = F.normalize(tokens, dim=-1)
         exact = (tokens @ query.T).masked_fill(~is_max[rows], float("-inf"))  # (M, n)
         best = _segment_max(exact, segment[rows], 2 * len(ids))  # (2U, n)
+    return best[0::2].T, best[1::2].T  # (n, U), (n, U)
+
+
+def _score_codes(
+    query: torch.Tensor, ids: np.ndarray, store: TokenStore, compute_dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, U) clip and frame max-scores of a compressed store: gather the candidates' code rows, score them."""
+    shards, first_rows, num_clips, num_frames = store.locate(ids)  # (U,) each
+    lengths = (num_clips + num_frames).astype(np.int64)  # (U,)
+    rows, owner, within = _expand_ranges(first_rows.astype(np.int64), lengths)  # (R,) each
+    q = query.numpy()  # (n, D) unit queries
+    scores = np.empty((rows.shape[0], q.shape[0]), dtype=np.float32)  # (R, n)
+    row_shards = shards[owner]
+    for shard in np.unique(shards).tolist():
+        here = np.flatnonzero(row_shards == shard)
+        scores[here] = store.row_scores(shard, rows[here], q)
+    owner_t, within_t = torch.from_numpy(owner), torch.from_numpy(within)
+    is_frame = within_t >= torch.from_numpy(num_clips.astype(np.int64))[owner_t]  # (R,)
+    segment = owner_t * 2 + is_frame.long()  # (R,) in [0, 2U)
+    best = _segment_max(torch.from_numpy(scores), segment, 2 * len(ids))  # (2U, n)
     return best[0::2].T, best[1::2].T  # (n, U), (n, U)
 
 

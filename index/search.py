@@ -9,6 +9,10 @@ that query and the search repeated. ``k'`` grows until the token searches return
 the loop ends. With ``n_candidates = V`` a single round is not enough in general: ``k' = 4 x N`` tokens can all belong
 to fewer than N videos (see ``index.protocol``). Approximate indexes (IVF, HNSW, PQ) certify nothing
 (``bound = +inf``) and are searched once, bounded by their calibrated nprobe / efSearch.
+
+A compressed token store (``pqM`` / ``sq8`` / ``sq4``) scores within ``(|w_c| + |w_f|) * store.token_error`` of the
+exact score, a margin (~0.1-1 for PQ) that the k-th score would have to clear above the bound: widening would then
+run until every token is returned, so with a compressed store the search runs once and certifies nothing.
 """
 
 from __future__ import annotations
@@ -99,6 +103,7 @@ def search_topk(
     if q.ndim != 2:
         raise ValueError(f"query must be (Nq, D), got {q.shape}; a single vector is query[None]")
     exact = bool(getattr(index, "is_exact", False)) if is_exact is None else bool(is_exact)
+    exact = exact and store.codec is None  # a lossy store cannot certify (see the module docstring)
     margin = BF16_SCORE_TOLERANCE * (abs(clip_weight) + abs(frame_weight))
     k = int(k)
     results: list[RankedVideos | None] = [None] * q.shape[0]

@@ -1,14 +1,18 @@
-"""Append-only token store (bfloat16 by default, float32 on request): one contiguous (C + F_valid, D) block per
-video, memory-mapped for re-ranking.
+"""Append-only token store (bfloat16 by default; float32, or a compressed encoding of ``index.token_codec`` on
+request): one contiguous (C + F_valid, D) block per video, memory-mapped for re-ranking.
 
 Shape letters: B videos, C clip tokens, F frame tokens, D hidden.
 
 Layout of a store directory::
 
     shard-G-NNNNN.bin   raw little-endian rows of D values: uint16 bit patterns of torch.bfloat16 tokens, or
-                        float32 values for a store created with ``dtype="float32"`` (exact scores, twice the bytes)
+                        float32 values for a store created with ``dtype="float32"`` (exact scores, twice the bytes);
+                        or, for a compressed store (``dtype="pq32"``, ``"sq8"``, ...), rows of ``code_size`` bytes
+    codebook.npy        the trained codebook of a ``pqM`` store (written once by :meth:`TokenStore.train`, before any
+                        row; copies of the store, i.e. later index generations, keep and reuse it)
     store.npz           the index: per video (id, shard, first row, clip count, frame count, removed) and, per
-                        shard, its file name and committed row count; plus a JSON meta (dim, dtype, normalised)
+                        shard, its file name and committed row count; plus a JSON meta (dim, dtype, normalised; for a
+                        compressed store the codec parameters, the codebook's sha256 and the largest decode error)
 
 Crash safety: shard bytes are written and fsynced *before* the index is replaced (temp file + fsync + rename +
 directory fsync). A reader trusts only the committed row counts of the index, so bytes a crashed writer left past
@@ -31,7 +35,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from prvr.fileio import atomic_path, exclusive_lock, fsync_directory
+from prvr.fileio import atomic_path, exclusive_lock, file_sha256, fsync_directory
+from prvr.index.token_codec import CODEC_NAMES_HELP, TokenCodec, is_codec_name, make_codec
 from prvr.types import VideoTokens
 
 __all__ = ["TokenStore"]
@@ -44,6 +49,17 @@ LOCK_NAME = ".lock"
 BYTES_PER_VALUE = 2  # bfloat16 (the default storage)
 STORAGE = {"bfloat16": (np.uint16, 2), "float32": (np.float32, 4)}  # dtype name -> (numpy storage type, bytes)
 DEFAULT_SHARD_MAX_BYTES = 1 << 30
+CODEBOOK_NAME = "codebook.npy"
+BF16_TOKEN_ERROR = 2.0**-8  # |bf16(t) - t| <= 2^-9 |t| per coordinate, so <= 2^-9 for a unit token; doubled for margin
+
+
+def _check_dtype(dtype: str, dim: int | None) -> None:
+    if dtype in STORAGE:
+        return
+    if not is_codec_name(dtype):
+        raise ValueError(f"unknown token store dtype {dtype!r}; use {CODEC_NAMES_HELP}")
+    if dim is not None:
+        make_codec(dtype, int(dim))  # raises when the encoding does not fit D
 
 
 def _to_float32_tensor(x: Any) -> torch.Tensor:
@@ -74,8 +90,11 @@ class TokenStore:
         dim: D; required to create a store, checked against the stored value when opening one.
         normalize: L2-normalise tokens before rounding to bf16 (then a dot product is the cosine). Only used when
             creating; an existing store keeps its setting.
-        dtype: storage precision when creating: ``"bfloat16"`` (half the bytes and bandwidth; scores within ~2^-9)
-            or ``"float32"`` (scores equal the model's up to float32 rounding). An existing store keeps its own.
+        dtype: storage precision when creating: ``"bfloat16"`` (half the bytes and bandwidth; scores within ~2^-9),
+            ``"float32"`` (scores equal the model's up to float32 rounding), or a compressed encoding of
+            :mod:`index.token_codec`: ``"pqM"`` (M bytes per token; call :meth:`train` before the first append),
+            ``"sq8"`` / ``"sq4"`` (D + 4 / D / 2 + 4 bytes). An existing store keeps its own.
+        codec_seed: k-means seed of a ``pqM`` codebook (training is deterministic given the sample and the seed).
         shard_max_bytes: start a new shard file once the current one would exceed this (a video never spans shards).
         read_only: refuse writes (for query servers).
     """
@@ -89,11 +108,11 @@ class TokenStore:
         dtype: str = "bfloat16",
         shard_max_bytes: int = DEFAULT_SHARD_MAX_BYTES,
         read_only: bool = False,
+        codec_seed: int = 0,
     ) -> None:
         self.directory = Path(directory)
         self.read_only = bool(read_only)
-        if dtype not in STORAGE:
-            raise ValueError(f"token store dtype must be one of {sorted(STORAGE)}, got {dtype!r}")
+        _check_dtype(dtype, dim)
         if shard_max_bytes < 1:
             raise ValueError(f"shard_max_bytes must be positive, got {shard_max_bytes}")
         self.shard_max_bytes = int(shard_max_bytes)
@@ -106,7 +125,11 @@ class TokenStore:
             self.directory.mkdir(parents=True, exist_ok=True)
             with self._lock():
                 if not index_path.is_file():
-                    self._set_state(self._empty_state(int(dim), bool(normalize), dtype))
+                    state = self._empty_state(int(dim), bool(normalize), dtype)
+                    if is_codec_name(dtype):
+                        codec = make_codec(dtype, int(dim), seed=codec_seed)
+                        state["meta"].update(codec=codec.params(), codebook=None, max_error=0.0)
+                    self._set_state(state)
                     self._write_index()
         self.refresh()
         if dim is not None and int(dim) != self.dim:
@@ -116,8 +139,7 @@ class TokenStore:
 
     @staticmethod
     def _empty_state(dim: int, normalize: bool, dtype: str = "bfloat16") -> dict[str, Any]:
-        if dtype not in STORAGE:
-            raise ValueError(f"token store dtype must be one of {sorted(STORAGE)}, got {dtype!r}")
+        _check_dtype(dtype, dim)
         return {
             "meta": {"format_version": FORMAT_VERSION, "dim": dim, "dtype": dtype, "normalized": normalize,
                      "generation": 0},
@@ -183,10 +205,11 @@ class TokenStore:
     def refresh(self) -> None:
         """Re-read the index and re-map the shards (a reader's way to see later appends / removals)."""
         self._set_state(self._read_index())
+        self._codec = self._load_codec()
         self._maps: list[np.memmap | None] = []
         for name, rows in zip(self._shard_names, self._shard_rows):
             path = self.directory / name
-            needed = int(rows) * self.dim * self._value_bytes
+            needed = int(rows) * self._row_bytes
             size = path.stat().st_size if path.is_file() else -1
             if size < needed:
                 raise ValueError(
@@ -195,9 +218,27 @@ class TokenStore:
                 )
             # copy-on-write mapping: reads share the page cache, and the array is writable for torch.from_numpy
             # (a stray write stays private to this process instead of corrupting the shard)
-            mapped = np.memmap(path, dtype=self._storage_type, mode="c", shape=(int(rows), self.dim)) if rows else None
+            shape = (int(rows), self._row_width)
+            mapped = np.memmap(path, dtype=self._storage_type, mode="c", shape=shape) if rows else None
             self._maps.append(mapped)
         self._views: dict[int, torch.Tensor] = {}
+
+    def _load_codec(self) -> TokenCodec | None:
+        """The codec of a compressed store (with its codebook, once trained), None for bfloat16 / float32."""
+        if not is_codec_name(self.dtype):
+            return None
+        params = self._meta.get("codec") or {}
+        codec = make_codec(self.dtype, self.dim, seed=int(params.get("seed", 0)))
+        codebook = self._meta.get("codebook")
+        if codebook is not None:
+            path = self.directory / str(codebook["file"])
+            fix = "restore it from a backup or rebuild the store"
+            if not path.is_file():
+                raise ValueError(f"{path} (the {self.dtype} codebook) is missing; {fix}")
+            if file_sha256(path) != codebook["sha256"]:
+                raise ValueError(f"{path} does not match the sha256 recorded in {INDEX_NAME}; {fix}")
+            codec.load_state(path)
+        return codec
 
     def _lock(self) -> contextlib.AbstractContextManager[None]:
         return exclusive_lock(self.directory / LOCK_NAME, wait=True)
@@ -219,11 +260,47 @@ class TokenStore:
 
     @property
     def _storage_type(self) -> type:
-        return STORAGE[self.dtype][0]
+        return np.uint8 if self._codec is not None else STORAGE[self.dtype][0]
 
     @property
-    def _value_bytes(self) -> int:
-        return STORAGE[self.dtype][1]
+    def _row_width(self) -> int:
+        """Stored values per token row: D, or the codec's code size in bytes."""
+        return self._codec.code_size if self._codec is not None else self.dim
+
+    @property
+    def _row_bytes(self) -> int:
+        return self._row_width * (1 if self._codec is not None else STORAGE[self.dtype][1])
+
+    @property
+    def codec(self) -> TokenCodec | None:
+        """The compressed encoding (``pqM`` / ``sq8`` / ``sq4``), or None for a bfloat16 / float32 store."""
+        return self._codec
+
+    @property
+    def bytes_per_token(self) -> int:
+        """Shard bytes per stored token row."""
+        return self._row_bytes
+
+    @property
+    def token_error(self) -> float:
+        """Upper bound of ``||stored token - written unit token||`` over every token written so far.
+
+        The score of a unit query against a stored token is within this of the exact cosine (Cauchy-Schwarz), so a
+        video score ``w_c max clip + w_f max frame`` is within ``(|w_c| + |w_f|) * token_error``. Measured at append
+        time for compressed stores; ``2^-8`` for bfloat16 and 0 for float32.
+        """
+        if self._codec is not None:
+            return float(self._meta.get("max_error", 0.0))
+        return BF16_TOKEN_ERROR if self.dtype == "bfloat16" else 0.0
+
+    def codec_record(self) -> dict[str, Any]:
+        """What the index manifest records of the encoding: dtype, codec parameters, codebook file and sha256."""
+        record: dict[str, Any] = {"dtype": self.dtype, "bytes_per_token": self.bytes_per_token,
+                                  "token_error": self.token_error}
+        if self._codec is not None:
+            record["codec"] = dict(self._meta["codec"])
+            record["codebook"] = dict(self._meta["codebook"]) if self._meta.get("codebook") else None
+        return record
 
     @property
     def normalized(self) -> bool:
@@ -238,7 +315,7 @@ class TokenStore:
     @property
     def nbytes(self) -> int:
         """Committed shard bytes (tombstoned blocks count until :meth:`compact`)."""
-        return int(self._shard_rows.sum()) * self.dim * self._value_bytes
+        return int(self._shard_rows.sum()) * self._row_bytes
 
     def __len__(self) -> int:
         return int(self._live_ids.shape[0])
@@ -275,13 +352,15 @@ class TokenStore:
 
     def shard_tensor(self, shard: int) -> torch.Tensor:
         """Zero-copy (rows, D) view of a shard's committed rows, in the storage dtype (bfloat16 or float32;
-        memory-mapped; treat it as read-only)."""
+        memory-mapped; treat it as read-only); (rows, code_size) uint8 codes for a compressed store."""
         view = self._views.get(int(shard))
         if view is None:
             mapped = self._maps[int(shard)]
             if mapped is None:
                 raise ValueError(f"shard {shard} of {self.directory} holds no rows")
-            if self.dtype == "float32":
+            if self._codec is not None:
+                view = torch.from_numpy(mapped)  # (rows, code_size) uint8 codes
+            elif self.dtype == "float32":
                 view = torch.from_numpy(mapped)  # (rows, D)
             else:
                 view = torch.from_numpy(mapped.view(np.int16)).view(torch.bfloat16)  # (rows, D)
@@ -293,7 +372,8 @@ class TokenStore:
 
         Args:
             video_ids: (B,) int ids of stored videos.
-            dtype: ``torch.float32`` (default) or ``torch.bfloat16`` to keep the stored precision.
+            dtype: ``torch.float32`` (default) or ``torch.bfloat16`` to keep the stored precision (a compressed store
+                returns its decoded tokens).
 
         Returns:
             VideoTokens on the CPU with clip (B, C, D), frame (B, F_max, D), frame_mask (B, F_max); valid frames first.
@@ -313,8 +393,9 @@ class TokenStore:
         batch, clips, dim = ids.shape[0], int(num_clips[0]), self.dim
         frames = self._n_frame[entries]  # (B,)
         max_frames = int(frames.max())
-        clip_bits = np.empty((batch, clips, dim), dtype=self._storage_type)
-        frame_bits = np.zeros((batch, max_frames, dim), dtype=self._storage_type)
+        width = self._row_width
+        clip_bits = np.empty((batch, clips, width), dtype=self._storage_type)
+        frame_bits = np.zeros((batch, max_frames, width), dtype=self._storage_type)
         mask = np.zeros((batch, max_frames), dtype=bool)
         shards = self._shard[entries]
         for shard in np.unique(shards):
@@ -323,16 +404,39 @@ class TokenStore:
             members = np.flatnonzero(shards == shard)  # positions in the batch
             starts = self._row[entries[members]]  # (b,)
             clip_rows = starts[:, None] + np.arange(clips)[None, :]  # (b, C)
-            clip_bits[members] = mapped[clip_rows.reshape(-1)].reshape(len(members), clips, dim)
+            clip_bits[members] = mapped[clip_rows.reshape(-1)].reshape(len(members), clips, width)
             rows, owner, inside = _expand_ranges(starts + clips, frames[members])  # (T_f,) each
             frame_bits[members[owner], inside] = mapped[rows]
             mask[members[owner], inside] = True
-        if self.dtype == "float32":
+        if self._codec is not None:
+            clip = torch.from_numpy(self._codec.decode(clip_bits.reshape(-1, width))).view(batch, clips, dim)
+            frame = torch.from_numpy(self._codec.decode(frame_bits.reshape(-1, width))).view(batch, max_frames, dim)
+            frame = frame * torch.from_numpy(mask).unsqueeze(-1)  # padding decodes to a centroid: zero it
+        elif self.dtype == "float32":
             clip, frame = torch.from_numpy(clip_bits), torch.from_numpy(frame_bits)  # (B, C, D), (B, F_max, D)
         else:
             clip = torch.from_numpy(clip_bits.view(np.int16)).view(torch.bfloat16)  # (B, C, D)
             frame = torch.from_numpy(frame_bits.view(np.int16)).view(torch.bfloat16)  # (B, F_max, D)
         return VideoTokens(clip.to(dtype), frame.to(dtype), torch.from_numpy(mask))
+
+    def row_scores(self, shard: int, rows: slice | np.ndarray, query: np.ndarray) -> np.ndarray:
+        """Products of some rows of a shard with (n, D) float32 queries, decoded on the fly: (R, n) float32.
+
+        Args:
+            shard: the shard number (from :meth:`locate`).
+            rows: a slice or (R,) int array of row numbers inside the shard.
+            query: (n, D) float32 queries, used as given (unit vectors give cosines on a normalised store).
+        """
+        mapped = self._maps[int(shard)]
+        if mapped is None:
+            raise ValueError(f"shard {shard} of {self.directory} holds no rows")
+        rows = mapped[rows]
+        q = np.ascontiguousarray(query, dtype=np.float32)
+        if self._codec is not None:
+            return self._codec.score(q, rows)
+        if self.dtype == "float32":
+            return np.asarray(rows) @ q.T
+        return (rows.astype(np.uint32) << 16).view(np.float32) @ q.T  # bf16 bits -> float32, exactly
 
     def describe(self) -> dict[str, Any]:
         """JSON-serialisable summary: counts, bytes, shards."""
@@ -346,6 +450,9 @@ class TokenStore:
             "nbytes": self.nbytes,
             "shards": list(self._shard_names),
             "generation": int(self._meta["generation"]),
+            "bytes_per_token": self.bytes_per_token,
+            "token_error": self.token_error,
+            **({"codec": dict(self._meta["codec"])} if self._codec is not None else {}),
         }
 
     # --------------------------------------------------------------------------------------------------- writes
@@ -394,12 +501,20 @@ class TokenStore:
         if self.normalized:
             clip_t = F.normalize(clip_t, dim=-1)
             frame_t = F.normalize(frame_t, dim=-1)
-        if self.dtype == "float32":
+        mask = mask_t.numpy()
+        max_error = 0.0
+        if self._codec is not None:
+            if self._codec.needs_training:
+                raise RuntimeError(f"the {self.dtype} token store {self.directory} has no codebook yet: call train() "
+                                   "on a sample of tokens before the first append")
+            clip_bits, clip_error = self._encode(clip_t.contiguous().numpy())  # (V, C, code_size)
+            frame_bits, frame_error = self._encode(frame_t.contiguous().numpy())  # (V, F, code_size)
+            max_error = max(float(clip_error.max()), float(frame_error[mask].max()))
+        elif self.dtype == "float32":
             clip_bits, frame_bits = clip_t.contiguous().numpy(), frame_t.contiguous().numpy()  # (V, C, D), (V, F, D)
         else:
             clip_bits = _bf16_bits(clip_t)  # (V, C, D)
             frame_bits = _bf16_bits(frame_t)  # (V, F, D)
-        mask = mask_t.numpy()
         frame_counts = mask.sum(axis=1).astype(np.int32)  # (V,)
         blocks = [np.concatenate([clip_bits[v], frame_bits[v][mask[v]]], axis=0) for v in range(num_videos)]
 
@@ -409,14 +524,64 @@ class TokenStore:
             if present.size:
                 raise ValueError(f"videos {present[:10].tolist()} are already stored; remove() them first")
             clip_counts = np.full(num_videos, clip_bits.shape[1], dtype=np.int32)
+            if self._codec is not None:
+                self._meta["max_error"] = max(float(self._meta.get("max_error", 0.0)), max_error)
             self._commit_blocks(ids, blocks, clip_counts, frame_counts)
         self.refresh()
+
+    def _encode(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(V, T, D) float32 -> codes (V, T, code_size) and each token's decode error ||t - decode(code)|| (V, T)."""
+        assert self._codec is not None
+        flat = tokens.reshape(-1, self.dim)  # (V*T, D)
+        codes = self._codec.encode(flat)  # (V*T, code_size)
+        error = np.linalg.norm(self._codec.decode(codes) - flat, axis=1)  # (V*T,)
+        return codes.reshape(*tokens.shape[:2], -1), error.reshape(tokens.shape[:2])
+
+    def train(self, clip: Any, frame: Any | None = None, frame_mask: Any | None = None) -> None:
+        """Train the codebook of an empty ``pqM`` store on sample tokens and commit it (a no-op for other encodings).
+
+        Args:
+            clip: (V, C, D) sample clip tokens, or (T, D) tokens.
+            frame: optional (V, F, D) sample frame tokens.
+            frame_mask: (V, F) bool, True on real frames (required with ``frame``).
+
+        Raises:
+            RuntimeError: when the store already has a codebook or holds tokens (codes of two codebooks cannot mix).
+        """
+        self._check_writable("train")
+        if self._codec is None or not self._codec.needs_training:
+            if self._codec is not None and self._meta.get("codebook") is not None:
+                raise RuntimeError(f"{self.directory} already has a {self.dtype} codebook; a new one needs a new store")
+            return
+        sample = _to_float32_tensor(clip).reshape(-1, self.dim)
+        if frame is not None:
+            if frame_mask is None:
+                raise ValueError("train(clip, frame) needs frame_mask too")
+            mask = torch.as_tensor(np.asarray(frame_mask, dtype=bool))
+            sample = torch.cat([sample, _to_float32_tensor(frame)[mask]])  # (T, D)
+        if self.normalized:
+            sample = F.normalize(sample, dim=-1)
+        with self._lock():
+            self.refresh()
+            if len(self._ids):
+                raise RuntimeError(f"{self.directory} already holds tokens; train a codebook before the first append")
+            assert self._codec is not None
+            self._codec.train(sample.contiguous().numpy())
+            payload = self._codec.state_bytes()
+            assert payload is not None
+            with atomic_path(self.directory / CODEBOOK_NAME) as temp, open(temp, "wb") as handle:
+                handle.write(payload)
+            self._meta["codebook"] = {"file": CODEBOOK_NAME, "sha256": file_sha256(self.directory / CODEBOOK_NAME),
+                                      "train_tokens": int(sample.shape[0])}
+            self._write_index()
+        self.refresh()
+        logger.info("trained the %s codebook of %s on %d tokens", self.dtype, self.directory, sample.shape[0])
 
     def _commit_blocks(
         self, ids: np.ndarray, blocks: list[np.ndarray], clip_counts: np.ndarray, frame_counts: np.ndarray
     ) -> None:
         """Write blocks after the committed end of the last shard(s), fsync, then commit the index."""
-        row_bytes = self.dim * self._value_bytes
+        row_bytes = self._row_bytes
         shard_of = np.empty(len(ids), dtype=np.int32)
         row_of = np.empty(len(ids), dtype=np.int64)
         pending: dict[int, list[np.ndarray]] = {}
@@ -491,6 +656,9 @@ class TokenStore:
                 blocks.append(np.asarray(mapped[self._row[entry] : self._row[entry] + rows]))
             generation = int(self._meta["generation"]) + 1
             state = self._empty_state(self.dim, self.normalized, self.dtype)
+            for key in ("codec", "codebook", "max_error"):  # a compacted store keeps its codebook
+                if key in self._meta:
+                    state["meta"][key] = self._meta[key]
             state["meta"]["generation"] = generation
             ids, clips, frames = self._ids[live], self._n_clip[live], self._n_frame[live]
             self._set_state(state)

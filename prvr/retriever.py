@@ -184,7 +184,8 @@ class Retriever:
             model, config, _ = load_model(checkpoint_path, device=device)
             faiss_index = FaissTokenIndex.load(gen_dir / FAISS_DIR, mmap=True, use_gpu=False)
             _apply_search_defaults(faiss_index, manifest)
-            store = TokenStore(gen_dir / TOKENS_DIR, read_only=True)
+            store = TokenStore(gen_dir / TOKENS_DIR, read_only=True)  # reads its own encoding and codebook
+            _check_token_store(store, manifest, generation.directory)
             moment_checkpoint = None
             if localizer is None and manifest.moment_checkpoint is not None:
                 moment_checkpoint = _checked_moment_checkpoint(index_dir, gen_dir, manifest)
@@ -458,6 +459,21 @@ def distinct_moments(moments: Sequence[Moment], max_overlap: float) -> tuple[Mom
     scores = torch.tensor([m.score for m in ordered], dtype=torch.float64)  # (Q,)
     keep = temporal_nms(spans, scores, max_overlap)
     return tuple(ordered[i] for i in keep.tolist())
+
+
+def _check_token_store(store: TokenStore, manifest: IndexManifest, generation: str) -> None:
+    """Refuse a token store whose encoding or codebook is not the one the manifest records (manifests written before
+    the ``token_store`` field existed are trusted: the store describes itself)."""
+    recorded = manifest.token_store
+    if recorded is None:
+        return
+    actual = store.codec_record()
+    for key in ("dtype", "codebook"):
+        if recorded.get(key) != actual.get(key):
+            raise ValueError(
+                f"the token store of generation {generation} has {key} {actual.get(key)!r} but its manifest records "
+                f"{recorded.get(key)!r}; the tokens/ folder was replaced: restore it or rebuild the generation"
+            )
 
 
 def _apply_search_defaults(faiss_index: FaissTokenIndex, manifest: IndexManifest) -> None:

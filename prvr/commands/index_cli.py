@@ -338,8 +338,11 @@ def _checkpoint_config(checkpoint: str | Path, video_feature: str | None, text_f
               help="Moment localiser checkpoint, copied into the index; `prvr query` then shows moments.")
 @click.option("--candidates", default=None, type=click.IntRange(min=1),
               help="Default candidate videos per query (default 200, or the previous generation's).")
-@click.option("--token-dtype", default="bfloat16", show_default=True, type=click.Choice(["bfloat16", "float32"]),
-              help="Re-rank token store precision of a new index (float32: scores equal `prvr eval`'s, 2x bytes).")
+@click.option("--token-dtype", default="bfloat16", show_default=True,
+              help="Re-rank token store encoding of a new index: bfloat16, float32 (scores equal `prvr eval`'s, 2x "
+                   "bytes), or compressed: pqM (M bytes per token, M dividing the model's D, e.g. pq32; codebook "
+                   "trained with the config's seed, reused by `prvr index add`), sq8 (D + 4 bytes), sq4 (D/2 + 4). "
+                   "See docs/bench/token_store.md.")
 @click.option("--database-url", default=None,
               help="SQLAlchemy URL of a new index's metadata (e.g. postgresql+psycopg://prvr:${PRVR_DB_PASSWORD}@host/"
                    "prvr; ${VAR} is read from the environment when opened). Default: index.db inside --out.")
@@ -353,8 +356,9 @@ def build_index_command(checkpoint: str, root: str | None, collection: str | Non
                         token_dtype: str, database_url: str | None, batch_size: int,
                         no_progress: bool) -> None:
     """Encode a split's videos once and index their clip and frame tokens (a new generation, committed last)."""
-    from prvr.index.builder import build_index
+    from prvr.index.builder import build_index, check_token_dtype
 
+    check_token_dtype(token_dtype)  # before any feature extraction
     config = _checkpoint_config(checkpoint, video_feature, text_feature)
     corpus, collection = corpus_to_index(config, index_dir, videos=videos, root=root, collection=collection,
                                          split=split, split_is_option=False, verb="index", backbone=backbone,
