@@ -36,6 +36,7 @@ def _features(path: Path) -> dict[str, np.ndarray]:
 def run_ray_bench(*, videos: int = 50, seconds: float = 8.0, workers: int = 2, fps: float = 1.0,
                   batch_size: int = 8) -> dict[str, Any]:
     """Extract ``videos`` generated clips of ``seconds`` s locally and on Ray with ``workers`` actors."""
+    load_before = os.getloadavg()[0]  # other jobs share the cores: recorded with the figures
     torch.set_num_threads(1)
     os.environ["OMP_NUM_THREADS"] = "1"  # the Ray workers inherit it
     with tempfile.TemporaryDirectory() as tmp:
@@ -70,5 +71,5 @@ def run_ray_bench(*, videos: int = 50, seconds: float = 8.0, workers: int = 2, f
         "speedup": round(local_s / ray_s, 2), "identical_features": identical, "max_abs_difference": max_diff,
         "ok": [len(local.succeeded), len(remote.succeeded)],
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
-        "load_average_before": round(os.getloadavg()[0], 2),
+        "load_average_before": round(load_before, 2),
     }
