@@ -34,6 +34,10 @@ MODES = {"batched": [], "unbatched": ["--no-batching"],
          "bounded": ["--no-batching", "--max-queue", "16", "--request-timeout", "1"]}
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
@@ -123,9 +127,12 @@ def main() -> int:
                 summary = summarize_level(clients, runs)
                 results.append(summary)
                 print(f"{mode:>9} {clients:>3} clients: {summary['throughput_qps']:.1f} q/s, p50 "
-                      f"{summary['p50_ms']:.1f} ms, p99 {summary['p99_ms']:.1f} ms, longest wait "
-                      f"{summary['max_wait_ms']:.0f} ms, {summary['refused_503']} 503s, {summary['errors']} errors",
+                      f"{_ms(summary['p50_ms'])}, p99 {_ms(summary['p99_ms'])}, longest wait "
+                      f"{_ms(summary['max_wait_ms'])}, {summary['refused_503']} 503s, {summary['errors']} errors",
                       flush=True)
+                for run in runs:
+                    for sample in run["error_samples"]:
+                        print(f"    error: {sample}", flush=True)
         finally:
             server.send_signal(signal.SIGINT)
             try:
