@@ -451,7 +451,8 @@ class MilvusTokenIndex:
             raise ValueError(f"video_ids has {num_videos} entries but clip / frame / frame_mask have "
                              f"{clip_array.shape[0]} / {frame_array.shape[0]} / {mask.shape[0]} rows")
         if clip_array.shape[2] != self.dim or frame_array.shape[2] != self.dim:
-            raise ValueError(f"token width must be dim = {self.dim}, got {clip_array.shape[2]} / {frame_array.shape[2]}")
+            raise ValueError(f"token width must be dim = {self.dim}, got clip {clip_array.shape[2]} / frame "
+                             f"{frame_array.shape[2]}")
         if mask.shape[1] != frame_array.shape[1]:
             raise ValueError(f"frame_mask {mask.shape} does not match frame {frame_array.shape[:2]}")
         num_clips, num_frames = clip_array.shape[1], frame_array.shape[1]

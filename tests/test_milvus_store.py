@@ -5,9 +5,12 @@ and the topk cap of the engine."""
 from __future__ import annotations
 
 import itertools
+import json
 
 import numpy as np
 import pytest
+
+import helpers
 
 pytest.importorskip("pymilvus")
 pytest.importorskip("milvus_lite")
@@ -146,3 +149,110 @@ def test_url_rules(tmp_path) -> None:
         public_url(str(tmp_path / "engine"))
     assert public_url("http://milvus:19530") == "http://milvus:19530"
     assert public_url(str(tmp_path / "x" / ".." / "e.db")) == str((tmp_path / "e.db").resolve())
+
+
+# ------------------------------------------------------------------------------------------ end to end (CLI)
+
+
+def _cli(*args: str) -> dict:
+    from click.testing import CliRunner
+
+    from prvr.cli import main
+
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    return json.loads(result.stdout)
+
+
+def _build(data, checkpoint, bert, out, *extra: str) -> None:
+    _cli("build-index", "--checkpoint", str(checkpoint), "--data", str(data), "--collection", "synth", "--split",
+         "val", "--out", str(out), "--text-backbone", str(bert), "--no-progress", *extra)
+
+
+def _top10(retriever, corpus, vectors) -> list:
+    """Top-10 of every caption of the corpus and of random query vectors searched with 2 first-round candidates
+    (so the exact search must widen and certify)."""
+    from prvr.data.dataset import iter_query_batches
+
+    rows = []
+    for batch, _ in iter_query_batches(corpus, 64):
+        rows.extend([(r.video_id, round(r.score, 5)) for r in row]
+                    for row in retriever.search_features(batch, 10, localize=False))
+    for ranked in retriever.search_vectors(vectors, 10, 2):
+        assert ranked.certified
+        rows.append([(int(v), round(float(s), 5)) for v, s in ranked.pairs()])
+    return rows
+
+
+def test_build_index_backend_milvus_end_to_end(engine_url, synthetic_corpus, tiny_checkpoint, query_bert,
+                                               tmp_path, monkeypatch) -> None:
+    from prvr.index import builder
+    from prvr.index.catalog import GenerationStatus
+    from prvr.index.layout import open_active
+    from prvr.retriever import Retriever
+
+    data, val, test = synthetic_corpus.root, synthetic_corpus.val, synthetic_corpus.split("test")
+    _build(data, tiny_checkpoint, query_bert, tmp_path / "faiss")
+    _build(data, tiny_checkpoint, query_bert, tmp_path / "milvus", "--backend", "milvus", "--engine-url", engine_url)
+    with open_active(tmp_path / "milvus") as active:
+        manifest = active.manifest
+        assert manifest.backend == "milvus" and manifest.faiss["engine_url"] == engine_url
+        assert manifest.faiss["clip"]["factory"] == "milvus:FLAT"
+        uid = active.generation.params["engine"]["uid"]
+        assert manifest.faiss["clip"]["collection"] == f"prvr_{uid}_gen_000001_clip"
+    dim = synthetic_corpus.config.model.hidden_size
+    vectors = np.random.default_rng(0).standard_normal((20, dim)).astype(np.float32)
+    with Retriever.load(tmp_path / "faiss") as a, Retriever.load(tmp_path / "milvus") as b:
+        assert _top10(a, val, vectors) == _top10(b, val, vectors)  # identical ids; scores equal to 1e-5
+
+    # prvr index add: a new generation in new collections; search sees the new videos
+    _cli("index", "add", str(tmp_path / "milvus"), "--data", str(data), "--collection", "synth", "--split", "test",
+         "--no-progress")
+    _cli("index", "add", str(tmp_path / "faiss"), "--data", str(data), "--collection", "synth", "--split", "test",
+         "--no-progress")
+    with Retriever.load(tmp_path / "faiss") as a, Retriever.load(tmp_path / "milvus") as b:
+        assert b.num_videos == 16 and b.manifest.faiss["clip"]["collection"].endswith("gen_000002_clip")
+        grown = _top10(b, test, vectors)
+        assert grown == _top10(a, test, vectors)
+        assert {v for row in grown[: len(test.video_ids)] for v, _ in row} & set(test.video_ids)
+    info = _cli("index", "info", str(tmp_path / "milvus"), "--json")
+    assert info["factories"]["clip"] == "milvus:FLAT" and info["counts"]["videos"] == 16
+
+    # a build that fails mid-way leaves generation 2 serving and drops its own collections
+    client = milvus_store._client(engine_url)
+    before = set(client.list_collections())
+
+    def broken_add(self, *args):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(milvus_store.MilvusTokenIndex, "add", broken_add)
+    extra = tmp_path / "extra"
+    from prvr.data.synthetic import make_synthetic_corpus
+    from prvr.data.dataset import PRVRCorpus
+
+    make_synthetic_corpus(extra, "synth", splits={"more": 3}, seed=11, text_dim=helpers.TEXT_DIM,
+                          frame_range=(20, 30))
+    more = PRVRCorpus(extra, "synth", "more", synthetic_corpus.config.data)
+    with pytest.raises(RuntimeError, match="disk full"):
+        builder.build_index(tiny_checkpoint, more, tmp_path / "milvus", collection_name="synth", progress=False)
+    assert set(client.list_collections()) == before  # gen 3's copies dropped, gens 1-2 kept
+    monkeypatch.undo()
+    with open_active(tmp_path / "milvus") as active:
+        assert active.generation.directory == "gen-000002"
+        assert active.db.generations(GenerationStatus.BUILDING) == []
+    with Retriever.load(tmp_path / "milvus") as b:
+        assert _top10(b, test, vectors) == grown
+
+    # a killed build (its row left `building`, its collections in the engine) is cleaned up by the next writer
+    with open_active(tmp_path / "milvus") as active:
+        index = builder.load_token_index(active.directory, active.manifest)
+        params = dict(active.generation.params)
+        dead = active.db.begin_generation(model_id=active.generation.model_id, factories=active.generation.factories,
+                                          faiss_version="x", params=params, video_ids=[])
+        name = active.db.get_generation(dead).directory
+        orphan = builder.start_generation(index, params, name)
+    assert orphan.collections["clip"] in client.list_collections()
+    _cli("index", "remove", str(tmp_path / "milvus"), test.video_ids[0])
+    assert orphan.collections["clip"] not in client.list_collections()
+    with Retriever.load(tmp_path / "milvus") as b:
+        assert b.num_videos == 15
