@@ -28,6 +28,15 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
+from prvr.index.backend import (
+    BACKENDS,
+    drop_engine_collections,
+    engine_record,
+    index_subdir,
+    load_token_index,
+    new_milvus_index,
+    start_generation,
+)
 from prvr.index.faiss_store import FaissTokenIndex, choose_factory, nlist_for
 from prvr.index.manifest import MANIFEST_NAME, IndexManifest, _utc_now_iso, write_manifest
 from prvr.index.token_codec import CODEC_NAMES_HELP, is_codec_name
@@ -107,6 +116,7 @@ def _abandon_stale_builds(db: Database, index_dir: Path) -> None:
     """
     for generation in db.generations(GenerationStatus.BUILDING):
         shutil.rmtree(generation_path(index_dir, generation.directory), ignore_errors=True)
+        drop_engine_collections(generation.params, generation.directory)
         name = db.abandon_generation(generation.id)
         logger.warning("removed generation %s left behind by an interrupted build", name)
 
@@ -157,6 +167,8 @@ def build_index(
     moment_checkpoint: str | Path | None = None,
     token_dtype: str = "bfloat16",
     database_url: str | None = None,
+    backend: str | None = None,
+    engine: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> BuildResult:
     """Encode the corpus's videos and commit them, with the active generation's videos, as a new generation.
@@ -184,6 +196,10 @@ def build_index(
         database_url: a SQLAlchemy URL for the metadata of a NEW index (e.g. PostgreSQL), written to
             ``database.url`` in the index directory (``${VAR}`` is expanded when opened); default the SQLite file
             ``index.db`` inside it. An existing index keeps its database.
+        backend: token-index back-end of a NEW index, ``"faiss"`` (default) or ``"milvus"``; later builds keep the
+            active generation's (another value is refused).
+        engine: Milvus settings of a new index: ``{"url": "*.db" file or "http://host:19530", "shards": 1,
+            "replicas": 1, "index_params": {...}}``; ``factory`` is then a Milvus index type (FLAT, IVF_FLAT, ...).
         progress: show a tqdm bar.
 
     Returns:
@@ -236,8 +252,12 @@ def build_index(
                 collection_name=collection_name, factory=factory, batch_size=batch_size,
                 text_backbone=text_backbone, n_candidates=n_candidates,
                 candidates_per_video=candidates_per_video, moment_checkpoint=moments, token_dtype=token_dtype,
-                progress=progress,
+                backend=backend, engine=engine, progress=progress,
             )
+        except BaseException:
+            with contextlib.suppress(Exception):  # the original error matters more than a failed clean-up
+                _abandon_stale_builds(db, out_dir)  # this build's row, directory and engine collections
+            raise
         finally:
             db.close()
 
@@ -282,8 +302,12 @@ def _build_locked(
     candidates_per_video: int,
     moment_checkpoint: dict[str, Any] | None,
     token_dtype: str,
+    backend: str | None,
+    engine: dict[str, Any] | None,
     progress: bool,
 ) -> BuildResult:
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     previous = find_active(db, out_dir)
     search_defaults: dict[str, Any] = {"n_candidates": n_candidates or DEFAULT_N_CANDIDATES}
     calibration: dict[str, Any] | None = None
@@ -303,6 +327,9 @@ def _build_locked(
             # keep calibrated settings; the corpus grew, so `prvr index calibrate` again is advised
             search_defaults = dict(previous_manifest.search_defaults)
             calibration = previous_manifest.calibration
+        if backend is not None and backend != previous_manifest.backend:
+            raise ValueError(f"{out_dir} uses the {previous_manifest.backend} back-end, not {backend}; an index "
+                             "cannot change back-ends: build into a new directory")
     _abandon_stale_builds(db, out_dir)
 
     video_ids = corpus.video_ids
@@ -315,8 +342,14 @@ def _build_locked(
     )
     dim = config.model.hidden_size
     if previous is not None:
-        index = FaissTokenIndex.load(previous.directory / FAISS_DIR, mmap=False)
+        index = load_token_index(previous.directory, previous.manifest)
         members = db.generation_video_ids(previous.generation.id)
+    elif backend == "milvus":
+        index = new_milvus_index(dim, clip_weight=config.model.clip_weight, frame_weight=config.model.frame_weight,
+                                 engine=dict(engine or {}), index_type=factory,
+                                 num_tokens=len(video_ids) * corpus.config.clip_bins,
+                                 candidates_per_video=candidates_per_video)
+        members = []
     else:
         clip_factory = factory or choose_factory(len(video_ids) * corpus.config.clip_bins, dim)
         frame_factory = factory or choose_factory(len(video_ids) * corpus.config.max_frames, dim)
@@ -338,12 +371,14 @@ def _build_locked(
         model_id=model_id,
         factories=factories,
         faiss_version=faiss.__version__,
-        params={**search_defaults, "candidates_per_video": index.candidates_per_video},
+        params={**search_defaults, "candidates_per_video": index.candidates_per_video,
+                **engine_record(index, previous.generation.params if previous is not None else None)},
         video_ids=sorted(set(members) | {id_of[vid] for vid in video_ids}),
     )
     generation = db.get_generation(generation_id)
     assert generation is not None
     gen_dir = generation_path(out_dir, generation.directory)
+    index = start_generation(index, generation.params, generation.directory)
     shutil.rmtree(gen_dir, ignore_errors=True)
     gen_dir.mkdir(parents=True)
     if previous is not None:
@@ -351,7 +386,7 @@ def _build_locked(
         store = TokenStore(gen_dir / TOKENS_DIR, dim)
     else:
         store = TokenStore(gen_dir / TOKENS_DIR, dim, normalize=True, dtype=token_dtype, codec_seed=config.seed)
-        index_training = any(_needs_training(f) for f in (factories["clip"], factories["frame"]))
+        index_training = isinstance(index, FaissTokenIndex) and any(map(_needs_training, factories.values()))
         store_training = store.codec is not None and store.codec.needs_training
         if new_ids and (index_training or store_training):
             sample = _train_sample(model, corpus, new_ids, factories["clip"], batch_size)
@@ -402,16 +437,18 @@ def _commit_generation(
     db: Database,
     generation_id: int,
     gen_dir: Path,
-    index: FaissTokenIndex,
+    index: Any,
     manifest: IndexManifest,
     counts: dict[str, int],
 ) -> IndexManifest:
-    """Save the FAISS index and the manifest into ``gen_dir``, fsync everything, then activate (the commit point)."""
-    index.save(gen_dir / FAISS_DIR)
+    """Save the token index and the manifest into ``gen_dir``, fsync everything, then activate (the commit point)."""
+    described = index.describe()
+    index.save(gen_dir / index_subdir(described["backend"]))
     manifest = dataclasses.replace(
         manifest,
         counts={"videos": index.num_videos, **counts, "ntotal": index.ntotal},
         faiss=index.describe(),
+        backend=described["backend"],
     )
     write_manifest(manifest, gen_dir)
     fsync_directory(gen_dir)
@@ -468,8 +505,7 @@ def remove_videos(index_dir: str | Path, external_ids: Sequence[str], *, compact
         db, previous = active.db, active.generation
         ids = _resolve_members(db, previous.id, external_ids)
         _abandon_stale_builds(db, index_dir)
-        index = FaissTokenIndex.load(active.directory / FAISS_DIR, mmap=False, use_gpu=False)
-        index.remove(np.asarray(ids, dtype=np.int64))
+        index = load_token_index(active.directory, active.manifest)
         removed = set(ids)
         members = [vid for vid in db.generation_video_ids(previous.id) if vid not in removed]
         generation_id = db.begin_generation(
@@ -482,6 +518,8 @@ def remove_videos(index_dir: str | Path, external_ids: Sequence[str], *, compact
         generation = db.get_generation(generation_id)
         assert generation is not None
         gen_dir = generation_path(index_dir, generation.directory)
+        index = start_generation(index, generation.params, generation.directory)
+        index.remove(np.asarray(ids, dtype=np.int64))
         shutil.rmtree(gen_dir, ignore_errors=True)
         gen_dir.mkdir(parents=True)
         shutil.copytree(active.directory / TOKENS_DIR, gen_dir / TOKENS_DIR)
@@ -499,10 +537,13 @@ def remove_videos(index_dir: str | Path, external_ids: Sequence[str], *, compact
 
 
 def _generation_files(gen_dir: Path) -> dict[str, dict[str, Any]]:
-    """Size and sha256 of the FAISS files (from their sidecar, no re-read) and of the manifest."""
-    sidecar = json.loads((gen_dir / FAISS_DIR / "faiss_index.json").read_text(encoding="utf-8"))
+    """Size and sha256 of the token-index files (from their sidecar, no re-read) and of the manifest."""
+    subdir, sidecar_name = FAISS_DIR, "faiss_index.json"
+    if not (gen_dir / subdir / sidecar_name).is_file():
+        subdir, sidecar_name = index_subdir("milvus"), "milvus_index.json"
+    sidecar = json.loads((gen_dir / subdir / sidecar_name).read_text(encoding="utf-8"))
     files = {
-        f"{FAISS_DIR}/{entry['file']}": {"size": int(entry["bytes"]), "sha256": entry["sha256"]}
+        f"{subdir}/{entry['file']}": {"size": int(entry["bytes"]), "sha256": entry["sha256"]}
         for entry in sidecar["files"].values()
     }
     manifest = gen_dir / MANIFEST_NAME

@@ -36,7 +36,8 @@ class IndexManifest:
         text_backbone: ``{"id": encoder id or name, "path": local model folder or None}``, or None when unknown.
         data_source: ``{"root", "collection", "split", "video_feature", "text_feature"}`` of the last added corpus.
         counts: ``{"videos", "new_videos", "clip_tokens", "frame_tokens", "ntotal"}``.
-        faiss: ``FaissTokenIndex.describe()`` of the saved index.
+        faiss: ``describe()`` of the saved token index (``FaissTokenIndex``, or ``MilvusTokenIndex`` when
+            ``backend`` is ``"milvus"``: engine URL without credentials, collections, index type).
         search_defaults: ``{"n_candidates", "candidates_per_video"}``.
         generation: the generation directory name (``gen-000001``).
         moment_checkpoint: ``{"path": relative to the index directory, "sha256": ...}`` of the moment localiser
@@ -46,6 +47,8 @@ class IndexManifest:
         token_store: ``TokenStore.codec_record()`` of the re-rank store: ``{"dtype", "bytes_per_token",
             "token_error"}`` plus, for a compressed store, ``"codec"`` (its parameters) and ``"codebook"`` (file inside
             ``tokens/`` and sha256); None in manifests written before the field existed (the store describes itself).
+        backend: the token-index back-end, ``"faiss"`` (files in ``faiss/``; manifests without the field) or
+            ``"milvus"`` (collections in a Milvus engine, ``index.backend``).
         created_at: ISO-8601 UTC time of the build.
         format_version: manifest layout version.
     """
@@ -62,6 +65,7 @@ class IndexManifest:
     moment_checkpoint: dict[str, Any] | None = None
     calibration: dict[str, Any] | None = None
     token_store: dict[str, Any] | None = None
+    backend: str = "faiss"
     created_at: str = field(default_factory=_utc_now_iso)
     format_version: int = MANIFEST_FORMAT_VERSION
 

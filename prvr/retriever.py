@@ -20,8 +20,9 @@ from typing import Any, overload
 import numpy as np
 import torch
 
+from prvr.index.backend import load_token_index
 from prvr.index.faiss_store import FaissTokenIndex
-from prvr.index.layout import FAISS_DIR, TOKENS_DIR, open_active
+from prvr.index.layout import TOKENS_DIR, open_active
 from prvr.index.manifest import IndexManifest
 from prvr.index.search import search_topk
 from prvr.index.token_store import TokenStore
@@ -182,7 +183,7 @@ class Retriever:
                     "another model do not match the indexed tokens: pass that checkpoint or rebuild the index"
                 )
             model, config, _ = load_model(checkpoint_path, device=device)
-            faiss_index = FaissTokenIndex.load(gen_dir / FAISS_DIR, mmap=True, use_gpu=False)
+            faiss_index = load_token_index(gen_dir, manifest, mmap=True)  # FAISS files or Milvus collections
             _apply_search_defaults(faiss_index, manifest)
             store = TokenStore(gen_dir / TOKENS_DIR, read_only=True)  # reads its own encoding and codebook
             _check_token_store(store, manifest, generation.directory)

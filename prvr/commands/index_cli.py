@@ -346,6 +346,16 @@ def _checkpoint_config(checkpoint: str | Path, video_feature: str | None, text_f
 @click.option("--database-url", default=None,
               help="SQLAlchemy URL of a new index's metadata (e.g. postgresql+psycopg://prvr:${PRVR_DB_PASSWORD}@host/"
                    "prvr; ${VAR} is read from the environment when opened). Default: index.db inside --out.")
+@click.option("--backend", default=None, type=click.Choice(["faiss", "milvus"]),
+              help="Token-index back-end of a new index (default faiss; later builds keep the index's). milvus: "
+                   "collections in a Milvus engine (--engine-url); --factory is then a Milvus index type (FLAT, ...).")
+@click.option("--engine-url", default=None,
+              help="Milvus engine of a new --backend milvus index: a local *.db file (embedded milvus-lite) or "
+                   "http://host:19530; credentials from $PRVR_MILVUS_TOKEN, never written to disk.")
+@click.option("--engine-shards", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Shards per Milvus collection (fixed at creation).")
+@click.option("--engine-replicas", default=1, show_default=True, type=click.IntRange(min=1),
+              help="In-memory replicas each Milvus collection is loaded with (a cluster's query nodes).")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @fail_cleanly
@@ -353,12 +363,14 @@ def build_index_command(checkpoint: str, root: str | None, collection: str | Non
                         videos: tuple[str, ...], backbone: str | None, fps: float, device: str, index_dir: str,
                         video_feature: str | None, text_feature: str | None, factory: str | None,
                         text_backbone: str | None, moment_checkpoint: str | None, candidates: int | None,
-                        token_dtype: str, database_url: str | None, batch_size: int,
-                        no_progress: bool) -> None:
+                        token_dtype: str, database_url: str | None, backend: str | None, engine_url: str | None,
+                        engine_shards: int, engine_replicas: int, batch_size: int, no_progress: bool) -> None:
     """Encode a split's videos once and index their clip and frame tokens (a new generation, committed last)."""
     from prvr.index.builder import build_index, check_token_dtype
 
     check_token_dtype(token_dtype)  # before any feature extraction
+    if engine_url is not None and backend != "milvus":
+        raise click.UsageError("--engine-url is the engine of --backend milvus; add --backend milvus")
     config = _checkpoint_config(checkpoint, video_feature, text_feature)
     corpus, collection = corpus_to_index(config, index_dir, videos=videos, root=root, collection=collection,
                                          split=split, split_is_option=False, verb="index", backbone=backbone,
@@ -367,7 +379,8 @@ def build_index_command(checkpoint: str, root: str | None, collection: str | Non
     result = build_index(checkpoint, corpus, index_dir, collection_name=collection, factory=factory,
                          batch_size=batch_size, text_backbone=text_backbone_record(text_backbone),
                          n_candidates=candidates, moment_checkpoint=moment_checkpoint, token_dtype=token_dtype,
-                         database_url=database_url,
+                         database_url=database_url, backend=backend,
+                         engine={"url": engine_url, "shards": engine_shards, "replicas": engine_replicas},
                          progress=not no_progress)
     click.echo(json.dumps({"index": str(index_dir), "generation": result.generation_id,
                            "videos": result.num_videos, "new_videos": result.new_videos, "tokens": result.ntotal}))
