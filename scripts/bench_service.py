@@ -140,6 +140,7 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 server.kill()
                 server.wait()
+            Path(server.log_path).unlink(missing_ok=True)
         report_modes.append({"name": mode, "server_args": server_args, "levels": results})
     source = manifest.data_source
     home = str(Path.home())

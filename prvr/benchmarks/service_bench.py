@@ -8,10 +8,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -154,15 +155,26 @@ def summarize_level(clients: int, runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def start_server(index_dir: Path, port: int, host: str = HOST,
-                 extra_args: Sequence[str] = ()) -> subprocess.Popen[bytes]:
+def start_server(index_dir: Path, port: int, host: str = HOST, extra_args: Sequence[str] = (),
+                 log_path: Path | None = None) -> subprocess.Popen[bytes]:
     """``prvr serve`` on ``host:port`` in its own process (OMP_NUM_THREADS 1 unless set), without index polling;
-    ``extra_args`` are more ``prvr serve`` options (e.g. ``--no-batching``)."""
+    ``extra_args`` are more ``prvr serve`` options (e.g. ``--no-batching``).
+
+    The server's log (one line per request) goes to ``log_path`` (default: a temporary file), never to a pipe: an
+    unread pipe fills after a few thousand lines and then blocks the server's event loop on its next log line.
+    """
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     entry = "import sys; from prvr.cli import main; sys.exit(main())"  # `python -m prvr.cli` imports it twice
     command = [sys.executable, "-c", entry, "serve", "--index", str(index_dir), "--host", host, "--port", str(port),
                "--poll-interval", "0", *extra_args]
-    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if log_path is None:
+        handle, name = tempfile.mkstemp(prefix="prvr-serve-", suffix=".log")
+        os.close(handle)
+        log_path = Path(name)
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log)
+    server.log_path = log_path  # type: ignore[attr-defined]  (read by wait_ready when the server dies)
+    return server
 
 
 def wait_ready(base: str, server: subprocess.Popen[bytes], timeout_s: float) -> dict[str, Any]:
@@ -170,7 +182,8 @@ def wait_ready(base: str, server: subprocess.Popen[bytes], timeout_s: float) -> 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            stderr = server.stderr.read().decode(errors="replace") if server.stderr else ""
+            log_path = getattr(server, "log_path", None)
+            stderr = Path(log_path).read_text(errors="replace") if log_path is not None else ""
             raise RuntimeError(f"the server exited with {server.returncode}:\n{stderr[-2000:]}")
         try:
             response = httpx.get(base + "/health", timeout=2)
