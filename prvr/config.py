@@ -101,8 +101,14 @@ class BlockConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """DreamPRVR. Input dims default to the published ActivityNet features; training sets them from the data."""
+    """DreamPRVR. Input dims default to the published ActivityNet features; training sets them from the data.
 
+    ``kind`` picks the model a checkpoint rebuilds (``prvr.checkpoint.load_model``): ``dreamprvr`` (trained, the
+    default, so every older checkpoint loads unchanged) or ``zero_shot`` (``prvr.zero_shot.ZeroShotPRVR``: a joint
+    image-text backbone's own embeddings; it reads only the dims and the score weights below).
+    """
+
+    kind: Literal["dreamprvr", "zero_shot"] = "dreamprvr"
     video_dim: int = 1024
     text_dim: int = 1024
     hidden_size: int = 384  # D

@@ -186,10 +186,9 @@ class Retriever:
             if localizer is None and manifest.moment_checkpoint is not None:
                 moment_checkpoint = _checked_moment_checkpoint(index_dir, gen_dir, manifest)
             if text_encoder is None and manifest.text_backbone is not None and manifest.text_backbone.get("path"):
-                from prvr.text_encoders import TokenFeatureEncoder
+                from prvr.text_encoders import load_query_encoder
 
-                text_encoder = TokenFeatureEncoder(manifest.text_backbone["path"],
-                                                   max_tokens=config.data.max_query_tokens)
+                text_encoder = load_query_encoder(manifest.text_backbone, max_tokens=config.data.max_query_tokens)
             retriever = cls(db, generation.id, manifest, model, config, faiss_index, store, text_encoder,
                             localizer=localizer, moment_checkpoint=moment_checkpoint)
         except BaseException:
