@@ -58,6 +58,9 @@ class DataConfig:
     clip_bins: int = 32  # C: clip tokens per video (bin means)
     max_frames: int = 128  # F: frame tokens are bin means above this length
     max_query_tokens: int = 30  # L: query tokens kept
+    # L2-normalise each query token (the family's preprocessing); the zero-shot model turns it off so its mean-pooled
+    # query is the backbone's own mean-pooled sentence vector (prvr.zero_shot)
+    normalize_query_tokens: bool = True
     cache_in_memory: bool = True  # keep preprocessed videos in RAM after the first epoch
 
 

@@ -318,7 +318,8 @@ class Retriever:
             encoded = self.text_encoder.encode(texts)
         raw = [np.asarray(tokens, dtype=np.float32) for tokens in encoded.tokens]  # Nq x (L_i, D_text)
         max_tokens = self.config.data.max_query_tokens
-        arrays = [preprocess_query(tokens, max_tokens) for tokens in raw]  # Nq x (L_i, D_text)
+        normalize = self.config.data.normalize_query_tokens
+        arrays = [preprocess_query(tokens, max_tokens, normalize=normalize) for tokens in raw]  # Nq x (L_i, D_text)
         batch = collate_queries(arrays, [f"q{i}" for i in range(len(arrays))])
         results = self.search_features(batch, k, n_candidates=n_candidates, localize=localize, relevance=relevance,
                                        num_moments=num_moments, query_tokens=raw)

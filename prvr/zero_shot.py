@@ -7,7 +7,7 @@ so a folder of videos is searchable before there is a single caption to train on
 
 * frame tokens: the frame embeddings, L2-normalised (bin means above ``data.max_frames``, as for DreamPRVR);
 * clip tokens: the ``data.clip_bins`` bin means of the frames, L2-normalised (``prvr.data.preprocess``);
-* query: the masked mean of the query's token features, L2-normalised. A CLIP / SigLIP text encoder
+* query: the masked mean of the query's token features (raw: ``data.normalize_query_tokens = false``), L2-normalised. A CLIP / SigLIP text encoder
   (``prvr.text_encoders.ClipTextEncoder``) gives one "token" per sentence, its projected text embedding, so the
   query is that embedding; token-feature text backbones (the benchmark's MiniLM) are mean-pooled.
 
@@ -33,7 +33,7 @@ from prvr.similarity import video_scores
 from prvr.types import QueryBatch, VideoBatch, VideoTokens
 
 __all__ = ["ZeroShotPRVR", "ZeroShotSetup", "zero_shot_config", "save_zero_shot_checkpoint", "joint_backbone_setup",
-           "features_setup", "ZERO_SHOT_WEIGHTS"]
+           "features_setup", "bank_term", "ZERO_SHOT_WEIGHTS"]
 
 ZERO_SHOT_WEIGHTS = {"clip_weight": 0.0, "frame_weight": 1.0}  # measured: docs/BENCHMARKS.md, "Zero-shot on ..."
 
@@ -79,6 +79,7 @@ class ZeroShotPRVR(nn.Module):
 def zero_shot_config(dim: int, *, video_backbone: str | None, video_feature: str = "videos",
                      text_feature: str = "none", clip_weight: float = ZERO_SHOT_WEIGHTS["clip_weight"],
                      frame_weight: float = ZERO_SHOT_WEIGHTS["frame_weight"], name: str = "zero_shot",
+                     normalize_query_tokens: bool = False,
                      base: ExperimentConfig | None = None) -> ExperimentConfig:
     """The experiment config of a zero-shot model in a D-dim joint space.
 
@@ -87,6 +88,8 @@ def zero_shot_config(dim: int, *, video_backbone: str | None, video_feature: str
         video_backbone: the frame backbone id (``clip:name@sha12``), checked against every feature file indexed.
         video_feature / text_feature: the feature names recorded (``--data`` layouts).
         clip_weight / frame_weight: the score weights (default max over frames alone).
+        normalize_query_tokens: L2-normalise query tokens before the mean (default off: the mean of the raw token
+            features is the backbone's own mean-pooled sentence vector; a CLIP / SigLIP query is one token anyway).
         name: the config name.
         base: the data / train settings to start from (default the defaults).
     """
@@ -98,7 +101,7 @@ def zero_shot_config(dim: int, *, video_backbone: str | None, video_feature: str
     model = dataclasses.replace(base.model, kind="zero_shot", video_dim=dim, text_dim=dim, hidden_size=dim,
                                 clip_weight=float(clip_weight), frame_weight=float(frame_weight))
     data = dataclasses.replace(base.data, video_feature=video_feature, text_feature=text_feature,
-                               video_backbone=video_backbone)
+                               video_backbone=video_backbone, normalize_query_tokens=normalize_query_tokens)
     return dataclasses.replace(base, name=name, model=model, data=data)
 
 
@@ -210,3 +213,45 @@ def features_setup(root: str | Path, collection: str, split: str, *, video_featu
                               video_feature=video_feature, text_feature=text_feature, clip_weight=clip_weight,
                               frame_weight=frame_weight)
     return ZeroShotSetup(config, None, text_backbone)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# query-bank normalisation (hubness correction)
+
+
+@torch.no_grad()
+def bank_term(model: Any, bank: Tensor, tokens: VideoTokens, *, k: int = 200, query_chunk: int = 1024,
+              video_chunk: int = 512) -> Tensor:
+    """The per-video hubness term of CSLS-style score normalisation: the mean of each video's top-k bank scores.
+
+    ``s'(q, v) = s(q, v) - a * bank_term(v)``: a video close to every query of a bank of representative queries
+    (the training captions, or a bank the user gives) is discounted. The term depends on the video only, so it is
+    computed once (index time) and search pays one subtraction.
+
+    Args:
+        model: anything with ``score(queries, tokens)["total"]`` (DreamPRVR or the zero-shot model).
+        bank: (Nb, D) encoded bank queries.
+        tokens: V videos' tokens.
+        k: bank queries averaged per video (min(k, Nb)).
+        query_chunk / video_chunk: the (chunk, chunk) score blocks built at once.
+
+    Returns:
+        (V,) float32.
+    """
+    if bank.dim() != 2 or bank.shape[0] == 0:
+        raise ValueError(f"the bank must be (Nb >= 1, D) query vectors, got {tuple(bank.shape)}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    k = min(k, bank.shape[0])
+    terms = []
+    for start in range(0, len(tokens), video_chunk):
+        part = VideoTokens(tokens.clip[start:start + video_chunk], tokens.frame[start:start + video_chunk],
+                           tokens.frame_mask[start:start + video_chunk])
+        best: Tensor | None = None  # (k, v) running top-k of the bank's scores for this video chunk
+        for q_start in range(0, bank.shape[0], query_chunk):
+            scores = model.score(bank[q_start:q_start + query_chunk], part)["total"].float()  # (nb, v)
+            stacked = scores if best is None else torch.cat([best, scores])
+            best = stacked.topk(min(k, stacked.shape[0]), dim=0).values  # (k, v)
+        assert best is not None
+        terms.append(best.mean(dim=0))  # (v,)
+    return torch.cat(terms)

@@ -264,3 +264,26 @@ def test_zero_shot_query_is_the_mean_of_its_tokens() -> None:
     np.testing.assert_allclose(vectors.numpy(), [[2 ** -0.5, 2 ** -0.5, 0, 0], [0, 0, 1, 0]], atol=1e-6)
     with pytest.raises(ValueError, match="one space"):
         ZeroShotPRVR(dataclasses.replace(config.model, text_dim=5))
+
+
+def test_bank_term_equals_a_naive_loop() -> None:
+    from prvr.types import VideoTokens
+    from prvr.zero_shot import bank_term
+
+    generator = torch.Generator().manual_seed(0)
+    config = zero_shot_config(6, video_backbone=None, clip_weight=0.4, frame_weight=0.6)
+    model = ZeroShotPRVR(config.model)
+    clip = torch.nn.functional.normalize(torch.randn(7, 4, 6, generator=generator), dim=-1)
+    frame = torch.nn.functional.normalize(torch.randn(7, 5, 6, generator=generator), dim=-1)
+    mask = torch.ones(7, 5, dtype=torch.bool)
+    mask[2, 3:] = False
+    tokens = VideoTokens(clip, frame, mask)
+    bank = torch.nn.functional.normalize(torch.randn(11, 6, generator=generator), dim=-1)
+    for k in (1, 3, 50):
+        expected = []
+        for v in range(7):
+            scores = sorted((0.4 * float((clip[v] @ b).max()) + 0.6 * float((frame[v][mask[v]] @ b).max())
+                             for b in bank), reverse=True)
+            expected.append(np.mean(scores[:k]))
+        got = bank_term(model, bank, tokens, k=k, query_chunk=4, video_chunk=3)
+        np.testing.assert_allclose(got.numpy(), expected, atol=1e-6)
