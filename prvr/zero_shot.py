@@ -7,7 +7,8 @@ so a folder of videos is searchable before there is a single caption to train on
 
 * frame tokens: the frame embeddings, L2-normalised (bin means above ``data.max_frames``, as for DreamPRVR);
 * clip tokens: the ``data.clip_bins`` bin means of the frames, L2-normalised (``prvr.data.preprocess``);
-* query: the masked mean of the query's token features (raw: ``data.normalize_query_tokens = false``), L2-normalised. A CLIP / SigLIP text encoder
+* query: the masked mean of the query's token features (raw: ``data.normalize_query_tokens = false``),
+  L2-normalised. A CLIP / SigLIP text encoder
   (``prvr.text_encoders.ClipTextEncoder``) gives one "token" per sentence, its projected text embedding, so the
   query is that embedding; token-feature text backbones (the benchmark's MiniLM) are mean-pooled.
 
