@@ -86,12 +86,20 @@ def load_model(
 ) -> tuple[DreamPRVR, ExperimentConfig, dict[str, Any]]:
     """Rebuild the model from a checkpoint's embedded config and load its weights (eval mode).
 
+    The config's ``model.kind`` picks the class: DreamPRVR (the default, so older checkpoints load unchanged) or the
+    weight-free :class:`prvr.zero_shot.ZeroShotPRVR` (same ``encode_videos`` / ``encode_queries`` / ``score``).
+
     Returns:
         (model, config, payload) where payload is the raw checkpoint dict.
     """
     payload = read_checkpoint(path)
     config = ExperimentConfig.from_json(payload["model_config"])
-    model = DreamPRVR(config.model, seed=config.seed)
+    if config.model.kind == "zero_shot":
+        from prvr.zero_shot import ZeroShotPRVR
+
+        model: Any = ZeroShotPRVR(config.model)
+    else:
+        model = DreamPRVR(config.model, seed=config.seed)
     model.load_state_dict(payload["model"])
     model.to(device).eval()
     return model, config, payload

@@ -58,6 +58,9 @@ class DataConfig:
     clip_bins: int = 32  # C: clip tokens per video (bin means)
     max_frames: int = 128  # F: frame tokens are bin means above this length
     max_query_tokens: int = 30  # L: query tokens kept
+    # L2-normalise each query token (the family's preprocessing); the zero-shot model turns it off so its mean-pooled
+    # query is the backbone's own mean-pooled sentence vector (prvr.zero_shot)
+    normalize_query_tokens: bool = True
     cache_in_memory: bool = True  # keep preprocessed videos in RAM after the first epoch
 
 
@@ -101,8 +104,14 @@ class BlockConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """DreamPRVR. Input dims default to the published ActivityNet features; training sets them from the data."""
+    """DreamPRVR. Input dims default to the published ActivityNet features; training sets them from the data.
 
+    ``kind`` picks the model a checkpoint rebuilds (``prvr.checkpoint.load_model``): ``dreamprvr`` (trained, the
+    default, so every older checkpoint loads unchanged) or ``zero_shot`` (``prvr.zero_shot.ZeroShotPRVR``: a joint
+    image-text backbone's own embeddings; it reads only the dims and the score weights below).
+    """
+
+    kind: Literal["dreamprvr", "zero_shot"] = "dreamprvr"
     video_dim: int = 1024
     text_dim: int = 1024
     hidden_size: int = 384  # D

@@ -191,10 +191,10 @@ class Retriever:
             if localizer is None and manifest.moment_checkpoint is not None:
                 moment_checkpoint = _checked_moment_checkpoint(index_dir, gen_dir, manifest)
             if text_encoder is None and manifest.text_backbone is not None and manifest.text_backbone.get("path"):
-                from prvr.text_encoders import TokenFeatureEncoder
+                from prvr.text_encoders import load_query_encoder
 
-                text_encoder = TokenFeatureEncoder(manifest.text_backbone["path"], batch_size=QUERY_ENCODER_BATCH,
-                                                   max_tokens=config.data.max_query_tokens)
+                text_encoder = load_query_encoder(manifest.text_backbone, max_tokens=config.data.max_query_tokens,
+                                                  batch_size=QUERY_ENCODER_BATCH)
             retriever = cls(db, generation.id, manifest, model, config, faiss_index, store, text_encoder,
                             localizer=localizer, moment_checkpoint=moment_checkpoint)
         except BaseException:
@@ -324,7 +324,8 @@ class Retriever:
             encoded = self.text_encoder.encode(texts)
         raw = [np.asarray(tokens, dtype=np.float32) for tokens in encoded.tokens]  # Nq x (L_i, D_text)
         max_tokens = self.config.data.max_query_tokens
-        arrays = [preprocess_query(tokens, max_tokens) for tokens in raw]  # Nq x (L_i, D_text)
+        normalize = self.config.data.normalize_query_tokens
+        arrays = [preprocess_query(tokens, max_tokens, normalize=normalize) for tokens in raw]  # Nq x (L_i, D_text)
         batch = collate_queries(arrays, [f"q{i}" for i in range(len(arrays))])
         results = self.search_features(batch, k, n_candidates=n_candidates, localize=localize, relevance=relevance,
                                        num_moments=num_moments, query_tokens=raw)

@@ -41,6 +41,10 @@ __all__ = [
     "find_minilm_l3_onnx",
     "file_digest",
     "load_encoder",
+    "ClipTextEncoder",
+    "JOINT_TEXT_KINDS",
+    "joint_model_kind",
+    "load_query_encoder",
 ]
 
 logger = logging.getLogger(__name__)
@@ -388,6 +392,111 @@ class OnnxSentenceEncoder:
             mask = feed["attention_mask"][..., None].astype(np.float32)  # (B, L, 1)
             vectors[batch] = (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1.0)  # (B, D)
         return vectors
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the text tower of a joint image-text model (the zero-shot query encoder)
+
+JOINT_TEXT_KINDS: tuple[str, ...] = ("clip", "siglip")  # config.json model_type of models with a text tower
+
+
+def joint_model_kind(model_dir: str | os.PathLike[str]) -> str | None:
+    """``"clip"`` / ``"siglip"`` when the folder's config.json holds a joint image-text model, else None.
+
+    Read from config.json alone (no weights loaded), so a wrong folder is refused before any work.
+    """
+    import json
+
+    config = Path(model_dir) / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"{model_dir} has no config.json; pass a transformers model folder (save_pretrained)")
+    model_type = str(json.loads(config.read_text(encoding="utf-8")).get("model_type", ""))
+    return model_type if model_type in JOINT_TEXT_KINDS else None
+
+
+class ClipTextEncoder:
+    """The text tower of a CLIP (``CLIPModel.get_text_features``) or SigLIP (``SiglipModel.get_text_features``) model.
+
+    Each sentence becomes one "token", its projected text embedding in the space the image tower shares, so the
+    search path of a token-feature encoder is unchanged: ``encode(texts).tokens`` -> ``preprocess_query`` (one row,
+    L2-normalised) -> ``model.encode_queries``. SigLIP was trained on text padded to ``max_length`` (64), so its
+    tokens are padded that way; CLIP pads to the longest sentence of the batch (its attention mask hides the rest).
+
+    Args:
+        model_dir: a folder with config.json (model_type clip or siglip), the weights and the tokenizer files.
+        name: a readable name for ``encoder_id`` (default: the folder name).
+        batch_size: sentences per forward pass.
+        max_tokens: accepted for the Retriever's call signature; one token per sentence is produced anyway.
+    """
+
+    def __init__(self, model_dir: str | os.PathLike[str], *, name: str | None = None, batch_size: int = 64,
+                 max_tokens: int = 1) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model_dir = Path(model_dir)
+        kind = joint_model_kind(self.model_dir)
+        if kind is None:
+            raise ValueError(f"{self.model_dir} holds no CLIP / SigLIP model (config.json model_type is not one of "
+                             f"{list(JOINT_TEXT_KINDS)}), so it has no text tower to encode queries; pass the folder "
+                             "of a CLIP or SigLIP checkpoint")
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        self._torch = torch
+        self.kind = kind
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
+        self.model = AutoModel.from_pretrained(str(self.model_dir), local_files_only=True).eval()
+        config = self.model.config
+        self.dim = int(getattr(config, "projection_dim", 0) or config.text_config.hidden_size)
+        self.max_length = int(config.text_config.max_position_embeddings)
+        self.batch_size = batch_size
+        self.encoder_id = f"{kind}:{name or self.model_dir.name}@{file_digest(_weight_file(self.model_dir))[:12]}"
+        logger.info("loaded text tower %s from %s", self.encoder_id, self.model_dir)
+
+    def params(self) -> dict[str, Any]:
+        return {"max_length": self.max_length, "pooling": f"{self.kind}_text_projection"}
+
+    def encode(self, texts: Sequence[str]) -> EncodedTexts:
+        """N sentences -> one (1, D) token each (the text embedding, not normalised) and the (N, D) vectors."""
+        texts = _check_texts(texts)
+        torch = self._torch
+        vectors = np.zeros((len(texts), self.dim), dtype=np.float32)
+        padding = "max_length" if self.kind == "siglip" else "longest"
+        for start in range(0, len(texts), self.batch_size):
+            chunk = texts[start : start + self.batch_size]
+            inputs = self.tokenizer(chunk, padding=padding, truncation=True, max_length=self.max_length,
+                                    return_tensors="pt")
+            inputs = {key: inputs[key] for key in ("input_ids", "attention_mask") if key in inputs}
+            if self.kind == "siglip":
+                inputs.pop("attention_mask", None)  # SigLIP attends over the padding it was trained with
+            with torch.no_grad():
+                output = self.model.get_text_features(**inputs)
+            # transformers >= 5 returns the text output with the projected vector as pooler_output; older: a tensor
+            output = output if isinstance(output, torch.Tensor) else output.pooler_output  # (B, D)
+            vectors[start : start + len(chunk)] = output.float().numpy()
+        return EncodedTexts([vectors[i : i + 1].copy() for i in range(len(texts))], vectors)
+
+    def encode_sentences(self, texts: Sequence[str]) -> np.ndarray:
+        """(N, D) float32 text embeddings (see :meth:`encode`)."""
+        return self.encode(texts).sentences
+
+
+def load_query_encoder(record: dict[str, Any], *, max_tokens: int = 30,
+                       batch_size: int = 64) -> TokenFeatureEncoder | ClipTextEncoder:
+    """The query encoder an index manifest's ``text_backbone`` record names.
+
+    Args:
+        record: ``{"id", "path", "kind"?}``; ``kind`` ``clip`` / ``siglip`` loads the folder's text tower
+            (:class:`ClipTextEncoder`), anything else a :class:`TokenFeatureEncoder` (older manifests have no kind).
+        max_tokens: L of a token-feature encoder.
+        batch_size: sentences per forward pass of a token-feature encoder.
+    """
+    path = record.get("path")
+    if not path:
+        raise ValueError(f"text backbone record {record!r} has no local path to load")
+    if record.get("kind") in JOINT_TEXT_KINDS:
+        return ClipTextEncoder(path)
+    return TokenFeatureEncoder(path, max_tokens=max_tokens, batch_size=batch_size)
 
 
 def load_encoder(

@@ -63,12 +63,15 @@ def text_backbone_record(spec: str | None) -> dict[str, Any] | None:
     """--text-backbone: 'minilm-l6' (the packaged all-MiniLM-L6-v2), a local model folder, or none."""
     if spec is None or spec == "none":
         return None
-    from prvr.text_encoders import TokenFeatureEncoder, find_minilm_l6_dir
+    from prvr.text_encoders import ClipTextEncoder, TokenFeatureEncoder, find_minilm_l6_dir, joint_model_kind
 
     path = find_minilm_l6_dir() if spec == "minilm-l6" else Path(spec)
     if not Path(path).is_dir():
         raise ValueError(f"--text-backbone {spec!r} is not a folder; give a local transformers model folder or "
                          "'minilm-l6' (pip install -e '.[bench]')")
+    kind = joint_model_kind(path)
+    if kind is not None:  # a CLIP / SigLIP folder: its text tower's projected embedding is the one query token
+        return {"id": ClipTextEncoder(path).encoder_id, "path": str(Path(path).resolve()), "kind": kind}
     return {"id": TokenFeatureEncoder(path).encoder_id, "path": str(Path(path).resolve())}
 
 

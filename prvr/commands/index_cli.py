@@ -116,7 +116,7 @@ def add_command(index_dir: str, root: str | None, collection: str | None, split:
     corpus, collection = corpus_to_index(config, index_dir, videos=videos, root=root, collection=collection,
                                          split=split, split_is_option=True, verb="add", backbone=backbone, fps=fps,
                                          device=device, progress=not no_progress, match_indexed_videos=True,
-                                         check_feature_backbone=False)
+                                         check_feature_backbone=config.model.kind == "zero_shot")
     result = build_index(checkpoint, corpus, index_dir, collection_name=collection, batch_size=batch_size,
                          progress=not no_progress)
     click.echo(json.dumps({"index": str(index_dir), "generation": result.generation_id,
@@ -316,7 +316,13 @@ def _checkpoint_config(checkpoint: str | Path, video_feature: str | None, text_f
 
 
 @click.command("build-index")
-@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False), help="best.pt / last.pt.")
+@click.option("--checkpoint", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="best.pt / last.pt (or give --zero-shot).")
+@click.option("--zero-shot", is_flag=True,
+              help="No checkpoint: index with the backbone's own image-text space (a CLIP / SigLIP --backbone for "
+                   "--videos, whose text tower then encodes the queries; or --data features sharing one space).")
+@click.option("--zero-shot-clip-weight", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="With --zero-shot: weight of the max-clip score (the frame score gets 1 - it).")
 @click.option("--data", "root", default=None, type=click.Path(exists=True, file_okay=False),
               help="Data root of features in the standard layout (or give --videos).")
 @click.option("--collection", default=None, help="Collection name (folder under the data root).")
@@ -359,31 +365,84 @@ def _checkpoint_config(checkpoint: str | Path, video_feature: str | None, text_f
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @fail_cleanly
-def build_index_command(checkpoint: str, root: str | None, collection: str | None, split: str,
+def build_index_command(checkpoint: str | None, zero_shot: bool, zero_shot_clip_weight: float, root: str | None,
+                        collection: str | None, split: str,
                         videos: tuple[str, ...], backbone: str | None, fps: float, device: str, index_dir: str,
                         video_feature: str | None, text_feature: str | None, factory: str | None,
                         text_backbone: str | None, moment_checkpoint: str | None, candidates: int | None,
                         token_dtype: str, database_url: str | None, backend: str | None, engine_url: str | None,
                         engine_shards: int, engine_replicas: int, batch_size: int, no_progress: bool) -> None:
     """Encode a split's videos once and index their clip and frame tokens (a new generation, committed last)."""
+    import tempfile
+
     from prvr.index.builder import build_index, check_token_dtype
 
     check_token_dtype(token_dtype)  # before any feature extraction
     if engine_url is not None and backend != "milvus":
         raise click.UsageError("--engine-url is the engine of --backend milvus; add --backend milvus")
-    config = _checkpoint_config(checkpoint, video_feature, text_feature)
-    corpus, collection = corpus_to_index(config, index_dir, videos=videos, root=root, collection=collection,
-                                         split=split, split_is_option=False, verb="index", backbone=backbone,
-                                         fps=fps, device=device, progress=not no_progress,
-                                         match_indexed_videos=False, check_feature_backbone=True)
-    result = build_index(checkpoint, corpus, index_dir, collection_name=collection, factory=factory,
-                         batch_size=batch_size, text_backbone=text_backbone_record(text_backbone),
-                         n_candidates=candidates, moment_checkpoint=moment_checkpoint, token_dtype=token_dtype,
-                         database_url=database_url, backend=backend,
-                         engine={"url": engine_url, "shards": engine_shards, "replicas": engine_replicas},
-                         progress=not no_progress)
+    engine = {"url": engine_url, "shards": engine_shards, "replicas": engine_replicas}
+    text_record = text_backbone_record(text_backbone)
+    with tempfile.TemporaryDirectory(prefix="prvr-zero-shot-") as scratch:
+        if zero_shot:
+            checkpoint, backbone, text_record = _zero_shot_checkpoint(
+                Path(scratch), checkpoint, videos=videos, backbone=backbone, root=root, collection=collection,
+                split=split, video_feature=video_feature, text_feature=text_feature, text_record=text_record,
+                clip_weight=zero_shot_clip_weight)
+        elif checkpoint is None:
+            raise ValueError("give --checkpoint (a trained model) or --zero-shot (a CLIP / SigLIP backbone's own "
+                             "space, no training)")
+        config = _checkpoint_config(checkpoint, video_feature, text_feature)
+        corpus, collection = corpus_to_index(config, index_dir, videos=videos, root=root, collection=collection,
+                                             split=split, split_is_option=False, verb="index", backbone=backbone,
+                                             fps=fps, device=device, progress=not no_progress,
+                                             match_indexed_videos=False, check_feature_backbone=True)
+        result = _build(build_index, checkpoint, corpus, index_dir, collection, factory, batch_size, text_record,
+                        candidates, moment_checkpoint, token_dtype, database_url, backend, engine, no_progress)
     click.echo(json.dumps({"index": str(index_dir), "generation": result.generation_id,
                            "videos": result.num_videos, "new_videos": result.new_videos, "tokens": result.ntotal}))
+
+
+def _zero_shot_checkpoint(scratch: Path, checkpoint: str | None, *, videos: tuple[str, ...], backbone: str | None,
+                          root: str | None, collection: str | None, split: str, video_feature: str | None,
+                          text_feature: str | None, text_record: dict[str, Any] | None,
+                          clip_weight: float) -> tuple[str, str | None, dict[str, Any] | None]:
+    """--zero-shot: write the zero-shot checkpoint (built into the index's models/ like any other) into ``scratch``.
+
+    Returns:
+        (checkpoint path, frame backbone spec for --videos, query text encoder record).
+    """
+    from prvr.features.backbones import DEFAULT_IMAGE_BACKBONE
+    from prvr.zero_shot import features_setup, joint_backbone_setup, save_zero_shot_checkpoint
+
+    if checkpoint is not None:
+        raise ValueError("give --checkpoint or --zero-shot, not both")
+    weights = {"clip_weight": clip_weight, "frame_weight": 1.0 - clip_weight}
+    if videos:
+        setup = joint_backbone_setup(backbone or DEFAULT_IMAGE_BACKBONE, **weights)
+        if text_record is not None:
+            raise ValueError("with --zero-shot --videos the queries are encoded by the backbone's own text tower; "
+                             "drop --text-backbone")
+    elif root is not None and collection is not None:
+        if video_feature is None or text_feature is None:
+            raise ValueError("--zero-shot --data needs --video-feature and --text-feature (features of one space)")
+        setup = features_setup(root, collection, split, video_feature=video_feature, text_feature=text_feature,
+                               text_backbone=text_record, **weights)
+    else:
+        raise ValueError("nothing to index: give --videos DIR (with a CLIP / SigLIP --backbone) or --data ROOT "
+                         "--collection NAME")
+    path = save_zero_shot_checkpoint(scratch / "zero_shot.pt", setup.config, text_backbone=setup.text_backbone)
+    return str(path), setup.backbone or backbone, setup.text_backbone
+
+
+def _build(build_index: Any, checkpoint: str, corpus: Any, index_dir: str, collection: str, factory: str | None,
+           batch_size: int, text_record: dict[str, Any] | None, candidates: int | None,
+           moment_checkpoint: str | None, token_dtype: str, database_url: str | None, backend: str | None,
+           engine: dict[str, Any], no_progress: bool) -> Any:
+    return build_index(checkpoint, corpus, index_dir, collection_name=collection, factory=factory,
+                         batch_size=batch_size, text_backbone=text_record,
+                         n_candidates=candidates, moment_checkpoint=moment_checkpoint, token_dtype=token_dtype,
+                         database_url=database_url, backend=backend,
+                         engine=engine, progress=not no_progress)
 
 
 @click.command("query")

@@ -262,7 +262,8 @@ class PRVRCorpus:
         cached = self._query_cache.get(cap_id)
         if cached is not None:
             return cached
-        tokens = preprocess_query(self._query_store[cap_id], self.config.max_query_tokens)
+        tokens = preprocess_query(self._query_store[cap_id], self.config.max_query_tokens,
+                                  normalize=self.config.normalize_query_tokens)
         if self.config.cache_in_memory:
             self._query_cache[cap_id] = tokens
         return tokens

@@ -162,12 +162,13 @@ def preprocess_video(frames: np.ndarray, config: DataConfig) -> tuple[np.ndarray
     return clip, frame
 
 
-def preprocess_query(tokens: np.ndarray, max_tokens: int = 30) -> np.ndarray:
+def preprocess_query(tokens: np.ndarray, max_tokens: int = 30, *, normalize: bool = True) -> np.ndarray:
     """Query tokens: truncated to the first ``max_tokens`` and L2-normalised per token.
 
     Args:
         tokens: (L_raw, D_text) token features of one query.
         max_tokens: the largest L kept.
+        normalize: L2-normalise each token (``DataConfig.normalize_query_tokens``; off only for the zero-shot model).
 
     Returns:
         (L, D_text) float32 with L = min(L_raw, max_tokens).
@@ -175,7 +176,8 @@ def preprocess_query(tokens: np.ndarray, max_tokens: int = 30) -> np.ndarray:
     tokens = _as_float_matrix(tokens, "preprocess_query tokens")
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
-    return l2_normalize(tokens[:max_tokens]).astype(np.float32, copy=False)
+    kept = tokens[:max_tokens]
+    return (l2_normalize(kept) if normalize else kept).astype(np.float32, copy=False)
 
 
 def _pad_stack(arrays: Sequence[np.ndarray], what: str) -> tuple[torch.Tensor, torch.Tensor]:

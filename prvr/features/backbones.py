@@ -358,6 +358,41 @@ class ClipImageBackbone(_TransformersImageBackbone):
         return output if isinstance(output, torch.Tensor) else output.pooler_output  # (B, D)
 
 
+@register_image_backbone("siglip")
+class SiglipImageBackbone(_TransformersImageBackbone):
+    """SigLIP's image tower (``SiglipModel.get_image_features``): one D-dim vector per image in the text's space.
+
+    D is the vision hidden size (SigLIP's pooling head keeps it; the text tower matches it). Without a
+    ``preprocessor_config.json`` in the folder, SigLIP's processor settings (resize to the model's image size, no
+    crop, mean = std = 0.5) are used.
+
+    Args:
+        name_or_path: a model folder or hub id (``google/siglip-base-patch16-224``).
+        device: ``auto``, ``cpu``, ``cuda`` ...
+        batch_size: images per forward pass.
+        allow_download: try the hub when a hub id is not cached.
+    """
+
+    kind = "siglip"
+
+    def __init__(self, name_or_path: str | os.PathLike[str], *, device: str | torch.device = "auto",
+                 batch_size: int = 32, allow_download: bool = True) -> None:
+        from transformers import SiglipModel
+
+        folder = resolve_model_dir(name_or_path, allow_download=allow_download)
+        model = SiglipModel.from_pretrained(str(folder), local_files_only=True)
+        side = int(model.config.vision_config.image_size)
+        default = {"size": {"height": side, "width": side}, "do_center_crop": False,
+                   "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}
+        super().__init__(folder, name=_model_name(os.fspath(name_or_path), folder), device=device,
+                         batch_size=batch_size, preprocessor=ImagePreprocessor.from_folder(folder, default),
+                         model=model, dim=int(model.config.vision_config.hidden_size))
+
+    def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        output = self.model.get_image_features(pixel_values=pixels)
+        return output if isinstance(output, torch.Tensor) else output.pooler_output  # (B, D)
+
+
 @register_image_backbone("vision")
 class VisionModelBackbone(_TransformersImageBackbone):
     """Any transformers vision encoder (``AutoModel``: ViT, DINOv2, ...): its pooled output, else its first token.
