@@ -224,8 +224,8 @@ def markdown(report: dict[str, Any]) -> str:
             "",
             f"## {mode['name']}: `prvr serve {' '.join(mode['server_args'])}`".rstrip(),
             "",
-            "| clients | queries/s | p50 (ms) | p99 (ms) | longest wait (ms) | server-side p50 (ms) | /health p50 / max "
-            "(ms) | requests | 503s | errors |",
+            "| clients | queries/s | p50 (ms) | p99 (ms) | longest wait (ms) | server-side p50 (ms) "
+            "| /health p50 / max (ms) | requests | 503s | errors |",
             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for level in mode["levels"]:
