@@ -71,6 +71,8 @@ def main() -> int:
     parser.add_argument("--max-batch", type=int, default=None, help="prvr serve --max-batch (batched mode).")
     parser.add_argument("--max-queue", type=int, default=None, help="prvr serve --max-queue.")
     parser.add_argument("--request-timeout", type=float, default=None, help="prvr serve --request-timeout (s).")
+    parser.add_argument("--retry-storm", action="store_true",
+                        help="Clients retry a 503 at once instead of waiting its Retry-After seconds.")
     parser.add_argument("--requests", type=int, default=200, help="Requests per run (count bound).")
     parser.add_argument("--max-seconds", type=float, default=60.0, help="Time bound of one run.")
     parser.add_argument("--repeats", type=int, default=3, help="Runs per level; the report gives medians.")
@@ -123,7 +125,8 @@ def main() -> int:
             results = []
             for clients in levels:
                 runs = [load_run(base, texts, clients, args.requests, args.max_seconds, args.k, moments,
-                                 args.relevance, offset=run * args.requests) for run in range(args.repeats)]
+                                 args.relevance, offset=run * args.requests, honour_retry_after=not args.retry_storm)
+                        for run in range(args.repeats)]
                 summary = summarize_level(clients, runs)
                 results.append(summary)
                 print(f"{mode:>9} {clients:>3} clients: {summary['throughput_qps']:.1f} q/s, p50 "
@@ -163,6 +166,7 @@ def main() -> int:
             "requests": args.requests,
             "max_seconds": args.max_seconds,
             "repeats": args.repeats,
+            "clients_honour_retry_after": not args.retry_storm,
             "omp_threads": os.environ.get("OMP_NUM_THREADS", "1"),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
             "load_average_before": round(load_before, 2),

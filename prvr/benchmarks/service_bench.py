@@ -25,9 +25,11 @@ HOST = "127.0.0.1"  # loopback only, by design
 
 
 def load_run(base: str, texts: list[str], clients: int, requests: int, max_seconds: float, k: int,
-             moments: bool, relevance: bool, offset: int, health_interval_s: float = 0.05) -> dict[str, Any]:
+             moments: bool, relevance: bool, offset: int, health_interval_s: float = 0.05,
+             honour_retry_after: bool = True) -> dict[str, Any]:
     """``requests`` searches from ``clients`` threads (stopping early after ``max_seconds``), with a prober sending
-    GET /health every ``health_interval_s`` meanwhile.
+    GET /health every ``health_interval_s`` meanwhile. A client that gets a 503 waits its ``Retry-After`` seconds
+    before its next request, as HTTP clients should (``honour_retry_after=False``: it retries at once, a retry storm).
 
     A 503 (the server's queue bound or request timeout) is counted apart from errors (anything else that is not a
     200 with results). Latency percentiles are nearest-rank (always a measured request) over the 200 answers;
@@ -67,6 +69,8 @@ def load_run(base: str, texts: list[str], clients: int, requests: int, max_secon
                         if retry.isdigit():
                             with lock:
                                 retry_after.append(int(retry))
+                            if honour_retry_after:
+                                time.sleep(max(0.0, min(float(retry), deadline - time.monotonic())))
                     elif status != 200 or not body.get("results"):
                         problem = f"{status}: {response.text[:200]}"
                 except (httpx.HTTPError, ValueError) as error:
@@ -214,7 +218,9 @@ def markdown(report: dict[str, Any]) -> str:
         (
             f"`prvr serve` on {HOST} in its own process (OMP_NUM_THREADS={setup['omp_threads']}); GET /search from "
             f"N client threads, {setup['requests']} requests or {setup['max_seconds']:.0f} s per run, medians of "
-            f"{setup['repeats']} runs, and a prober sending GET /health every 50 ms meanwhile. Machine: "
+            f"{setup['repeats']} runs, and a prober sending GET /health every 50 ms meanwhile; after a 503 a client "
+            f"{'waits its Retry-After seconds' if setup.get('clients_honour_retry_after') else 'retries at once'}. "
+            f"Machine: "
             f"{setup['machine']}, 1-min load average {setup['load_average_before']} before the run. Checkpoint "
             f"sha256 {setup['checkpoint_sha256'][:12]}."
         ),
