@@ -69,8 +69,6 @@ def load_run(base: str, texts: list[str], clients: int, requests: int, max_secon
                         if retry.isdigit():
                             with lock:
                                 retry_after.append(int(retry))
-                            if honour_retry_after:
-                                time.sleep(max(0.0, min(float(retry), deadline - time.monotonic())))
                     elif status != 200 or not body.get("results"):
                         problem = f"{status}: {response.text[:200]}"
                 except (httpx.HTTPError, ValueError) as error:
@@ -86,6 +84,9 @@ def load_run(base: str, texts: list[str], clients: int, requests: int, max_secon
                         refused.append(problem)
                     else:
                         errors.append(problem)
+                retry = response.headers.get("retry-after", "") if status == 503 else ""
+                if honour_retry_after and retry.isdigit():  # after the timing: the wait is the client's own
+                    time.sleep(max(0.0, min(float(retry), deadline - time.monotonic())))
 
     def prober() -> None:
         with httpx.Client(base_url=base, timeout=60) as session:
