@@ -16,15 +16,28 @@ import os
 import shutil
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import faiss
 import numpy as np
 
-from prvr.index.protocol import Candidates
 from prvr.fileio import file_sha256, fsync_directory
+from prvr.index.protocol import Candidates
+from prvr.index.token_ops import (  # the token ids are re-exported: callers import them from here
+    MAX_VIDEO_ID,
+    TOKEN_BITS,
+    TOKEN_STRIDE,
+    VideoHits,
+    as_array,
+    check_queries,
+    decode_token_ids,
+    empty_candidates,
+    encode_token_ids,
+    flatten_batch,
+    merge_hits,
+    video_hits,
+)
 
 __all__ = [
     "FLAT_MAX_TOKENS",
@@ -45,9 +58,6 @@ logger = logging.getLogger(__name__)
 # This is a process-wide FAISS setting; it is set once, when the FAISS back-end is imported.
 faiss.cvar.distance_compute_blas_threshold = 20
 
-TOKEN_BITS = 8
-TOKEN_STRIDE = 1 << TOKEN_BITS  # 256 token slots per video (32 clips, <= 128 frames)
-MAX_VIDEO_ID = (1 << (63 - TOKEN_BITS)) - 1  # 55 bits left for the video id
 FLAT_MAX_TOKENS = 200_000  # exact search stays interactive up to ~10^5-10^6 tokens on 2 cores (§3.3)
 TRAIN_POINTS_PER_LIST = 64  # training sample = min(T, max(64 * nlist, 65536)) (docs/design.md §3.3)
 MIN_TRAIN_SAMPLE = 1 << 16  # PQ / SQ codebooks want >= 39 x 256 points whatever nlist is
@@ -63,37 +73,6 @@ Metric = Literal["ip", "l2"]
 
 
 # ----------------------------------------------------------------------------------------------------------- ids
-
-
-def encode_token_ids(video_ids: np.ndarray, token_index: np.ndarray) -> np.ndarray:
-    """FAISS ids ``video_id << 8 | token_index`` (broadcasting).
-
-    Args:
-        video_ids: int array of video ids in ``[0, MAX_VIDEO_ID]``.
-        token_index: int array of token positions in ``[0, 256)``, broadcastable against ``video_ids``.
-
-    Returns:
-        int64 ids of the broadcast shape.
-    """
-    video_ids = np.asarray(video_ids, dtype=np.int64)
-    token_index = np.asarray(token_index, dtype=np.int64)
-    if video_ids.size and (video_ids.min() < 0 or video_ids.max() > MAX_VIDEO_ID):
-        raise ValueError(f"video ids must lie in [0, 2**55 - 1], got [{video_ids.min()}, {video_ids.max()}]")
-    if token_index.size and (token_index.min() < 0 or token_index.max() >= TOKEN_STRIDE):
-        raise ValueError(
-            f"token index must lie in [0, {TOKEN_STRIDE}), got [{token_index.min()}, {token_index.max()}]; "
-            f"a video can hold at most {TOKEN_STRIDE} clip and {TOKEN_STRIDE} frame tokens"
-        )
-    return (video_ids << TOKEN_BITS) | token_index
-
-
-def decode_token_ids(token_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Inverse of :func:`encode_token_ids`: ``(video_ids, token_index)``, both int64 of the input's shape."""
-    token_ids = np.asarray(token_ids, dtype=np.int64)
-    return token_ids >> TOKEN_BITS, token_ids & (TOKEN_STRIDE - 1)
-
-
-# ------------------------------------------------------------------------------------------------------ factory
 
 
 def nlist_for(num_tokens: int) -> int:
@@ -166,16 +145,6 @@ def gpu_available() -> bool:
 # ------------------------------------------------------------------------------------------------------ helpers
 
 
-def _as_array(x: Any, dtype: type) -> np.ndarray:
-    """numpy view/copy of a numpy array or torch tensor (any device, bf16 included)."""
-    if hasattr(x, "detach"):
-        t = x.detach().cpu()
-        if dtype is np.float32:
-            t = t.float()
-        x = t.numpy()
-    return np.asarray(x, dtype=dtype)
-
-
 def _normalized(x: np.ndarray) -> np.ndarray:
     """C-contiguous float32 copy with unit rows (zero rows stay zero)."""
     out = np.array(x, dtype=np.float32, order="C", copy=True)
@@ -192,24 +161,6 @@ def _fsync_file(path: Path) -> None:
 def _chunks(array: np.ndarray, size: int) -> Iterator[np.ndarray]:
     for start in range(0, len(array), size):
         yield array[start : start + size]
-
-
-@dataclass(frozen=True)
-class _VideoHits:
-    """One query's hits in one token index, deduplicated by video.
-
-    Attributes:
-        videos: (U,) sorted video ids.
-        scores: (U,) float32 best token cosine of each video.
-        cutoff: the lowest returned cosine (-1 when nothing came back): on an exact index, an upper bound of the
-            score of every token not returned.
-        exhausted: the exact index returned every token it holds.
-    """
-
-    videos: np.ndarray
-    scores: np.ndarray
-    cutoff: float
-    exhausted: bool
 
 
 class _TokenIndex:
@@ -548,64 +499,8 @@ class FaissTokenIndex:
         self, video_ids: Any, clip: Any, frame: Any, frame_mask: Any
     ) -> tuple[np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]], np.ndarray, np.ndarray]:
         """Validate an add() batch; return ids, ``{kind: (tokens (T, D) unit rows, faiss ids (T,))}`` and counts."""
-        ids = _as_array(video_ids, np.int64).reshape(-1)
-        clip_array = _as_array(clip, np.float32)
-        frame_array = _as_array(frame, np.float32)
-        mask = _as_array(frame_mask, np.bool_)
-        num_videos = ids.shape[0]
-        if clip_array.ndim != 3 or frame_array.ndim != 3 or mask.ndim != 2:
-            raise ValueError(
-                "expected clip (V, C, D), frame (V, F, D) and frame_mask (V, F), got "
-                f"{clip_array.shape}, {frame_array.shape} and {mask.shape}"
-            )
-        if clip_array.shape[0] != num_videos or frame_array.shape[0] != num_videos or mask.shape[0] != num_videos:
-            raise ValueError(
-                f"video_ids has {num_videos} entries but clip / frame / frame_mask have "
-                f"{clip_array.shape[0]} / {frame_array.shape[0]} / {mask.shape[0]} rows"
-            )
-        if clip_array.shape[2] != self.dim or frame_array.shape[2] != self.dim:
-            raise ValueError(
-                f"token width must be dim = {self.dim}, got clip D = {clip_array.shape[2]} and frame D = "
-                f"{frame_array.shape[2]}"
-            )
-        if mask.shape[1] != frame_array.shape[1]:
-            raise ValueError(f"frame_mask {mask.shape} does not match frame {frame_array.shape[:2]}")
-        num_clips, num_frames = clip_array.shape[1], frame_array.shape[1]
-        if num_clips < 1 or num_clips > TOKEN_STRIDE or num_frames > TOKEN_STRIDE:
-            raise ValueError(
-                f"need 1 <= C <= {TOKEN_STRIDE} clip tokens and F <= {TOKEN_STRIDE} frame tokens per video (the id "
-                f"stride is {TOKEN_STRIDE}), got C = {num_clips}, F = {num_frames}"
-            )
-        if num_videos and not mask.any(axis=1).all():
-            bad = ids[~mask.any(axis=1)][:10].tolist()
-            raise ValueError(f"videos {bad} have no valid frame; every video needs at least one True in frame_mask")
-        if num_videos and (ids.min() < 0 or ids.max() > MAX_VIDEO_ID):
-            raise ValueError(f"video ids must lie in [0, 2**55 - 1], got [{ids.min()}, {ids.max()}]")
-        if np.unique(ids).shape[0] != num_videos:
-            raise ValueError("video_ids contains duplicates; each video is added once")
-        present = ids[np.isin(ids, self._video_ids)]
-        if present.size:
-            raise ValueError(
-                f"videos {present[:10].tolist()} are already indexed; remove() them first to update them"
-            )
-        buried = ids[np.isin(ids, self._tombstones)]
-        if buried.size:
-            raise ValueError(
-                f"videos {buried[:10].tolist()} were removed from an index without deletion support (HNSW "
-                "tombstones); rebuild the index to re-add them, or give the new version a new id"
-            )
-        if not (np.isfinite(clip_array).all() and np.isfinite(frame_array[mask]).all()):
-            raise ValueError("tokens contain NaN or inf; fix the encoder output before indexing")
-
-        clip_ids = encode_token_ids(ids[:, None], np.arange(num_clips)[None, :])  # (V, C)
-        clip_tokens = _normalized(clip_array.reshape(-1, self.dim))  # (V*C, D)
-        rows, positions = np.nonzero(mask)  # (T_f,), (T_f,)
-        frame_tokens = _normalized(frame_array[rows, positions])  # (T_f, D)
-        frame_ids = encode_token_ids(ids[rows], positions)  # (T_f,)
-        tokens = {"clip": (clip_tokens, clip_ids.reshape(-1)), "frame": (frame_tokens, frame_ids)}
-        clip_counts = np.full(num_videos, num_clips, dtype=np.int32)
-        frame_counts = mask.sum(axis=1).astype(np.int32)
-        return ids, tokens, clip_counts, frame_counts
+        return flatten_batch(video_ids, clip, frame, frame_mask, dim=self.dim, indexed=self._video_ids,
+                             normalize=_normalized, tombstones=self._tombstones)
 
     # --------------------------------------------------------------------------------------------------- writes
 
@@ -621,7 +516,7 @@ class FaissTokenIndex:
         if any(part.index is not None for part in self._parts.values()):
             raise RuntimeError("the index is already trained; create a new FaissTokenIndex to retrain")
         # no index yet means no video yet: the placeholder ids 0..V-1 cannot collide with indexed videos
-        sample_ids = np.arange(_as_array(clip, np.float32).shape[0], dtype=np.int64)
+        sample_ids = np.arange(as_array(clip, np.float32).shape[0], dtype=np.int64)
         _, tokens, _, _ = self._flatten(sample_ids, clip, frame, frame_mask)
         for kind, part in self._parts.items():
             part.create(self.dim, self.metric, tokens[kind][0], self._seed_for(kind))
@@ -671,7 +566,7 @@ class FaissTokenIndex:
             RuntimeError: on a read-only (mmapped) index.
         """
         self._check_writable("remove")
-        ids = np.unique(_as_array(video_ids, np.int64).reshape(-1))
+        ids = np.unique(as_array(video_ids, np.int64).reshape(-1))
         if ids.size == 0:
             return
         known = np.isin(ids, self._video_ids)
@@ -747,7 +642,7 @@ class FaissTokenIndex:
                 return part.index, False
         return part.gpu_index, True
 
-    def _best_per_video(self, part: _TokenIndex, query: np.ndarray, num_tokens: int) -> list[_VideoHits]:
+    def _best_per_video(self, part: _TokenIndex, query: np.ndarray, num_tokens: int) -> list[VideoHits]:
         """Per query: the best cosine of every video among the top ``num_tokens`` tokens of one index."""
         searcher, on_gpu = self._searcher(part)
         k = min(num_tokens, part.ntotal, GPU_MAX_K if on_gpu else num_tokens)
@@ -756,17 +651,8 @@ class FaissTokenIndex:
         if self.metric == faiss.METRIC_L2:
             distances = 1.0 - distances / 2.0  # squared L2 of unit vectors -> cosine
         exhausted = k >= part.ntotal and part.is_exact()
-        results = []
-        for row_scores, row_labels in zip(distances, labels):
-            valid = row_labels >= 0
-            scores = row_scores[valid].astype(np.float32)
-            videos, _ = decode_token_ids(row_labels[valid])
-            unique, inverse = np.unique(videos, return_inverse=True)
-            best = np.full(unique.shape[0], -np.inf, dtype=np.float32)
-            np.maximum.at(best, inverse, scores)
-            cutoff = float(scores.min()) if scores.size else -1.0
-            results.append(_VideoHits(unique, best, cutoff, exhausted))
-        return results
+        return [video_hits(row_labels[row_labels >= 0], row_scores[row_labels >= 0], exhausted=exhausted)
+                for row_scores, row_labels in zip(distances, labels)]
 
     def search(self, query: Any, n_candidates: int) -> list[Candidates]:
         """Candidate videos for each query, best approximate score first.
@@ -778,44 +664,19 @@ class FaissTokenIndex:
         Returns:
             Nq :class:`Candidates` (fewer than N videos when the index holds fewer).
         """
-        q = _as_array(query, np.float32)
-        if q.ndim != 2 or q.shape[1] != self.dim:
-            raise ValueError(f"query must be (Nq, D = {self.dim}), got {q.shape}; a single vector is query[None]")
-        if q.shape[0] == 0:
-            raise ValueError("empty query batch (Nq = 0); pass at least one query vector")
-        if isinstance(n_candidates, bool) or not isinstance(n_candidates, (int, np.integer)) or n_candidates < 1:
-            raise ValueError(f"n_candidates must be a positive int, got {n_candidates!r}")
-        if not np.isfinite(q).all():
-            raise ValueError("query contains NaN or inf")
+        q, n = check_queries(query, self.dim, n_candidates)
         q = _normalized(q)
-        n = int(n_candidates)
         if self.num_videos == 0:
-            empty = Candidates(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32), float("-inf"))
-            return [empty for _ in range(q.shape[0])]
+            return empty_candidates(q.shape[0])
         num_tokens = self.candidates_per_video * n
         clip_hits = self._best_per_video(self._parts["clip"], q, num_tokens)
         frame_hits = self._best_per_video(self._parts["frame"], q, num_tokens)
         return [self._merge(clip, frame, n) for clip, frame in zip(clip_hits, frame_hits)]
 
-    def _merge(self, clip: _VideoHits, frame: _VideoHits, n: int) -> Candidates:
+    def _merge(self, clip: VideoHits, frame: VideoHits, n: int) -> Candidates:
         """Union of the two scales' videos, unknown terms filled with the cut-offs, best n by approximate score."""
-        videos = np.union1d(clip.videos, frame.videos)  # (U,)
-        clip_scores = np.full(videos.shape[0], clip.cutoff, dtype=np.float32)
-        frame_scores = np.full(videos.shape[0], frame.cutoff, dtype=np.float32)
-        clip_scores[np.searchsorted(videos, clip.videos)] = clip.scores
-        frame_scores[np.searchsorted(videos, frame.videos)] = frame.scores
-        approx = (self.clip_weight * clip_scores + self.frame_weight * frame_scores).astype(np.float32)  # (U,)
-        order = np.lexsort((videos, -approx))
-        if not self.is_exact:
-            bound = float("inf")  # approximate search certifies nothing
-        else:
-            # every live video has clip and frame tokens, so one exhausted search means no video went unseen
-            unseen = clip.exhausted or frame.exhausted
-            bound = float("-inf") if unseen else self.clip_weight * clip.cutoff + self.frame_weight * frame.cutoff
-            if order.shape[0] > n:
-                bound = max(bound, float(approx[order[n]]))
-        keep = order[:n]
-        return Candidates(videos[keep].astype(np.int64), approx[keep], bound)
+        return merge_hits(clip, frame, n, clip_weight=self.clip_weight, frame_weight=self.frame_weight,
+                          exact=self.is_exact)
 
     # ------------------------------------------------------------------------------------------------ save/load
 

@@ -26,7 +26,6 @@ import os
 import re
 import threading
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -34,16 +33,18 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from prvr.fileio import file_sha256, fsync_directory, write_text_atomic
-from prvr.index.faiss_store import (
-    FLAT_MAX_TOKENS,
-    MAX_VIDEO_ID,
-    TOKEN_BITS,
-    TOKEN_STRIDE,
-    decode_token_ids,
-    encode_token_ids,
-    nlist_for,
-)
+from prvr.index.faiss_store import FLAT_MAX_TOKENS, nlist_for
 from prvr.index.protocol import Candidates
+from prvr.index.token_ops import (
+    TOKEN_BITS,
+    VideoHits,
+    as_array,
+    check_queries,
+    empty_candidates,
+    flatten_batch,
+    merge_hits,
+    video_hits,
+)
 
 __all__ = [
     "MAX_TOPK",
@@ -158,31 +159,11 @@ def drop_collections(url: str, names: list[str]) -> list[str]:
 # ------------------------------------------------------------------------------------------------------ helpers
 
 
-def _as_array(x: Any, dtype: type) -> np.ndarray:
-    if hasattr(x, "detach"):
-        t = x.detach().cpu()
-        if dtype is np.float32:
-            t = t.float()
-        x = t.numpy()
-    return np.asarray(x, dtype=dtype)
-
-
 def _normalized(x: np.ndarray) -> np.ndarray:
     out = np.array(x, dtype=np.float32, order="C", copy=True)
     norms = np.linalg.norm(out, axis=-1, keepdims=True)
     np.divide(out, norms, out=out, where=norms > 0)
     return out
-
-
-@dataclass(frozen=True)
-class _VideoHits:
-    """One query's hits in one collection, deduplicated by video (as in faiss_store)."""
-
-    videos: np.ndarray
-    scores: np.ndarray
-    cutoff: float
-    exhausted: bool  # the exact search returned every token of the collection
-    truncated: bool  # the exact search wanted more than MAX_TOPK tokens and got only MAX_TOPK
 
 
 def _index_params(index_type: str, num_tokens: int, given: dict[str, Any] | None) -> dict[str, Any]:
@@ -441,45 +422,9 @@ class MilvusTokenIndex:
     def _flatten(
         self, video_ids: Any, clip: Any, frame: Any, frame_mask: Any
     ) -> tuple[np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]], np.ndarray, np.ndarray]:
-        """Validate an add() batch (the checks of FaissTokenIndex._flatten)."""
-        ids = _as_array(video_ids, np.int64).reshape(-1)
-        clip_array = _as_array(clip, np.float32)
-        frame_array = _as_array(frame, np.float32)
-        mask = _as_array(frame_mask, np.bool_)
-        num_videos = ids.shape[0]
-        if clip_array.ndim != 3 or frame_array.ndim != 3 or mask.ndim != 2:
-            raise ValueError("expected clip (V, C, D), frame (V, F, D) and frame_mask (V, F), got "
-                             f"{clip_array.shape}, {frame_array.shape} and {mask.shape}")
-        if clip_array.shape[0] != num_videos or frame_array.shape[0] != num_videos or mask.shape[0] != num_videos:
-            raise ValueError(f"video_ids has {num_videos} entries but clip / frame / frame_mask have "
-                             f"{clip_array.shape[0]} / {frame_array.shape[0]} / {mask.shape[0]} rows")
-        if clip_array.shape[2] != self.dim or frame_array.shape[2] != self.dim:
-            raise ValueError(f"token width must be dim = {self.dim}, got clip {clip_array.shape[2]} / frame "
-                             f"{frame_array.shape[2]}")
-        if mask.shape[1] != frame_array.shape[1]:
-            raise ValueError(f"frame_mask {mask.shape} does not match frame {frame_array.shape[:2]}")
-        num_clips, num_frames = clip_array.shape[1], frame_array.shape[1]
-        if num_clips < 1 or num_clips > TOKEN_STRIDE or num_frames > TOKEN_STRIDE:
-            raise ValueError(f"need 1 <= C <= {TOKEN_STRIDE} and F <= {TOKEN_STRIDE}, got C = {num_clips}, "
-                             f"F = {num_frames}")
-        if num_videos and not mask.any(axis=1).all():
-            raise ValueError(f"videos {ids[~mask.any(axis=1)][:10].tolist()} have no valid frame")
-        if num_videos and (ids.min() < 0 or ids.max() > MAX_VIDEO_ID):
-            raise ValueError(f"video ids must lie in [0, 2**55 - 1], got [{ids.min()}, {ids.max()}]")
-        if np.unique(ids).shape[0] != num_videos:
-            raise ValueError("video_ids contains duplicates; each video is added once")
-        present = ids[np.isin(ids, self._video_ids)]
-        if present.size:
-            raise ValueError(f"videos {present[:10].tolist()} are already indexed; remove() them first")
-        if not (np.isfinite(clip_array).all() and np.isfinite(frame_array[mask]).all()):
-            raise ValueError("tokens contain NaN or inf; fix the encoder output before indexing")
-        clip_ids = encode_token_ids(ids[:, None], np.arange(num_clips)[None, :]).reshape(-1)  # (V*C,)
-        clip_tokens = _normalized(clip_array.reshape(-1, self.dim))  # (V*C, D)
-        rows, positions = np.nonzero(mask)  # (T_f,), (T_f,)
-        frame_tokens = _normalized(frame_array[rows, positions])  # (T_f, D)
-        frame_ids = encode_token_ids(ids[rows], positions)  # (T_f,)
-        tokens = {"clip": (clip_tokens, clip_ids), "frame": (frame_tokens, frame_ids)}
-        return ids, tokens, np.full(num_videos, num_clips, dtype=np.int32), mask.sum(axis=1).astype(np.int32)
+        """Validate an add() batch (the checks of every back-end: ``index.token_ops.flatten_batch``)."""
+        return flatten_batch(video_ids, clip, frame, frame_mask, dim=self.dim, indexed=self._video_ids,
+                             normalize=_normalized)
 
     # --------------------------------------------------------------------------------------------------- writes
 
@@ -504,7 +449,7 @@ class MilvusTokenIndex:
 
     def remove(self, video_ids: Any) -> None:
         """Delete every token of the given videos from this index's collections (``video_id in [...]``)."""
-        ids = np.unique(_as_array(video_ids, np.int64).reshape(-1))
+        ids = np.unique(as_array(video_ids, np.int64).reshape(-1))
         if ids.size == 0:
             return
         known = np.isin(ids, self._video_ids)
@@ -561,7 +506,7 @@ class MilvusTokenIndex:
 
     # --------------------------------------------------------------------------------------------------- search
 
-    def _best_per_video(self, kind: str, query: np.ndarray, num_tokens: int) -> list[_VideoHits]:
+    def _best_per_video(self, kind: str, query: np.ndarray, num_tokens: int) -> list[VideoHits]:
         ntotal = self._part_ntotal(kind)
         k = min(num_tokens, ntotal, MAX_TOPK)
         exact = self.is_exact
@@ -569,60 +514,27 @@ class MilvusTokenIndex:
         truncated = exact and num_tokens > MAX_TOPK and ntotal > MAX_TOPK
         results = self.client.search(self.collections[kind], data=list(query), limit=k, output_fields=[],
                                      search_params={"metric_type": "IP", "params": self._search_params()})
-        out = []
-        for hits in results:
-            pks = np.fromiter((hit["id"] for hit in hits), dtype=np.int64, count=len(hits))
-            scores = np.fromiter((hit["distance"] for hit in hits), dtype=np.float32, count=len(hits))
-            videos, _ = decode_token_ids(pks)
-            unique, inverse = np.unique(videos, return_inverse=True)
-            best = np.full(unique.shape[0], -np.inf, dtype=np.float32)
-            np.maximum.at(best, inverse, scores)
-            cutoff = float(scores.min()) if scores.size else -1.0
-            out.append(_VideoHits(unique, best, cutoff, exhausted, truncated))
-        return out
+        return [video_hits(np.fromiter((hit["id"] for hit in hits), dtype=np.int64, count=len(hits)),
+                           np.fromiter((hit["distance"] for hit in hits), dtype=np.float32, count=len(hits)),
+                           exhausted=exhausted, truncated=truncated)
+                for hits in results]
 
     def search(self, query: Any, n_candidates: int) -> list[Candidates]:
         """Candidate videos for each of the (Nq, D) queries, best approximate score first (see FaissTokenIndex)."""
-        q = _as_array(query, np.float32)
-        if q.ndim != 2 or q.shape[1] != self.dim:
-            raise ValueError(f"query must be (Nq, D = {self.dim}), got {q.shape}; a single vector is query[None]")
-        if q.shape[0] == 0:
-            raise ValueError("empty query batch (Nq = 0); pass at least one query vector")
-        if isinstance(n_candidates, bool) or not isinstance(n_candidates, (int, np.integer)) or n_candidates < 1:
-            raise ValueError(f"n_candidates must be a positive int, got {n_candidates!r}")
-        if not np.isfinite(q).all():
-            raise ValueError("query contains NaN or inf")
+        q, n = check_queries(query, self.dim, n_candidates)
         q = _normalized(q)
-        n = int(n_candidates)
         if self.num_videos == 0:
-            empty = Candidates(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32), float("-inf"))
-            return [empty for _ in range(q.shape[0])]
+            return empty_candidates(q.shape[0])
         num_tokens = self.candidates_per_video * n
         clip_hits = self._best_per_video("clip", q, num_tokens)
         frame_hits = self._best_per_video("frame", q, num_tokens)
         return [self._merge(clip, frame, n) for clip, frame in zip(clip_hits, frame_hits)]
 
-    def _merge(self, clip: _VideoHits, frame: _VideoHits, n: int) -> Candidates:
-        """FaissTokenIndex._merge, plus: when an exact search hit Milvus's topk cap, every live video joins with the
-        cut-offs as its unknown terms (upper bounds), so widening still terminates with a certified top-k."""
-        videos = np.union1d(clip.videos, frame.videos)  # (U,)
-        if clip.truncated or frame.truncated:
-            videos = np.union1d(videos, self._video_ids)
-        clip_scores = np.full(videos.shape[0], clip.cutoff, dtype=np.float32)
-        frame_scores = np.full(videos.shape[0], frame.cutoff, dtype=np.float32)
-        clip_scores[np.searchsorted(videos, clip.videos)] = clip.scores
-        frame_scores[np.searchsorted(videos, frame.videos)] = frame.scores
-        approx = (self.clip_weight * clip_scores + self.frame_weight * frame_scores).astype(np.float32)  # (U,)
-        order = np.lexsort((videos, -approx))
-        if not self.is_exact:
-            bound = float("inf")  # approximate search certifies nothing
-        else:
-            unseen = clip.exhausted or frame.exhausted or clip.truncated or frame.truncated
-            bound = float("-inf") if unseen else self.clip_weight * clip.cutoff + self.frame_weight * frame.cutoff
-            if order.shape[0] > n:
-                bound = max(bound, float(approx[order[n]]))
-        keep = order[:n]
-        return Candidates(videos[keep].astype(np.int64), approx[keep], bound)
+    def _merge(self, clip: VideoHits, frame: VideoHits, n: int) -> Candidates:
+        """``index.token_ops.merge_hits``; when an exact search hit Milvus's topk cap, every live video joins with
+        the cut-offs as its unknown terms (upper bounds), so widening still terminates with a certified top-k."""
+        return merge_hits(clip, frame, n, clip_weight=self.clip_weight, frame_weight=self.frame_weight,
+                          exact=self.is_exact, live_videos=self._video_ids)
 
     # ------------------------------------------------------------------------------------------------ save/load
 
