@@ -45,6 +45,8 @@ from prvr.checkpoint import load_model
 from prvr.data.dataset import iter_video_batches
 from prvr.fileio import atomic_path, exclusive_lock, file_sha256, fsync_directory
 from prvr.model import DreamPRVR
+from prvr.moments.zero_shot import localizer_from_record as zero_shot_localizer_from_record
+from prvr.moments.zero_shot import localizer_record as zero_shot_localizer_record
 from prvr.types import VideoCorpus, VideoTokens
 from prvr.index.catalog import Database, GenerationStatus, VideoRecord, open_database
 from prvr.index.layout import (
@@ -165,6 +167,7 @@ def build_index(
     n_candidates: int | None = None,
     candidates_per_video: int = 4,
     moment_checkpoint: str | Path | None = None,
+    moment_localizer: dict[str, Any] | None = None,
     token_dtype: str = "bfloat16",
     database_url: str | None = None,
     backend: str | None = None,
@@ -188,6 +191,9 @@ def build_index(
         candidates_per_video: FAISS tokens fetched per candidate video (K' = this x n_candidates).
         moment_checkpoint: a moment-localiser checkpoint (``prvr.moments.localizer.load_localizer`` reads it),
             copied into the index under its sha256 and recorded in the manifest; default: the previous generation's.
+        moment_localizer: a training-free localiser record (``prvr.moments.zero_shot.localizer_record``) for the
+            manifest; default: the previous generation's, else the zero-shot localiser for a zero-shot model
+            (``model.kind == "zero_shot"``: its frame tokens and queries share one space) without a moment checkpoint.
         token_dtype: encoding of the re-rank token store of a first build: ``"bfloat16"`` (half the bytes),
             ``"float32"`` (scores equal the model's up to float32 rounding, so rankings match ``prvr eval`` exactly),
             or a compressed one of ``index.token_codec`` (``"pqM"``: M bytes per token, its codebook trained on the
@@ -251,7 +257,8 @@ def build_index(
                 db, model, config, stored, sha, corpus, out_dir,
                 collection_name=collection_name, factory=factory, batch_size=batch_size,
                 text_backbone=text_backbone, n_candidates=n_candidates,
-                candidates_per_video=candidates_per_video, moment_checkpoint=moments, token_dtype=token_dtype,
+                candidates_per_video=candidates_per_video, moment_checkpoint=moments,
+                moment_localizer=moment_localizer, token_dtype=token_dtype,
                 backend=backend, engine=engine, progress=progress,
             )
         except BaseException:
@@ -301,6 +308,7 @@ def _build_locked(
     n_candidates: int | None,
     candidates_per_video: int,
     moment_checkpoint: dict[str, Any] | None,
+    moment_localizer: dict[str, Any] | None,
     token_dtype: str,
     backend: str | None,
     engine: dict[str, Any] | None,
@@ -323,6 +331,8 @@ def _build_locked(
             text_backbone = previous_manifest.text_backbone
         if moment_checkpoint is None:
             moment_checkpoint = previous_manifest.moment_checkpoint
+        if moment_localizer is None:
+            moment_localizer = previous_manifest.moment_localizer
         if n_candidates is None:
             # keep calibrated settings; the corpus grew, so `prvr index calibrate` again is advised
             search_defaults = dict(previous_manifest.search_defaults)
@@ -330,6 +340,10 @@ def _build_locked(
         if backend is not None and backend != previous_manifest.backend:
             raise ValueError(f"{out_dir} uses the {previous_manifest.backend} back-end, not {backend}; an index "
                              "cannot change back-ends: build into a new directory")
+    elif moment_localizer is None and moment_checkpoint is None and config.model.kind == "zero_shot":
+        moment_localizer = zero_shot_localizer_record()
+    if moment_localizer is not None:
+        zero_shot_localizer_from_record(moment_localizer)  # refuse an unknown record before any work
     _abandon_stale_builds(db, out_dir)
 
     video_ids = corpus.video_ids
@@ -424,6 +438,7 @@ def _build_locked(
         search_defaults={**search_defaults, "candidates_per_video": index.candidates_per_video},
         generation=generation.directory,
         moment_checkpoint=moment_checkpoint,
+        moment_localizer=dict(moment_localizer) if moment_localizer is not None else None,
         calibration=calibration,
         token_store=store.codec_record(),
     )

@@ -151,7 +151,8 @@ class Retriever:
             text_encoder: the query text encoder; default a ``TokenFeatureEncoder`` of the manifest's text backbone
                 path when it has one, else None (then only :meth:`search_features` works).
             localizer: a moment localiser; default the one of the manifest's moment checkpoint (loaded on first use
-                through ``prvr.moments.localizer.load_localizer``), else none (results carry no moments).
+                through ``prvr.moments.localizer.load_localizer``), else its training-free ``moment_localizer``
+                (``prvr.moments.zero_shot``, what a zero-shot index records), else none (results carry no moments).
             device: torch device of the query encoder.
 
         The manifest's ``search_defaults`` (``n_candidates`` and, after ``prvr index calibrate``, ``nprobe`` /
@@ -190,6 +191,10 @@ class Retriever:
             moment_checkpoint = None
             if localizer is None and manifest.moment_checkpoint is not None:
                 moment_checkpoint = _checked_moment_checkpoint(index_dir, gen_dir, manifest)
+            elif localizer is None and manifest.moment_localizer is not None:
+                from prvr.moments.zero_shot import localizer_from_record
+
+                localizer = localizer_from_record(manifest.moment_localizer)  # training-free: nothing to load
             if text_encoder is None and manifest.text_backbone is not None and manifest.text_backbone.get("path"):
                 from prvr.text_encoders import load_query_encoder
 
