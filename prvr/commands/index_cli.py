@@ -80,6 +80,8 @@ def info_command(index_dir: str, as_json: bool) -> None:
                f"{source.get('collection')}/{source.get('split')}")
     moments = manifest.moment_checkpoint
     click.echo(f"moment checkpoint: {moments['path'] + ' (' + moments['sha256'][:12] + '...)' if moments else 'none'}")
+    if manifest.moment_localizer is not None:
+        click.echo(f"moment localiser: {json.dumps(manifest.moment_localizer, sort_keys=True)}")
     if manifest.calibration:
         for line in calibration_summary(manifest.calibration):
             click.echo(f"calibrated: {line}")
