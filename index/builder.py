@@ -26,8 +26,10 @@ from typing import Any
 
 import faiss
 import numpy as np
+import torch
 from tqdm import tqdm
 
+from prvr.index.bank import load_bank, write_bank
 from prvr.index.backend import (
     BACKENDS,
     drop_engine_collections,
@@ -48,6 +50,7 @@ from prvr.model import DreamPRVR
 from prvr.moments.zero_shot import localizer_from_record as zero_shot_localizer_from_record
 from prvr.moments.zero_shot import localizer_record as zero_shot_localizer_record
 from prvr.types import VideoCorpus, VideoTokens
+from prvr.zero_shot import bank_term
 from prvr.index.catalog import Database, GenerationStatus, VideoRecord, open_database
 from prvr.index.layout import (
     DATABASE_URL_FILE,
@@ -168,6 +171,10 @@ def build_index(
     candidates_per_video: int = 4,
     moment_checkpoint: str | Path | None = None,
     moment_localizer: dict[str, Any] | None = None,
+    query_bank: Any | None = None,
+    bank_k: int = 200,
+    bank_alpha: float = 0.5,
+    bank_source: str = "given",
     token_dtype: str = "bfloat16",
     database_url: str | None = None,
     backend: str | None = None,
@@ -194,6 +201,12 @@ def build_index(
         moment_localizer: a training-free localiser record (``prvr.moments.zero_shot.localizer_record``) for the
             manifest; default: the previous generation's, else the zero-shot localiser for a zero-shot model
             (``model.kind == "zero_shot"``: its frame tokens and queries share one space) without a moment checkpoint.
+        query_bank: (Nb, D) encoded bank queries (the model's ``encode_queries``) of a FIRST build: each video's
+            term ``mean top-k s(bank, v)`` (``prvr.zero_shot.bank_term``, k = ``bank_k``) is stored with the bank in
+            the generation (``index.bank``) and search scores ``s(q, v) - bank_alpha * t(v)``. Later builds of an
+            index with a bank give their new videos the term of the stored bank (another bank is refused).
+        bank_k / bank_alpha: the term's k and weight a.
+        bank_source: what the bank was (a split, a file), recorded in the manifest.
         token_dtype: encoding of the re-rank token store of a first build: ``"bfloat16"`` (half the bytes),
             ``"float32"`` (scores equal the model's up to float32 rounding, so rankings match ``prvr eval`` exactly),
             or a compressed one of ``index.token_codec`` (``"pqM"``: M bytes per token, its codebook trained on the
@@ -259,6 +272,7 @@ def build_index(
                 text_backbone=text_backbone, n_candidates=n_candidates,
                 candidates_per_video=candidates_per_video, moment_checkpoint=moments,
                 moment_localizer=moment_localizer, token_dtype=token_dtype,
+                bank=_bank_request(query_bank, bank_k, bank_alpha, bank_source),
                 backend=backend, engine=engine, progress=progress,
             )
         except BaseException:
@@ -267,6 +281,20 @@ def build_index(
             raise
         finally:
             db.close()
+
+
+def _bank_request(query_bank: Any | None, k: int, alpha: float, source: str) -> dict[str, Any] | None:
+    """The bank state of a first build: its vectors (numpy and torch), k, alpha, source and the terms so far."""
+    if query_bank is None:
+        return None
+    vectors = np.ascontiguousarray(np.asarray(query_bank, dtype=np.float32))
+    if vectors.ndim != 2 or vectors.shape[0] == 0:
+        raise ValueError(f"the query bank must be (Nb >= 1, D) encoded queries, got shape {vectors.shape}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"bank_k must be a positive int, got {k!r}")
+    if not math.isfinite(alpha):
+        raise ValueError(f"bank_alpha must be finite, got {alpha!r}")
+    return {"vectors": vectors, "k": k, "alpha": float(alpha), "source": source, "ids": [], "terms": []}
 
 
 def _store_checkpoint(checkpoint: Path, out_dir: Path) -> tuple[Path, str]:
@@ -310,6 +338,7 @@ def _build_locked(
     moment_checkpoint: dict[str, Any] | None,
     moment_localizer: dict[str, Any] | None,
     token_dtype: str,
+    bank: dict[str, Any] | None,
     backend: str | None,
     engine: dict[str, Any] | None,
     progress: bool,
@@ -333,6 +362,15 @@ def _build_locked(
             moment_checkpoint = previous_manifest.moment_checkpoint
         if moment_localizer is None:
             moment_localizer = previous_manifest.moment_localizer
+        if bank is not None:
+            raise ValueError(f"{out_dir} already holds videos: a query bank is given on the first build of an index "
+                             "(later builds reuse its bank); build into a new directory with --query-bank")
+        if previous_manifest.query_bank is not None:
+            old_ids, old_terms, bank_vectors = load_bank(previous.directory, previous_manifest.query_bank)
+            bank = {"vectors": bank_vectors, "k": previous_manifest.query_bank["k"],
+                    "alpha": previous_manifest.query_bank["alpha"],
+                    "source": previous_manifest.query_bank.get("source", "given"), "ids": [old_ids],
+                    "terms": [old_terms]}
         if n_candidates is None:
             # keep calibrated settings; the corpus grew, so `prvr index calibrate` again is advised
             search_defaults = dict(previous_manifest.search_defaults)
@@ -344,6 +382,11 @@ def _build_locked(
         moment_localizer = zero_shot_localizer_record()
     if moment_localizer is not None:
         zero_shot_localizer_from_record(moment_localizer)  # refuse an unknown record before any work
+    if bank is not None:
+        if bank["vectors"].shape[1] != config.model.hidden_size:
+            raise ValueError(f"the query bank is {bank['vectors'].shape[1]}-d but the model's query vectors are "
+                             f"{config.model.hidden_size}-d; encode the bank with this index's model")
+        bank["tensor"] = torch.from_numpy(bank["vectors"])
     _abandon_stale_builds(db, out_dir)
 
     video_ids = corpus.video_ids
@@ -412,8 +455,12 @@ def _build_locked(
     batches = iter_video_batches(corpus, batch_size, new_ids) if new_ids else iter(())
     for batch in tqdm(batches, total=math.ceil(len(new_ids) / batch_size), desc="index videos",
                       disable=not progress, unit="batch"):
-        clip, frame, mask = _as_numpy(model.encode_videos(batch))
+        tokens = model.encode_videos(batch)
+        clip, frame, mask = _as_numpy(tokens)
         ids = np.array([id_of[vid] for vid in batch.video_ids], dtype=np.int64)  # (B,)
+        if bank is not None:
+            bank["ids"].append(ids)
+            bank["terms"].append(bank_term(model, bank["tensor"], tokens, k=bank["k"]).cpu().numpy())  # (B,)
         index.add(ids, clip, frame, mask)
         store.append(ids, clip, frame, mask)
         clip_tokens += clip.shape[0] * clip.shape[1]
@@ -427,6 +474,10 @@ def _build_locked(
         "text_feature": corpus.config.text_feature,
     }
     counts = {"new_videos": len(new_ids), "new_clip_tokens": clip_tokens, "new_frame_tokens": frame_tokens}
+    bank_record = None
+    if bank is not None:
+        bank_record = write_bank(gen_dir, np.concatenate(bank["ids"]), np.concatenate(bank["terms"]),
+                                 bank["vectors"], k=bank["k"], alpha=bank["alpha"], source=bank["source"])
     manifest = IndexManifest(
         experiment_config=config.to_json(),
         checkpoint_path=str(checkpoint),
@@ -439,6 +490,7 @@ def _build_locked(
         generation=generation.directory,
         moment_checkpoint=moment_checkpoint,
         moment_localizer=dict(moment_localizer) if moment_localizer is not None else None,
+        query_bank=bank_record,
         calibration=calibration,
         token_store=store.codec_record(),
     )
@@ -539,6 +591,9 @@ def remove_videos(index_dir: str | Path, external_ids: Sequence[str], *, compact
         gen_dir.mkdir(parents=True)
         shutil.copytree(active.directory / TOKENS_DIR, gen_dir / TOKENS_DIR)
         store = TokenStore(gen_dir / TOKENS_DIR)
+        if active.manifest.query_bank is not None:  # the removed videos' terms stay: a lower minimum is still a bound
+            shutil.copyfile(active.directory / active.manifest.query_bank["file"],
+                            gen_dir / active.manifest.query_bank["file"])
         store.remove(np.asarray(ids, dtype=np.int64))
         if compact:
             store.compact()

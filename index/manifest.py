@@ -45,6 +45,8 @@ class IndexManifest:
         moment_localizer: a training-free localiser's record, e.g. ``{"kind": "zero_shot", "smooth": 1}``
             (``prvr.moments.zero_shot``; what ``build-index --zero-shot`` records by default), or None; a moment
             checkpoint takes precedence.
+        query_bank: the stored query-bank term (``index.bank``): ``{"file", "sha256", "k", "alpha", "source",
+            "videos", "bank_queries"}``; search scores ``s(q, v) - alpha * t(v)``. None: plain scores.
         calibration: what ``prvr index calibrate`` measured and chose (``{"target", "k", "chosen", "grid", ...}``),
             or None; the chosen search parameters are also written into ``search_defaults``.
         token_store: ``TokenStore.codec_record()`` of the re-rank store: ``{"dtype", "bytes_per_token",
@@ -67,6 +69,7 @@ class IndexManifest:
     generation: str
     moment_checkpoint: dict[str, Any] | None = None
     moment_localizer: dict[str, Any] | None = None
+    query_bank: dict[str, Any] | None = None
     calibration: dict[str, Any] | None = None
     token_store: dict[str, Any] | None = None
     backend: str = "faiss"
@@ -83,6 +86,8 @@ class IndexManifest:
             raise ValueError(f"moment_checkpoint must hold 'path' and 'sha256', got {self.moment_checkpoint!r}")
         if self.moment_localizer is not None and "kind" not in self.moment_localizer:
             raise ValueError(f"moment_localizer must hold a 'kind', got {self.moment_localizer!r}")
+        if self.query_bank is not None and not {"file", "sha256", "k", "alpha"} <= set(self.query_bank):
+            raise ValueError(f"query_bank must hold 'file', 'sha256', 'k' and 'alpha', got {self.query_bank!r}")
 
     def to_json(self) -> str:
         """The manifest as indented, key-sorted JSON text."""

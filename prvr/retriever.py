@@ -128,6 +128,8 @@ class Retriever:
         self._localizer_lock = threading.Lock()
         self._search_lock = threading.Lock() if faiss_index.use_gpu is True else None  # GPU indexes: one caller
         self._warned_durations: set[str] = set()
+        # the query-bank offsets alpha * t(v) of the index (index.bank), subtracted from every exact score
+        self.video_term: Any | None = None
         if text_encoder is not None:
             self._check_text_encoder(text_encoder)
 
@@ -202,6 +204,10 @@ class Retriever:
                                                   batch_size=QUERY_ENCODER_BATCH)
             retriever = cls(db, generation.id, manifest, model, config, faiss_index, store, text_encoder,
                             localizer=localizer, moment_checkpoint=moment_checkpoint)
+            if manifest.query_bank is not None:
+                from prvr.index.bank import video_term
+
+                retriever.video_term = video_term(gen_dir, manifest.query_bank)
         except BaseException:
             active.close()
             raise
@@ -408,7 +414,7 @@ class Retriever:
         try:
             return search_topk(self.faiss_index, self.store, vectors, int(k), int(n_candidates),
                                clip_weight=self.config.model.clip_weight,
-                               frame_weight=self.config.model.frame_weight)
+                               frame_weight=self.config.model.frame_weight, video_term=self.video_term)
         finally:
             if lock is not None:
                 lock.release()
