@@ -133,3 +133,35 @@ def test_manifests_without_a_query_bank_load_unchanged(tiny_index) -> None:
         assert retriever.video_term is None
     with pytest.raises(ValueError, match="query_bank"):
         dataclasses.replace(manifest, query_bank={"file": "x"})
+
+
+def test_build_index_query_bank_options(synthetic_corpus, tiny_checkpoint, query_bert, tmp_path) -> None:
+    from click.testing import CliRunner
+
+    import helpers
+    from prvr.cli import main
+    from prvr.index.layout import open_active
+
+    runner = CliRunner()
+    base = ["build-index", "--checkpoint", str(tiny_checkpoint), "--data", str(synthetic_corpus.root),
+            "--collection", "synth", "--split", "val", "--no-progress"]
+    result = runner.invoke(main, [*base, "--out", str(tmp_path / "split"), "--query-bank", "test", "--bank-k", "3",
+                                  "--bank-alpha", "0.7"])
+    assert result.exit_code == 0, result.output
+    with open_active(tmp_path / "split") as active:
+        record = active.manifest.query_bank
+    test = PRVRCorpus(synthetic_corpus.root, "synth", "test", synthetic_corpus.config.data)
+    assert (record["k"], record["alpha"], record["source"]) == (3, 0.7, "split test")
+    assert record["videos"] == 12 and record["bank_queries"] == len(test.queries)
+
+    sentences = tmp_path / "bank.txt"
+    sentences.write_text("\n".join(["the dog kicks the ball", "a man runs", "", "a cat jumps over the fence"]) + "\n")
+    result = runner.invoke(main, [*base, "--out", str(tmp_path / "file"), "--query-bank", str(sentences),
+                                  "--text-backbone", str(query_bert)])
+    assert result.exit_code == 0, result.output
+    with open_active(tmp_path / "file") as active:
+        record = active.manifest.query_bank
+    assert record["bank_queries"] == 3 and record["source"] == f"file {sentences.resolve()}"
+    assert helpers.WORDS  # the sentences use the query BERT's vocabulary
+    result = runner.invoke(main, [*base, "--out", str(tmp_path / "none"), "--query-bank", str(sentences)])
+    assert result.exit_code == 1 and "--text-backbone" in result.output, result.output
