@@ -20,7 +20,7 @@ import logging
 import math
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -283,8 +283,32 @@ def build_index(
             db.close()
 
 
-def _bank_request(query_bank: Any | None, k: int, alpha: float, source: str) -> dict[str, Any] | None:
-    """The bank state of a first build: its vectors (numpy and torch), k, alpha, source and the terms so far."""
+@dataclass
+class _BankBuild:
+    """A query bank applied during one build: the encoded bank, its settings and the per-video terms so far."""
+
+    vectors: np.ndarray  # (Nb, D) encoded bank queries
+    k: int
+    alpha: float
+    source: str
+    ids: list[np.ndarray] = field(default_factory=list)  # batches of (B,) internal video ids
+    terms: list[np.ndarray] = field(default_factory=list)  # batches of (B,) t(v)
+
+    def add(self, model: Any, ids: np.ndarray, tokens: VideoTokens) -> None:
+        """The term of one encoded batch of videos."""
+        bank = torch.from_numpy(self.vectors).to(tokens.clip.device)  # (Nb, D)
+        self.ids.append(ids)
+        self.terms.append(bank_term(model, bank, tokens, k=self.k).cpu().numpy())  # (B,)
+
+    def write(self, gen_dir: Path) -> dict[str, Any]:
+        """``bank_term.npz`` of every video so far; the manifest's ``query_bank`` record."""
+        ids = np.concatenate(self.ids) if self.ids else np.zeros(0, dtype=np.int64)
+        terms = np.concatenate(self.terms) if self.terms else np.zeros(0, dtype=np.float32)
+        return write_bank(gen_dir, ids, terms, self.vectors, k=self.k, alpha=self.alpha, source=self.source)
+
+
+def _bank_request(query_bank: Any | None, k: int, alpha: float, source: str) -> _BankBuild | None:
+    """The bank of a first build, checked."""
     if query_bank is None:
         return None
     vectors = np.ascontiguousarray(np.asarray(query_bank, dtype=np.float32))
@@ -294,7 +318,7 @@ def _bank_request(query_bank: Any | None, k: int, alpha: float, source: str) -> 
         raise ValueError(f"bank_k must be a positive int, got {k!r}")
     if not math.isfinite(alpha):
         raise ValueError(f"bank_alpha must be finite, got {alpha!r}")
-    return {"vectors": vectors, "k": k, "alpha": float(alpha), "source": source, "ids": [], "terms": []}
+    return _BankBuild(vectors, k, float(alpha), source)
 
 
 def _store_checkpoint(checkpoint: Path, out_dir: Path) -> tuple[Path, str]:
@@ -338,7 +362,7 @@ def _build_locked(
     moment_checkpoint: dict[str, Any] | None,
     moment_localizer: dict[str, Any] | None,
     token_dtype: str,
-    bank: dict[str, Any] | None,
+    bank: _BankBuild | None,
     backend: str | None,
     engine: dict[str, Any] | None,
     progress: bool,
@@ -366,11 +390,10 @@ def _build_locked(
             raise ValueError(f"{out_dir} already holds videos: a query bank is given on the first build of an index "
                              "(later builds reuse its bank); build into a new directory with --query-bank")
         if previous_manifest.query_bank is not None:
-            old_ids, old_terms, bank_vectors = load_bank(previous.directory, previous_manifest.query_bank)
-            bank = {"vectors": bank_vectors, "k": previous_manifest.query_bank["k"],
-                    "alpha": previous_manifest.query_bank["alpha"],
-                    "source": previous_manifest.query_bank.get("source", "given"), "ids": [old_ids],
-                    "terms": [old_terms]}
+            record = previous_manifest.query_bank
+            old_ids, old_terms, bank_vectors = load_bank(previous.directory, record)
+            bank = _BankBuild(bank_vectors, int(record["k"]), float(record["alpha"]), record.get("source", "given"),
+                              [old_ids], [old_terms])
         if n_candidates is None:
             # keep calibrated settings; the corpus grew, so `prvr index calibrate` again is advised
             search_defaults = dict(previous_manifest.search_defaults)
@@ -382,11 +405,9 @@ def _build_locked(
         moment_localizer = zero_shot_localizer_record()
     if moment_localizer is not None:
         zero_shot_localizer_from_record(moment_localizer)  # refuse an unknown record before any work
-    if bank is not None:
-        if bank["vectors"].shape[1] != config.model.hidden_size:
-            raise ValueError(f"the query bank is {bank['vectors'].shape[1]}-d but the model's query vectors are "
-                             f"{config.model.hidden_size}-d; encode the bank with this index's model")
-        bank["tensor"] = torch.from_numpy(bank["vectors"])
+    if bank is not None and bank.vectors.shape[1] != config.model.hidden_size:
+        raise ValueError(f"the query bank is {bank.vectors.shape[1]}-d but the model's query vectors are "
+                         f"{config.model.hidden_size}-d; encode the bank with this index's model")
     _abandon_stale_builds(db, out_dir)
 
     video_ids = corpus.video_ids
@@ -459,8 +480,7 @@ def _build_locked(
         clip, frame, mask = _as_numpy(tokens)
         ids = np.array([id_of[vid] for vid in batch.video_ids], dtype=np.int64)  # (B,)
         if bank is not None:
-            bank["ids"].append(ids)
-            bank["terms"].append(bank_term(model, bank["tensor"], tokens, k=bank["k"]).cpu().numpy())  # (B,)
+            bank.add(model, ids, tokens)
         index.add(ids, clip, frame, mask)
         store.append(ids, clip, frame, mask)
         clip_tokens += clip.shape[0] * clip.shape[1]
@@ -474,10 +494,7 @@ def _build_locked(
         "text_feature": corpus.config.text_feature,
     }
     counts = {"new_videos": len(new_ids), "new_clip_tokens": clip_tokens, "new_frame_tokens": frame_tokens}
-    bank_record = None
-    if bank is not None:
-        bank_record = write_bank(gen_dir, np.concatenate(bank["ids"]), np.concatenate(bank["terms"]),
-                                 bank["vectors"], k=bank["k"], alpha=bank["alpha"], source=bank["source"])
+    bank_record = bank.write(gen_dir) if bank is not None else None
     manifest = IndexManifest(
         experiment_config=config.to_json(),
         checkpoint_path=str(checkpoint),
