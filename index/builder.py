@@ -20,14 +20,16 @@ import logging
 import math
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
+import torch
 from tqdm import tqdm
 
+from prvr.index.bank import load_bank, write_bank
 from prvr.index.backend import (
     BACKENDS,
     drop_engine_collections,
@@ -45,7 +47,10 @@ from prvr.checkpoint import load_model
 from prvr.data.dataset import iter_video_batches
 from prvr.fileio import atomic_path, exclusive_lock, file_sha256, fsync_directory
 from prvr.model import DreamPRVR
+from prvr.moments.zero_shot import localizer_from_record as zero_shot_localizer_from_record
+from prvr.moments.zero_shot import localizer_record as zero_shot_localizer_record
 from prvr.types import VideoCorpus, VideoTokens
+from prvr.zero_shot import bank_term
 from prvr.index.catalog import Database, GenerationStatus, VideoRecord, open_database
 from prvr.index.layout import (
     DATABASE_URL_FILE,
@@ -165,6 +170,11 @@ def build_index(
     n_candidates: int | None = None,
     candidates_per_video: int = 4,
     moment_checkpoint: str | Path | None = None,
+    moment_localizer: dict[str, Any] | None = None,
+    query_bank: Any | None = None,
+    bank_k: int = 200,
+    bank_alpha: float = 0.5,
+    bank_source: str = "given",
     token_dtype: str = "bfloat16",
     database_url: str | None = None,
     backend: str | None = None,
@@ -188,6 +198,15 @@ def build_index(
         candidates_per_video: FAISS tokens fetched per candidate video (K' = this x n_candidates).
         moment_checkpoint: a moment-localiser checkpoint (``prvr.moments.localizer.load_localizer`` reads it),
             copied into the index under its sha256 and recorded in the manifest; default: the previous generation's.
+        moment_localizer: a training-free localiser record (``prvr.moments.zero_shot.localizer_record``) for the
+            manifest; default: the previous generation's, else the zero-shot localiser for a zero-shot model
+            (``model.kind == "zero_shot"``: its frame tokens and queries share one space) without a moment checkpoint.
+        query_bank: (Nb, D) encoded bank queries (the model's ``encode_queries``) of a FIRST build: each video's
+            term ``mean top-k s(bank, v)`` (``prvr.zero_shot.bank_term``, k = ``bank_k``) is stored with the bank in
+            the generation (``index.bank``) and search scores ``s(q, v) - bank_alpha * t(v)``. Later builds of an
+            index with a bank give their new videos the term of the stored bank (another bank is refused).
+        bank_k / bank_alpha: the term's k and weight a.
+        bank_source: what the bank was (a split, a file), recorded in the manifest.
         token_dtype: encoding of the re-rank token store of a first build: ``"bfloat16"`` (half the bytes),
             ``"float32"`` (scores equal the model's up to float32 rounding, so rankings match ``prvr eval`` exactly),
             or a compressed one of ``index.token_codec`` (``"pqM"``: M bytes per token, its codebook trained on the
@@ -251,7 +270,9 @@ def build_index(
                 db, model, config, stored, sha, corpus, out_dir,
                 collection_name=collection_name, factory=factory, batch_size=batch_size,
                 text_backbone=text_backbone, n_candidates=n_candidates,
-                candidates_per_video=candidates_per_video, moment_checkpoint=moments, token_dtype=token_dtype,
+                candidates_per_video=candidates_per_video, moment_checkpoint=moments,
+                moment_localizer=moment_localizer, token_dtype=token_dtype,
+                bank=_bank_request(query_bank, bank_k, bank_alpha, bank_source),
                 backend=backend, engine=engine, progress=progress,
             )
         except BaseException:
@@ -260,6 +281,44 @@ def build_index(
             raise
         finally:
             db.close()
+
+
+@dataclass
+class _BankBuild:
+    """A query bank applied during one build: the encoded bank, its settings and the per-video terms so far."""
+
+    vectors: np.ndarray  # (Nb, D) encoded bank queries
+    k: int
+    alpha: float
+    source: str
+    ids: list[np.ndarray] = field(default_factory=list)  # batches of (B,) internal video ids
+    terms: list[np.ndarray] = field(default_factory=list)  # batches of (B,) t(v)
+
+    def add(self, model: Any, ids: np.ndarray, tokens: VideoTokens) -> None:
+        """The term of one encoded batch of videos."""
+        bank = torch.from_numpy(self.vectors).to(tokens.clip.device)  # (Nb, D)
+        self.ids.append(ids)
+        self.terms.append(bank_term(model, bank, tokens, k=self.k).cpu().numpy())  # (B,)
+
+    def write(self, gen_dir: Path) -> dict[str, Any]:
+        """``bank_term.npz`` of every video so far; the manifest's ``query_bank`` record."""
+        ids = np.concatenate(self.ids) if self.ids else np.zeros(0, dtype=np.int64)
+        terms = np.concatenate(self.terms) if self.terms else np.zeros(0, dtype=np.float32)
+        return write_bank(gen_dir, ids, terms, self.vectors, k=self.k, alpha=self.alpha, source=self.source)
+
+
+def _bank_request(query_bank: Any | None, k: int, alpha: float, source: str) -> _BankBuild | None:
+    """The bank of a first build, checked."""
+    if query_bank is None:
+        return None
+    vectors = np.ascontiguousarray(np.asarray(query_bank, dtype=np.float32))
+    if vectors.ndim != 2 or vectors.shape[0] == 0:
+        raise ValueError(f"the query bank must be (Nb >= 1, D) encoded queries, got shape {vectors.shape}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"bank_k must be a positive int, got {k!r}")
+    if not math.isfinite(alpha):
+        raise ValueError(f"bank_alpha must be finite, got {alpha!r}")
+    return _BankBuild(vectors, k, float(alpha), source)
 
 
 def _store_checkpoint(checkpoint: Path, out_dir: Path) -> tuple[Path, str]:
@@ -301,7 +360,9 @@ def _build_locked(
     n_candidates: int | None,
     candidates_per_video: int,
     moment_checkpoint: dict[str, Any] | None,
+    moment_localizer: dict[str, Any] | None,
     token_dtype: str,
+    bank: _BankBuild | None,
     backend: str | None,
     engine: dict[str, Any] | None,
     progress: bool,
@@ -323,6 +384,16 @@ def _build_locked(
             text_backbone = previous_manifest.text_backbone
         if moment_checkpoint is None:
             moment_checkpoint = previous_manifest.moment_checkpoint
+        if moment_localizer is None:
+            moment_localizer = previous_manifest.moment_localizer
+        if bank is not None:
+            raise ValueError(f"{out_dir} already holds videos: a query bank is given on the first build of an index "
+                             "(later builds reuse its bank); build into a new directory with --query-bank")
+        if previous_manifest.query_bank is not None:
+            record = previous_manifest.query_bank
+            old_ids, old_terms, bank_vectors = load_bank(previous.directory, record)
+            bank = _BankBuild(bank_vectors, int(record["k"]), float(record["alpha"]), record.get("source", "given"),
+                              [old_ids], [old_terms])
         if n_candidates is None:
             # keep calibrated settings; the corpus grew, so `prvr index calibrate` again is advised
             search_defaults = dict(previous_manifest.search_defaults)
@@ -330,6 +401,13 @@ def _build_locked(
         if backend is not None and backend != previous_manifest.backend:
             raise ValueError(f"{out_dir} uses the {previous_manifest.backend} back-end, not {backend}; an index "
                              "cannot change back-ends: build into a new directory")
+    elif moment_localizer is None and moment_checkpoint is None and config.model.kind == "zero_shot":
+        moment_localizer = zero_shot_localizer_record()
+    if moment_localizer is not None:
+        zero_shot_localizer_from_record(moment_localizer)  # refuse an unknown record before any work
+    if bank is not None and bank.vectors.shape[1] != config.model.hidden_size:
+        raise ValueError(f"the query bank is {bank.vectors.shape[1]}-d but the model's query vectors are "
+                         f"{config.model.hidden_size}-d; encode the bank with this index's model")
     _abandon_stale_builds(db, out_dir)
 
     video_ids = corpus.video_ids
@@ -398,8 +476,11 @@ def _build_locked(
     batches = iter_video_batches(corpus, batch_size, new_ids) if new_ids else iter(())
     for batch in tqdm(batches, total=math.ceil(len(new_ids) / batch_size), desc="index videos",
                       disable=not progress, unit="batch"):
-        clip, frame, mask = _as_numpy(model.encode_videos(batch))
+        tokens = model.encode_videos(batch)
+        clip, frame, mask = _as_numpy(tokens)
         ids = np.array([id_of[vid] for vid in batch.video_ids], dtype=np.int64)  # (B,)
+        if bank is not None:
+            bank.add(model, ids, tokens)
         index.add(ids, clip, frame, mask)
         store.append(ids, clip, frame, mask)
         clip_tokens += clip.shape[0] * clip.shape[1]
@@ -413,6 +494,7 @@ def _build_locked(
         "text_feature": corpus.config.text_feature,
     }
     counts = {"new_videos": len(new_ids), "new_clip_tokens": clip_tokens, "new_frame_tokens": frame_tokens}
+    bank_record = bank.write(gen_dir) if bank is not None else None
     manifest = IndexManifest(
         experiment_config=config.to_json(),
         checkpoint_path=str(checkpoint),
@@ -424,6 +506,8 @@ def _build_locked(
         search_defaults={**search_defaults, "candidates_per_video": index.candidates_per_video},
         generation=generation.directory,
         moment_checkpoint=moment_checkpoint,
+        moment_localizer=dict(moment_localizer) if moment_localizer is not None else None,
+        query_bank=bank_record,
         calibration=calibration,
         token_store=store.codec_record(),
     )
@@ -524,6 +608,9 @@ def remove_videos(index_dir: str | Path, external_ids: Sequence[str], *, compact
         gen_dir.mkdir(parents=True)
         shutil.copytree(active.directory / TOKENS_DIR, gen_dir / TOKENS_DIR)
         store = TokenStore(gen_dir / TOKENS_DIR)
+        if active.manifest.query_bank is not None:  # the removed videos' terms stay: a lower minimum is still a bound
+            shutil.copyfile(active.directory / active.manifest.query_bank["file"],
+                            gen_dir / active.manifest.query_bank["file"])
         store.remove(np.asarray(ids, dtype=np.int64))
         if compact:
             store.compact()

@@ -42,6 +42,11 @@ class IndexManifest:
         generation: the generation directory name (``gen-000001``).
         moment_checkpoint: ``{"path": relative to the index directory, "sha256": ...}`` of the moment localiser
             checkpoint copied into the index (``build-index --moment-checkpoint``), or None.
+        moment_localizer: a training-free localiser's record, e.g. ``{"kind": "zero_shot", "smooth": 1}``
+            (``prvr.moments.zero_shot``; what ``build-index --zero-shot`` records by default), or None; a moment
+            checkpoint takes precedence.
+        query_bank: the stored query-bank term (``index.bank``): ``{"file", "sha256", "k", "alpha", "source",
+            "videos", "bank_queries"}``; search scores ``s(q, v) - alpha * t(v)``. None: plain scores.
         calibration: what ``prvr index calibrate`` measured and chose (``{"target", "k", "chosen", "grid", ...}``),
             or None; the chosen search parameters are also written into ``search_defaults``.
         token_store: ``TokenStore.codec_record()`` of the re-rank store: ``{"dtype", "bytes_per_token",
@@ -63,6 +68,8 @@ class IndexManifest:
     search_defaults: dict[str, Any]
     generation: str
     moment_checkpoint: dict[str, Any] | None = None
+    moment_localizer: dict[str, Any] | None = None
+    query_bank: dict[str, Any] | None = None
     calibration: dict[str, Any] | None = None
     token_store: dict[str, Any] | None = None
     backend: str = "faiss"
@@ -77,6 +84,10 @@ class IndexManifest:
             raise ValueError(f"text_backbone must hold an 'id' (and a 'path' or None), got {self.text_backbone!r}")
         if self.moment_checkpoint is not None and not {"path", "sha256"} <= set(self.moment_checkpoint):
             raise ValueError(f"moment_checkpoint must hold 'path' and 'sha256', got {self.moment_checkpoint!r}")
+        if self.moment_localizer is not None and "kind" not in self.moment_localizer:
+            raise ValueError(f"moment_localizer must hold a 'kind', got {self.moment_localizer!r}")
+        if self.query_bank is not None and not {"file", "sha256", "k", "alpha"} <= set(self.query_bank):
+            raise ValueError(f"query_bank must hold 'file', 'sha256', 'k' and 'alpha', got {self.query_bank!r}")
 
     def to_json(self) -> str:
         """The manifest as indented, key-sorted JSON text."""

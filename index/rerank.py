@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from prvr.index.bank import VideoTerm
 from prvr.index.protocol import Candidates
 from prvr.index.token_store import TokenStore, _expand_ranges
 
@@ -38,6 +39,7 @@ def exact_rerank(
     method: Method = "auto",
     max_gather_videos: int = DEFAULT_MAX_GATHER_VIDEOS,
     skip_missing: bool = False,
+    video_term: VideoTerm | None = None,
 ) -> list[list[tuple[int, float]]]:
     """Score every query's candidates exactly from the stored tokens and keep the best k.
 
@@ -76,6 +78,8 @@ def exact_rerank(
         method: ``"auto"``, ``"views"`` (CPU only) or ``"gather"``.
         max_gather_videos: at most this many distinct videos are scored in one step.
         skip_missing: drop candidates the store does not hold (removed meanwhile) instead of raising ValueError.
+        video_term: per-video offsets subtracted from the scores before the top-k (the query-bank term
+            ``alpha * t(v)``, ``index.bank``), or None.
 
     Returns:
         Per query, up to k ``(video_id, score)`` pairs, best first.
@@ -130,8 +134,10 @@ def exact_rerank(
             else:
                 score = _score_gathered
             clip_scores, frame_scores = score(q[start:stop], ids, store, compute_dtype)  # (n, U) each
-            total = clip_weight * clip_scores + frame_weight * frame_scores  # (n, U)
-            scores[:, first : first + ids.shape[0]] = total.cpu().numpy()
+            total = (clip_weight * clip_scores + frame_weight * frame_scores).cpu().numpy()  # (n, U)
+            if video_term is not None:
+                total = total - video_term.of(ids)[None].astype(np.float32)  # (n, U)
+            scores[:, first : first + ids.shape[0]] = total
         for offset, query_row in enumerate(range(start, stop)):
             ids = lists[query_row]
             if ids.size == 0:

@@ -13,6 +13,11 @@ to fewer than N videos (see ``index.protocol``). Approximate indexes (IVF, HNSW,
 A compressed token store (``pqM`` / ``sq8`` / ``sq4``) scores within ``(|w_c| + |w_f|) * store.token_error`` of the
 exact score, a margin (~0.1-1 for PQ) that the k-th score would have to clear above the bound: widening would then
 run until every token is returned, so with a compressed store the search runs once and certifies nothing.
+
+With a query-bank term (``video_term``, ``index.bank``) the re-ranked score is ``s(q, v) - alpha * t(v)``; a video
+outside the candidates scores at most ``bound - min_v alpha * t(v)`` (its raw score is at most ``bound`` and its
+offset at least the smallest one), so the k-th corrected score is certified against that shifted bound
+(docs/design.md §3.11).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from prvr.index.bank import VideoTerm
 from prvr.index.protocol import Candidates, VectorIndex
 from prvr.index.rerank import exact_rerank
 from prvr.index.token_store import TokenStore
@@ -59,12 +65,13 @@ class RankedVideos:
         return [(int(v), float(s)) for v, s in zip(self.video_ids, self.scores)]
 
 
-def _certified(ranked: list[tuple[int, float]], candidates: Candidates, k: int, margin: float) -> bool:
+def _certified(ranked: list[tuple[int, float]], candidates: Candidates, k: int, margin: float,
+               lowest_offset: float = 0.0) -> bool:
     if candidates.bound == float("-inf"):
         return True  # every indexed video was a candidate
     if candidates.bound == float("inf") or len(ranked) < k:
         return False
-    return ranked[k - 1][1] >= candidates.bound + margin
+    return ranked[k - 1][1] >= candidates.bound - lowest_offset + margin
 
 
 def search_topk(
@@ -78,6 +85,7 @@ def search_topk(
     frame_weight: float,
     widen: bool = True,
     is_exact: bool | None = None,
+    video_term: VideoTerm | None = None,
 ) -> list[RankedVideos]:
     """Top-k videos of each query: candidates from ``index``, exact scores from ``store``, widened when needed.
 
@@ -91,6 +99,7 @@ def search_topk(
         frame_weight: w_f of the score.
         widen: on an exact index, double the candidates of each query until its top-k is certified.
         is_exact: whether ``index`` is exact; default its ``is_exact`` attribute (False when it has none).
+        video_term: the query-bank offsets ``alpha * t(v)`` subtracted from every score (``index.bank``), or None.
 
     Returns:
         Nq :class:`RankedVideos`.
@@ -105,6 +114,7 @@ def search_topk(
     exact = bool(getattr(index, "is_exact", False)) if is_exact is None else bool(is_exact)
     exact = exact and store.codec is None  # a lossy store cannot certify (see the module docstring)
     margin = BF16_SCORE_TOLERANCE * (abs(clip_weight) + abs(frame_weight))
+    lowest = video_term.lowest if video_term is not None else 0.0
     k = int(k)
     results: list[RankedVideos | None] = [None] * q.shape[0]
     pending = np.arange(q.shape[0])
@@ -113,14 +123,15 @@ def search_topk(
     while pending.size:
         rounds += 1
         candidates = index.search(q[pending], n)
-        ranked = exact_rerank(q[pending], candidates, store, clip_weight=clip_weight, frame_weight=frame_weight, k=k)
+        ranked = exact_rerank(q[pending], candidates, store, clip_weight=clip_weight, frame_weight=frame_weight, k=k,
+                              video_term=video_term)
         still = []
         for row, (position, found, cands) in enumerate(zip(pending, ranked, candidates)):
-            done = not (widen and exact) or _certified(found, cands, k, margin)
+            done = not (widen and exact) or _certified(found, cands, k, margin, lowest)
             if done:
                 ids = np.fromiter((v for v, _ in found), dtype=np.int64, count=len(found))
                 scores = np.fromiter((s for _, s in found), dtype=np.float32, count=len(found))
-                certified = exact and _certified(found, cands, k, margin)
+                certified = exact and _certified(found, cands, k, margin, lowest)
                 results[int(position)] = RankedVideos(ids, scores, certified, n, rounds)
             else:
                 still.append(row)

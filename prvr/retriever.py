@@ -128,6 +128,8 @@ class Retriever:
         self._localizer_lock = threading.Lock()
         self._search_lock = threading.Lock() if faiss_index.use_gpu is True else None  # GPU indexes: one caller
         self._warned_durations: set[str] = set()
+        # the query-bank offsets alpha * t(v) of the index (index.bank), subtracted from every exact score
+        self.video_term: Any | None = None
         if text_encoder is not None:
             self._check_text_encoder(text_encoder)
 
@@ -151,7 +153,8 @@ class Retriever:
             text_encoder: the query text encoder; default a ``TokenFeatureEncoder`` of the manifest's text backbone
                 path when it has one, else None (then only :meth:`search_features` works).
             localizer: a moment localiser; default the one of the manifest's moment checkpoint (loaded on first use
-                through ``prvr.moments.localizer.load_localizer``), else none (results carry no moments).
+                through ``prvr.moments.localizer.load_localizer``), else its training-free ``moment_localizer``
+                (``prvr.moments.zero_shot``, what a zero-shot index records), else none (results carry no moments).
             device: torch device of the query encoder.
 
         The manifest's ``search_defaults`` (``n_candidates`` and, after ``prvr index calibrate``, ``nprobe`` /
@@ -190,6 +193,10 @@ class Retriever:
             moment_checkpoint = None
             if localizer is None and manifest.moment_checkpoint is not None:
                 moment_checkpoint = _checked_moment_checkpoint(index_dir, gen_dir, manifest)
+            elif localizer is None and manifest.moment_localizer is not None:
+                from prvr.moments.zero_shot import localizer_from_record
+
+                localizer = localizer_from_record(manifest.moment_localizer)  # training-free: nothing to load
             if text_encoder is None and manifest.text_backbone is not None and manifest.text_backbone.get("path"):
                 from prvr.text_encoders import load_query_encoder
 
@@ -197,6 +204,10 @@ class Retriever:
                                                   batch_size=QUERY_ENCODER_BATCH)
             retriever = cls(db, generation.id, manifest, model, config, faiss_index, store, text_encoder,
                             localizer=localizer, moment_checkpoint=moment_checkpoint)
+            if manifest.query_bank is not None:
+                from prvr.index.bank import video_term
+
+                retriever.video_term = video_term(gen_dir, manifest.query_bank)
         except BaseException:
             active.close()
             raise
@@ -403,7 +414,7 @@ class Retriever:
         try:
             return search_topk(self.faiss_index, self.store, vectors, int(k), int(n_candidates),
                                clip_weight=self.config.model.clip_weight,
-                               frame_weight=self.config.model.frame_weight)
+                               frame_weight=self.config.model.frame_weight, video_term=self.video_term)
         finally:
             if lock is not None:
                 lock.release()

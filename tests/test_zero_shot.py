@@ -187,6 +187,11 @@ def test_build_index_zero_shot_from_videos_then_query_and_serve(models: dict[str
     assert result.exit_code == 0, result.output
     hits = json.loads(result.stdout)
     assert {hit["video_id"] for hit in hits} == {"walk", "cook"}
+    assert manifest.moment_localizer == {"kind": "zero_shot", "smooth": 1}  # moments without a moment checkpoint
+    for hit in hits:  # moments in seconds inside the video
+        assert hit["moments"] and hit["duration"] > 0
+        for moment in hit["moments"]:
+            assert 0.0 <= moment["start_sec"] < moment["end_sec"] <= hit["duration"] + 1e-9
 
     # the exact score of the search equals the model's own score of the extracted features
     with Retriever.load(index_dir) as retriever:
@@ -201,6 +206,9 @@ def test_build_index_zero_shot_from_videos_then_query_and_serve(models: dict[str
         assert response.status_code == 200, response.text
         body = response.json()
         assert {hit["video_id"] for hit in body["results"]} == {"walk", "cook"}
+        for hit in body["results"]:
+            assert hit["moments"] and all(0.0 <= m["start_sec"] < m["end_sec"] <= hit["duration"] + 1e-6
+                                          for m in hit["moments"])
 
 
 def test_zero_shot_needs_a_text_tower(models: dict[str, Path], video_folder: Path, tmp_path: Path) -> None:

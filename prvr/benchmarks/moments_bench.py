@@ -24,8 +24,11 @@ from prvr.moments.baselines import best_contiguous_span_seconds
 from prvr.moments.localizer import DiffusionMomentLocalizer
 from prvr.moments.train import MomentData, frame_source, predict_split
 from prvr.moments.vcmr import rank_corpus_moments
+from prvr.moments.spans import temporal_iou
+from prvr.moments.zero_shot import ZeroShotMomentConfig, ZeroShotMomentLocalizer, smooth_curve
 
-__all__ = ["KEYS", "SPANS", "STEPS", "accuracy", "data_for", "grid", "moment_zero_shot_floor", "parse_step",
+__all__ = ["KEYS", "SPANS", "STEPS", "accuracy", "data_for", "grid", "moment_zero_shot_floor",
+           "moment_zero_shot_localizer", "parse_step",
            "rescore_grid", "vcmr", "write_markdown"]
 
 logger = logging.getLogger(__name__)
@@ -55,8 +58,11 @@ def _curve_baseline(data: MomentData, curves: dict[str, np.ndarray]) -> dict[str
 
 
 def moment_zero_shot_floor(root: str, collection: str, split: str, video_feature: str, text_feature: str,
-                           max_queries: int | None) -> dict[str, Any]:
+                           max_queries: int | None, smooth: int = 1) -> dict[str, Any]:
     """Best contiguous span of cos(raw frame, mean-pooled query) on the ground-truth video (all frames, 1 per s).
+
+    What ``prvr.moments.zero_shot.ZeroShotMomentLocalizer`` (a zero-shot index's moments) answers first, with the
+    curve smoothed by a moving average of ``smooth`` frames (1: none).
 
     The localisation floor; ``prvr.benchmarks.capproxy_dataset.zero_shot_floor`` is the retrieval one (R@K of the
     max-over-frames cosine over the whole split).
@@ -70,9 +76,37 @@ def moment_zero_shot_floor(root: str, collection: str, split: str, video_feature
         frames = data.frames_of(record.video_id)  # (n, D) L2-normalised
         query = np.asarray(sentences[record.query_id], dtype=np.float32).reshape(-1)
         query = query / max(float(np.linalg.norm(query)), 1e-12)
-        curves[record.query_id] = frames @ query  # (n,)
-    return {"queries": len(data), "metrics": _curve_baseline(data, curves),
+        curves[record.query_id] = smooth_curve(frames @ query, smooth)  # (n,)
+    return {"queries": len(data), "metrics": _curve_baseline(data, curves), "smooth": smooth,
             "definition": "best contiguous span of cos(raw frame, mean-pooled L6 query) above its per-video mean"}
+
+
+def moment_zero_shot_localizer(root: str, collection: str, split: str, video_feature: str, text_feature: str,
+                               max_queries: int | None, smooth: int = 1, num_moments: int = 10) -> dict[str, Any]:
+    """``ZeroShotMomentLocalizer`` (a zero-shot index's moments) on the ground-truth video: all frames at 1 per s,
+    the mean-pooled query sentence vector; its first span is :func:`moment_zero_shot_floor`'s.
+
+    Returns:
+        ``{"queries", "smooth", "metrics"}``: the moment metrics of up to ``num_moments`` spans per query (mAP uses
+        them all) plus ``mIoU``, the mean over queries of the first span's best tIoU with a ground-truth window.
+    """
+    config = DataConfig(video_feature=video_feature, text_feature=text_feature, max_frames=1_000_000)
+    corpus = PRVRCorpus(root, collection, split, config)
+    data = MomentData(corpus, frame_source(corpus), max_queries)
+    sentences = HDF5FeatureStore(query_sentence_path(root, collection, text_feature))
+    localizer = ZeroShotMomentLocalizer(ZeroShotMomentConfig(smooth=smooth))
+    predictions, ious = [], []
+    for record in data.records:
+        query = np.asarray(sentences[record.query_id], dtype=np.float32).reshape(1, -1)  # (1, D)
+        located = localizer.localize(query, data.frames_of(record.video_id), float(record.duration or 0.0),
+                                     num_moments=num_moments)
+        windows = [[m.start_sec, m.end_sec, m.score] for m in located.moments]
+        predictions.append({"qid": record.query_id, "pred_relevant_windows": windows})
+        first = torch.tensor([windows[0][:2]], dtype=torch.float64)  # (1, 2)
+        truth = torch.tensor([list(w) for w in record.windows], dtype=torch.float64)  # (G, 2)
+        ious.append(float(temporal_iou(first, truth)[0].max()))
+    metrics = {**_metrics(predictions, data), "mIoU": round(100.0 * float(np.mean(ious)), 2)}
+    return {"queries": len(data), "smooth": smooth, "num_moments": num_moments, "metrics": metrics}
 
 
 def data_for(localizer: DiffusionMomentLocalizer, root: str, collection: str, split: str,

@@ -80,6 +80,8 @@ def info_command(index_dir: str, as_json: bool) -> None:
                f"{source.get('collection')}/{source.get('split')}")
     moments = manifest.moment_checkpoint
     click.echo(f"moment checkpoint: {moments['path'] + ' (' + moments['sha256'][:12] + '...)' if moments else 'none'}")
+    if manifest.moment_localizer is not None:
+        click.echo(f"moment localiser: {json.dumps(manifest.moment_localizer, sort_keys=True)}")
     if manifest.calibration:
         for line in calibration_summary(manifest.calibration):
             click.echo(f"calibrated: {line}")
@@ -344,6 +346,14 @@ def _checkpoint_config(checkpoint: str | Path, video_feature: str | None, text_f
               help="Moment localiser checkpoint, copied into the index; `prvr query` then shows moments.")
 @click.option("--candidates", default=None, type=click.IntRange(min=1),
               help="Default candidate videos per query (default 200, or the previous generation's).")
+@click.option("--query-bank", default=None,
+              help="Hubness correction of a new index: a text file of representative queries (one a line, encoded "
+                   "with the index's text encoder) or a caption split of --data (e.g. train); each video's term "
+                   "mean top-k s(bank, v) is stored and search scores s(q, v) - alpha * term(v).")
+@click.option("--bank-k", default=200, show_default=True, type=click.IntRange(min=1),
+              help="With --query-bank: bank queries averaged per video.")
+@click.option("--bank-alpha", default=0.5, show_default=True, type=float,
+              help="With --query-bank: weight a of the subtracted term.")
 @click.option("--token-dtype", default="bfloat16", show_default=True,
               help="Re-rank token store encoding of a new index: bfloat16, float32 (scores equal `prvr eval`'s, 2x "
                    "bytes), or compressed: pqM (M bytes per token, M dividing the model's D, e.g. pq32; codebook "
@@ -370,7 +380,8 @@ def build_index_command(checkpoint: str | None, zero_shot: bool, zero_shot_clip_
                         videos: tuple[str, ...], backbone: str | None, fps: float, device: str, index_dir: str,
                         video_feature: str | None, text_feature: str | None, factory: str | None,
                         text_backbone: str | None, moment_checkpoint: str | None, candidates: int | None,
-                        token_dtype: str, database_url: str | None, backend: str | None, engine_url: str | None,
+                        query_bank: str | None, bank_k: int, bank_alpha: float, token_dtype: str,
+                        database_url: str | None, backend: str | None, engine_url: str | None,
                         engine_shards: int, engine_replicas: int, batch_size: int, no_progress: bool) -> None:
     """Encode a split's videos once and index their clip and frame tokens (a new generation, committed last)."""
     import tempfile
@@ -396,8 +407,13 @@ def build_index_command(checkpoint: str | None, zero_shot: bool, zero_shot_clip_
                                              split=split, split_is_option=False, verb="index", backbone=backbone,
                                              fps=fps, device=device, progress=not no_progress,
                                              match_indexed_videos=False, check_feature_backbone=True)
+        bank = None
+        if query_bank is not None:
+            bank = {"query_bank": _encode_query_bank(query_bank, checkpoint, config, root, collection, text_record),
+                    "bank_k": bank_k, "bank_alpha": bank_alpha, "bank_source": _bank_source(query_bank)}
         result = _build(build_index, checkpoint, corpus, index_dir, collection, factory, batch_size, text_record,
-                        candidates, moment_checkpoint, token_dtype, database_url, backend, engine, no_progress)
+                        candidates, moment_checkpoint, token_dtype, database_url, backend, engine, no_progress,
+                        bank or {})
     click.echo(json.dumps({"index": str(index_dir), "generation": result.generation_id,
                            "videos": result.num_videos, "new_videos": result.new_videos, "tokens": result.ntotal}))
 
@@ -437,12 +453,53 @@ def _zero_shot_checkpoint(scratch: Path, checkpoint: str | None, *, videos: tupl
 def _build(build_index: Any, checkpoint: str, corpus: Any, index_dir: str, collection: str, factory: str | None,
            batch_size: int, text_record: dict[str, Any] | None, candidates: int | None,
            moment_checkpoint: str | None, token_dtype: str, database_url: str | None, backend: str | None,
-           engine: dict[str, Any], no_progress: bool) -> Any:
+           engine: dict[str, Any], no_progress: bool, bank: dict[str, Any]) -> Any:
     return build_index(checkpoint, corpus, index_dir, collection_name=collection, factory=factory,
                          batch_size=batch_size, text_backbone=text_record,
                          n_candidates=candidates, moment_checkpoint=moment_checkpoint, token_dtype=token_dtype,
                          database_url=database_url, backend=backend,
-                         engine=engine, progress=not no_progress)
+                         engine=engine, progress=not no_progress, **bank)
+
+
+def _bank_source(spec: str) -> str:
+    return f"file {Path(spec).resolve()}" if Path(spec).is_file() else f"split {spec}"
+
+
+def _encode_query_bank(spec: str, checkpoint: str, config: Any, root: str | None, collection: str | None,
+                       text_record: dict[str, Any] | None) -> Any:
+    """--query-bank: (Nb, D) query vectors of a sentence file (the index's text encoder) or of a --data split."""
+    import numpy as np
+
+    from prvr.checkpoint import load_model
+    from prvr.data.preprocess import collate_queries, preprocess_query
+
+    model, _, _ = load_model(checkpoint)
+    if Path(spec).is_file():
+        sentences = [line.strip() for line in Path(spec).read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not sentences:
+            raise ValueError(f"--query-bank {spec} holds no sentences; give one query a line")
+        if text_record is None or not text_record.get("path"):
+            raise ValueError("--query-bank FILE is encoded with the index's text encoder, and this index has none; "
+                             "add --text-backbone (or use --zero-shot --videos with a CLIP / SigLIP backbone)")
+        from prvr.text_encoders import load_query_encoder
+
+        encoder = load_query_encoder(text_record, max_tokens=config.data.max_query_tokens)
+        vectors = []
+        for start in range(0, len(sentences), 256):
+            encoded = encoder.encode(sentences[start:start + 256])
+            arrays = [preprocess_query(np.asarray(tokens, dtype=np.float32), config.data.max_query_tokens,
+                                       normalize=config.data.normalize_query_tokens) for tokens in encoded.tokens]
+            batch = collate_queries(arrays, [f"b{i}" for i in range(len(arrays))])
+            vectors.append(model.encode_queries(batch).float().cpu().numpy())  # (b, D)
+        return np.concatenate(vectors)
+    if root is None or collection is None:
+        raise ValueError(f"--query-bank {spec!r} is not a file, and a caption split needs --data ROOT --collection C; "
+                         "give a text file of queries (one a line) or a split of the --data collection")
+    from prvr.data.dataset import PRVRCorpus
+    from prvr.engine import encode_corpus_queries
+
+    corpus = PRVRCorpus(root, collection, spec, config.data)
+    return encode_corpus_queries(model, corpus, batch_size=1024)[0].float().numpy()
 
 
 @click.command("query")

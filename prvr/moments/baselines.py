@@ -15,7 +15,30 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["best_contiguous_span", "best_contiguous_span_seconds", "best_contiguous_spans_se", "span_relevance_gain"]
+__all__ = ["best_contiguous_span", "best_contiguous_span_seconds", "best_contiguous_spans_se", "span_relevance_gain",
+           "top_contiguous_spans"]
+
+
+def _checked_curve(curve: np.ndarray) -> np.ndarray:
+    values = np.asarray(curve, dtype=np.float64)
+    if values.ndim != 1 or values.size == 0 or not np.isfinite(values).all():
+        raise ValueError(f"curve must be a non-empty finite (F,) array, got shape {values.shape}")
+    return values
+
+
+def _best_run(centred: np.ndarray, low: int, high: int) -> tuple[float, int, int]:
+    """Kadane over ``centred[low:high]``: ``(sum, first, last)`` of its maximum-sum run (earliest, then shortest)."""
+    best, best_range = -np.inf, (low, low)
+    running, start = 0.0, low
+    for index in range(low, high):
+        value = float(centred[index])
+        if running <= 0.0:
+            running, start = value, index
+        else:
+            running += value
+        if running > best:
+            best, best_range = running, (start, index)
+    return best, best_range[0], best_range[1]
 
 
 def best_contiguous_span(curve: np.ndarray) -> tuple[int, int]:
@@ -32,22 +55,46 @@ def best_contiguous_span(curve: np.ndarray) -> tuple[int, int]:
     Returns:
         ``(first, last)`` frame indices.
     """
-    values = np.asarray(curve, dtype=np.float64)
-    if values.ndim != 1 or values.size == 0 or not np.isfinite(values).all():
-        raise ValueError(f"curve must be a non-empty finite (F,) array, got shape {values.shape}")
+    return top_contiguous_spans(curve, 1)[0][:2]  # type: ignore[return-value]
+
+
+def top_contiguous_spans(curve: np.ndarray, count: int) -> list[tuple[int, int, float]]:
+    """Up to ``count`` disjoint runs of frames above the curve's mean, best first, as ``(first, last, excess)``.
+
+    The first is :func:`best_contiguous_span` (its excess is ``sum(curve[first:last + 1] - mean)``); each next one
+    is the maximum-sum run of ``curve - mean`` in what the runs before it left (the frames on either side of each,
+    never across one), as long as it lies above the mean (excess > 0). A constant curve gives the whole video with
+    excess 0.
+
+    >>> top_contiguous_spans(np.array([1.0, 0.0, 0.0, 1.0, 1.0, 0.0]), 3)
+    [(3, 4, 1.0), (0, 0, 0.5)]
+
+    Args:
+        curve: (F,) finite values, F >= 1.
+        count: runs wanted, >= 1.
+
+    Returns:
+        1 to ``count`` runs ``(first, last, excess)``, by decreasing excess (ties: the earlier run first).
+    """
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    values = _checked_curve(curve)
     centred = values - values.mean()
     if np.allclose(centred, 0.0):
-        return 0, values.size - 1
-    best, best_range = -np.inf, (0, 0)
-    running, start = 0.0, 0
-    for index, value in enumerate(centred):
-        if running <= 0.0:
-            running, start = value, index
-        else:
-            running += value
-        if running > best:
-            best, best_range = running, (start, index)
-    return best_range
+        return [(0, values.size - 1, 0.0)]
+    pieces = [(0, values.size)]  # [low, high) stretches no chosen run covers
+    best_of = {piece: _best_run(centred, *piece) for piece in pieces}
+    runs: list[tuple[int, int, float]] = []
+    while best_of and len(runs) < count:
+        piece = max(best_of, key=lambda p: (best_of[p][0], -p[0]))  # the best sum; ties: the earlier stretch
+        total, first, last = best_of.pop(piece)
+        if runs and total <= 0.0:
+            break
+        runs.append((first, last, total))
+        for low, high in ((piece[0], first), (last + 1, piece[1])):
+            if high > low:
+                best_of[(low, high)] = _best_run(centred, low, high)
+    return runs
 
 
 def best_contiguous_span_seconds(curve: np.ndarray, duration: float) -> tuple[float, float]:

@@ -1,0 +1,138 @@
+"""Zero-shot moments: the best contiguous spans of the query-frame cosine curve, no training (issue 20).
+
+Shape letters: F frames, L query tokens, D the joint image-text width, K videos of one query.
+
+A zero-shot index (``build-index --zero-shot``) stores frame tokens in the backbone's joint space, so the cosine
+between the query vector and each frame is already a relevance curve. :class:`ZeroShotMomentLocalizer` implements
+the :class:`prvr.types.MomentLocalizer` protocol on it:
+
+1. query = the mean of the raw query tokens, L2-normalised (the zero-shot model's query vector,
+   ``prvr.zero_shot.ZeroShotPRVR.encode_queries``); frames = the stored frame tokens, L2-normalised;
+2. curve = ``frames @ query`` (F,), optionally smoothed by a centred moving average of ``smooth`` frames;
+3. moments = the disjoint runs of frames above the curve's per-video mean, ranked by their summed excess
+   (``prvr.moments.baselines.top_contiguous_spans``; the first is the best contiguous span, the zero-shot floor of
+   ``scripts/bench_moments.py``); frame k covers [k / F, (k + 1) / F] of the duration. A moment's score is its
+   excess over the best run's (1 for the best, in (0, 1] for the others).
+
+The returned relevance curve is ``(1 + cos) / 2`` of the smoothed curve, in [0, 1]. The index records the localiser
+as ``manifest.moment_localizer = {"kind": "zero_shot", "smooth": S}`` (:func:`localizer_record`), read back by
+:func:`localizer_from_record`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from prvr.moments.baselines import top_contiguous_spans
+from prvr.types import Localization, Moment
+
+__all__ = ["ZeroShotMomentConfig", "ZeroShotMomentLocalizer", "localizer_record", "localizer_from_record",
+           "smooth_curve", "ZERO_SHOT_KIND"]
+
+ZERO_SHOT_KIND = "zero_shot"
+
+
+@dataclass(frozen=True)
+class ZeroShotMomentConfig:
+    """Settings of the zero-shot localiser.
+
+    Attributes:
+        smooth: frames in the centred moving average applied to the cosine curve (1 = none; odd).
+    """
+
+    smooth: int = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.smooth, bool) or not isinstance(self.smooth, int) or self.smooth < 1 or self.smooth % 2 == 0:
+            raise ValueError(f"smooth must be an odd number of frames >= 1, got {self.smooth!r}")
+
+
+def smooth_curve(curve: np.ndarray, frames: int) -> np.ndarray:
+    """Centred moving average of ``frames`` (odd) frames; near the ends, the mean of the frames that exist.
+
+    >>> smooth_curve(np.array([0.0, 3.0, 0.0, 0.0]), 3).tolist()
+    [1.5, 1.0, 1.0, 0.0]
+    """
+    values = np.asarray(curve, dtype=np.float64)
+    if frames <= 1 or values.size < 2:
+        return values
+    half = frames // 2
+    prefix = np.concatenate([[0.0], np.cumsum(values)])  # (F + 1,)
+    index = np.arange(values.size)
+    low, high = np.maximum(index - half, 0), np.minimum(index + half + 1, values.size)
+    return (prefix[high] - prefix[low]) / (high - low)
+
+
+class ZeroShotMomentLocalizer:
+    """Moments from the query-frame cosine curve of a joint image-text space (no parameters)."""
+
+    def __init__(self, config: ZeroShotMomentConfig | None = None) -> None:
+        self.config = config or ZeroShotMomentConfig()
+
+    def curve(self, query_tokens: np.ndarray, frame_tokens: np.ndarray) -> np.ndarray:
+        """The (smoothed) cosine between the query vector and each frame: (F,) float64."""
+        query = np.asarray(query_tokens, dtype=np.float64)
+        frames = np.asarray(frame_tokens, dtype=np.float64)
+        if query.ndim != 2 or query.shape[0] == 0:
+            raise ValueError(f"query_tokens must be a non-empty (L, D) array, got shape {query.shape}; an empty "
+                             "query has nothing to localise: give a sentence")
+        if frames.ndim != 2 or frames.shape[0] == 0:
+            raise ValueError(f"frame_tokens must be a non-empty (F, D) array, got shape {frames.shape}")
+        if query.shape[1] != frames.shape[1]:
+            raise ValueError(f"query tokens are {query.shape[1]}-d but frame tokens {frames.shape[1]}-d: the "
+                             "zero-shot localiser needs one joint space (a zero-shot index's own text encoder)")
+        if not (np.isfinite(query).all() and np.isfinite(frames).all()):
+            raise ValueError("query or frame tokens contain NaN or inf; re-encode them")
+        vector = query.mean(axis=0)  # (D,)
+        vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
+        frames = frames / np.maximum(np.linalg.norm(frames, axis=1, keepdims=True), 1e-12)  # (F, D)
+        return smooth_curve(frames @ vector, self.config.smooth)  # (F,)
+
+    def localize(self, query_tokens: np.ndarray, frame_tokens: np.ndarray, duration: float, *,
+                 num_moments: int = 5) -> Localization:
+        """Localise one query in one video: runs above the mean, best first, in seconds within [0, duration]."""
+        if num_moments < 1:
+            raise ValueError(f"num_moments must be >= 1, got {num_moments}")
+        if not (isinstance(duration, (int, float, np.floating, np.integer)) and math.isfinite(float(duration))
+                and float(duration) > 0):
+            raise ValueError(f"duration must be a finite number of seconds > 0, got {duration!r}")
+        curve = self.curve(query_tokens, frame_tokens)
+        count, seconds = curve.size, float(duration)
+        runs = top_contiguous_spans(curve, num_moments)
+        best = runs[0][2]  # > 0 unless the curve is flat (one whole-video run)
+        moments = tuple(Moment(first / count * seconds, min((last + 1) / count, 1.0) * seconds,
+                               float(excess / best) if best > 0 else 1.0) for first, last, excess in runs)
+        relevance = np.clip((1.0 + curve) / 2.0, 0.0, 1.0).astype(np.float32)  # (F,)
+        return Localization(moments, relevance)
+
+    def localize_many(self, query_tokens: np.ndarray, videos: Sequence[np.ndarray], durations: Sequence[float], *,
+                      num_moments: int = 5) -> list[Localization]:
+        """One query over K videos, in the order of ``videos``."""
+        if len(videos) != len(durations):
+            raise ValueError(f"{len(videos)} videos but {len(durations)} durations")
+        return [self.localize(query_tokens, frames, duration, num_moments=num_moments)
+                for frames, duration in zip(videos, durations)]
+
+
+def localizer_record(config: ZeroShotMomentConfig | None = None) -> dict[str, Any]:
+    """What the manifest's ``moment_localizer`` holds for this localiser."""
+    config = config or ZeroShotMomentConfig()
+    return {"kind": ZERO_SHOT_KIND, "smooth": config.smooth}
+
+
+def localizer_from_record(record: dict[str, Any]) -> ZeroShotMomentLocalizer:
+    """The localiser a manifest's ``moment_localizer`` record names.
+
+    Raises:
+        ValueError: on a kind this code does not know, or bad settings.
+    """
+    if not isinstance(record, dict) or record.get("kind") != ZERO_SHOT_KIND:
+        raise ValueError(f"unknown moment localiser {record!r}; this code knows {{'kind': {ZERO_SHOT_KIND!r}}}: "
+                         "rebuild the index with this version of prvr")
+    settings = {key: value for key, value in record.items() if key != "kind"}
+    return ZeroShotMomentLocalizer(ZeroShotMomentConfig(**settings))
