@@ -77,11 +77,13 @@ def run_command(row: str, seed: int, root: str, runs: str, preset: str, epochs: 
 @click.option("--runs", default="runs/capproxy", show_default=True)
 @click.option("--out", "out_stem", default="docs/bench/capproxy_runs", show_default=True,
               help="Writes OUT.json and OUT.md.")
-def table_command(runs: str, out_stem: str) -> None:
+@click.option("--subset", default=None, metavar="NAME",
+              help="Add the best epoch's metrics on this DEV-VAL query subset (e.g. unseen_words).")
+def table_command(runs: str, out_stem: str, subset: str | None) -> None:
     """Best-epoch DEV-VAL metrics of every finished or running (row, seed), with the mean over seeds."""
     rows = table_rows(Path(runs))
     write_json(Path(out_stem).with_suffix(".json"), rows)
-    text = table_markdown(rows)
+    text = table_markdown(rows, subset)
     write_text(Path(out_stem).with_suffix(".md"), text + "\n")
     click.echo(text)
 

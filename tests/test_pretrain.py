@@ -309,3 +309,24 @@ def test_trivial_reference_joint_and_init_from(two_collections: Path, tmp_path: 
     with pytest.raises(ValueError, match="hidden_size: 16 in the checkpoint, 32 in this run"):
         train_trivial(two_collections, "synth", data, tmp_path / "bad", TrivialConfig(epochs=1, hidden_size=32),
                       init_from=tmp_path / "pre" / "best.pt")
+
+
+def test_grid_table_shows_the_subset_of_the_best_epoch(tmp_path: Path) -> None:
+    from prvr.benchmarks.capproxy_grid import table_markdown, table_rows
+
+    def val(sumr: float, unseen: float | None) -> dict[str, Any]:
+        metrics: dict[str, Any] = {"R@1": 1.0, "R@5": 2.0, "R@10": 3.0, "R@100": 4.0, "SumR": sumr}
+        if unseen is not None:
+            metrics["subsets"] = {"unseen_words": {**metrics, "SumR": unseen}}
+        return metrics
+
+    for name, records in {"trivial-s0": [val(10.0, 5.0), val(12.0, 6.5)], "dreamprvr-s0": [val(9.0, None)]}.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        lines = [json.dumps({"epoch": i + 1, "val": v, "wall_seconds": 60.0 * (i + 1)}) for i, v in enumerate(records)]
+        (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    text = table_markdown(table_rows(tmp_path), "unseen_words")
+    assert "unseen_words SumR" in text.splitlines()[0]
+    trivial_line = next(line for line in text.splitlines() if line.startswith("| trivial"))
+    assert "| 2 | 2 |" in trivial_line and "| 12.00 |" in trivial_line and "| 6.50 |" in trivial_line
+    assert "| - | - | - | - | - |" in next(line for line in text.splitlines() if line.startswith("| DreamPRVR |"))

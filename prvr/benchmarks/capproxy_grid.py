@@ -54,9 +54,13 @@ def sumr(record: dict) -> float:
 
 
 def best_epoch(records: list[dict]) -> dict:
-    """The epoch of highest DEV-VAL SumR and its metrics."""
+    """The epoch of highest DEV-VAL SumR and its metrics (with those of its query subsets, when scored)."""
     best = max(records, key=sumr)
-    return {"epoch": best["epoch"], **{m: float(best["val"][m]) for m in METRICS}}
+    result = {"epoch": best["epoch"], **{m: float(best["val"][m]) for m in METRICS}}
+    subsets = best["val"].get("subsets")
+    if subsets:
+        result["subsets"] = {name: {m: float(values[m]) for m in METRICS} for name, values in subsets.items()}
+    return result
 
 
 def parse_train_split(spec: str, collection: str = "capproxy") -> tuple[str, str]:
@@ -119,13 +123,21 @@ def table_rows(runs: Path) -> list[dict]:
     return rows
 
 
-def table_markdown(rows: list[dict]) -> str:
-    """The per-run table and the mean over seeds of every row, as markdown lines (no final newline)."""
-    lines = ["| row | seed | epochs run | best epoch | R@1 | R@5 | R@10 | R@100 | SumR | min / epoch |",
-             "|---" * 10 + "|"]
+def table_markdown(rows: list[dict], subset: str | None = None) -> str:
+    """The per-run table and the mean over seeds of every row, as markdown lines (no final newline).
+
+    ``subset`` (e.g. ``unseen_words``) adds its R@1/5/10/100/SumR at the same best epoch ("-" where not scored).
+    """
+    extra = [f"{subset} {m}" for m in METRICS] if subset else []
+    header = ["row", "seed", "epochs run", "best epoch", *METRICS, *extra, "min / epoch"]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for r in rows:
+        cells = [f"{r[m]:.2f}" for m in METRICS]
+        if subset:
+            values = r.get("subsets", {}).get(subset)
+            cells += [f"{values[m]:.2f}" for m in METRICS] if values else ["-"] * len(METRICS)
         lines.append(f"| {ROWS[r['row']][0]} | {r['seed']} | {r['epochs']} | {r['epoch']} | "
-                     + " | ".join(f"{r[m]:.2f}" for m in METRICS) + f" | {r['seconds_per_epoch'] / 60:.2f} |")
+                     + " | ".join(cells) + f" | {r['seconds_per_epoch'] / 60:.2f} |")
     lines += ["", "| row | seeds | mean SumR | min - max |", "|---|---|---|---|"]
     for name in ROWS:
         sums = [r["SumR"] for r in rows if r["row"] == name]
