@@ -11,7 +11,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +24,8 @@ from tqdm import tqdm
 
 from prvr.checkpoint import read_checkpoint, save_checkpoint
 from prvr.config import DataConfig, ExperimentConfig, TrainConfig
-from prvr.data.dataset import PRVRCorpus, iter_query_batches, iter_video_batches, make_train_loader
-from prvr.fileio import write_text_atomic
+from prvr.data.dataset import JointCorpus, PRVRCorpus, iter_query_batches, iter_video_batches, make_train_loader
+from prvr.fileio import file_sha256, write_text_atomic
 from prvr.losses import Criterion
 from prvr.metrics.retrieval import chunked_ranks, recall_metrics
 from prvr.model import DreamPRVR
@@ -41,8 +41,12 @@ __all__ = [
     "encode_corpus_queries",
     "rank_corpus",
     "evaluate",
+    "subset_metrics",
     "fit",
     "FitResult",
+    "config_differences",
+    "check_init_compatible",
+    "load_init_weights",
 ]
 
 logger = logging.getLogger(__name__)
@@ -73,7 +77,7 @@ def feature_backbone(root: str | os.PathLike[str], collection: str, data: DataCo
     return found
 
 
-def config_for_corpus(config: ExperimentConfig, corpus: PRVRCorpus) -> ExperimentConfig:
+def config_for_corpus(config: ExperimentConfig, corpus: PRVRCorpus | JointCorpus) -> ExperimentConfig:
     """``config`` prepared to train on ``corpus``: the input dims and the frame backbone id are read from the data.
 
     ``model.video_dim`` / ``model.text_dim`` become the corpus's feature dims (a preset's dims are only a guess) and
@@ -259,6 +263,26 @@ def rank_corpus(
     return ranks.numpy()
 
 
+def subset_metrics(ranks: np.ndarray, cap_ids: Sequence[str],
+                   subsets: dict[str, Sequence[str]]) -> dict[str, dict[str, float]]:
+    """Recall metrics of each subset of queries: ``ranks`` (Nq,) in the order of ``cap_ids``.
+
+    Raises:
+        ValueError: a subset names a cap id that is not among ``cap_ids``, or is empty.
+    """
+    position = {cap_id: index for index, cap_id in enumerate(cap_ids)}
+    result: dict[str, dict[str, float]] = {}
+    for name, members in subsets.items():
+        missing = [cap_id for cap_id in members if cap_id not in position]
+        if missing or not members:
+            raise ValueError(f"query subset {name!r}: " + (f"{len(missing)} of its {len(members)} cap ids are not "
+                             f"queries of the split (e.g. {missing[:3]}); rebuild it for this split" if missing
+                             else "it is empty"))
+        rows = np.asarray([position[cap_id] for cap_id in members], dtype=np.int64)
+        result[name] = dict(recall_metrics(torch.as_tensor(ranks[rows])))
+    return result
+
+
 def _slice_tokens(tokens: VideoTokens, start: int, stop: int) -> VideoTokens:
     registers = tokens.registers[start:stop] if tokens.registers is not None else None
     return VideoTokens(tokens.clip[start:stop], tokens.frame[start:stop], tokens.frame_mask[start:stop], registers)
@@ -266,9 +290,14 @@ def _slice_tokens(tokens: VideoTokens, start: int, stop: int) -> VideoTokens:
 
 @torch.no_grad()
 def evaluate(
-    model: DreamPRVR, corpus: PRVRCorpus, config: TrainConfig, *, progress: bool = False
-) -> dict[str, float]:
-    """R@1/5/10/100, SumR, median and mean rank of text-to-video retrieval over the whole corpus."""
+    model: DreamPRVR, corpus: PRVRCorpus, config: TrainConfig, *, progress: bool = False,
+    subsets: dict[str, Sequence[str]] | None = None,
+) -> dict[str, Any]:
+    """R@1/5/10/100, SumR, median and mean rank of text-to-video retrieval over the whole corpus.
+
+    ``subsets`` (name -> cap ids of the corpus, e.g. ``prvr.data.subsets.find_query_subsets``) add
+    ``metrics["subsets"][name]``: the same ranks (among ALL the corpus' videos) taken over those queries only.
+    """
     start = time.perf_counter()
     tokens = encode_corpus(model, corpus, batch_size=config.batch_videos, progress=progress)
     encoded = time.perf_counter()
@@ -276,7 +305,9 @@ def evaluate(
     ranks = rank_corpus(
         model, queries, tokens, targets, query_chunk=config.eval_query_chunk, video_chunk=config.eval_video_chunk
     )
-    metrics = recall_metrics(torch.as_tensor(ranks))
+    metrics: dict[str, Any] = dict(recall_metrics(torch.as_tensor(ranks)))
+    if subsets:
+        metrics["subsets"] = subset_metrics(ranks, [record.query_id for record in corpus.queries], subsets)
     metrics["num_videos"] = len(tokens)
     metrics["video_seconds"] = encoded - start
     metrics["seconds"] = time.perf_counter() - start
@@ -284,7 +315,61 @@ def evaluate(
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# fine-tuning from a checkpoint (--init-from)
+
+
+def config_differences(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """The (dotted path, value in a, value in b) of every leaf field where two config dataclasses differ."""
+    if dataclasses.is_dataclass(a) and dataclasses.is_dataclass(b) and type(a) is type(b):
+        found: list[tuple[str, Any, Any]] = []
+        for field in dataclasses.fields(a):
+            found += config_differences(getattr(a, field.name), getattr(b, field.name), f"{prefix}{field.name}.")
+        return found
+    return [] if a == b else [(prefix.rstrip("."), a, b)]
+
+
+def check_init_compatible(saved: ExperimentConfig, config: ExperimentConfig, path: str | Path) -> None:
+    """Refuse to fine-tune ``config`` from a checkpoint whose model or inputs differ.
+
+    The model config must be equal field by field (the weights must fit and mean the same), and so must the
+    inputs (``data``: feature names, clip bins, frame and token limits; the frame backbone only when both record
+    one). Loss, training schedule and seed may differ: a fine-tune gets a new optimizer and schedule.
+
+    Raises:
+        ValueError: naming every differing field with both values.
+    """
+    differences = config_differences(saved.model, config.model, "model.")
+    for path_, a, b in config_differences(saved.data, config.data, "data."):
+        if path_ == "data.cache_in_memory" or (path_ == "data.video_backbone" and (a is None or b is None)):
+            continue
+        differences.append((path_, a, b))
+    if differences:
+        lines = "; ".join(f"{name}: {a!r} in the checkpoint ({saved.name}), {b!r} in this run ({config.name})"
+                          for name, a, b in differences)
+        raise ValueError(f"--init-from {path}: the checkpoint's config does not fit this run: {lines}. Train with "
+                         "the checkpoint's preset and model/data overrides (loss and train fields may differ)")
+
+
+def load_init_weights(model: torch.nn.Module, config: ExperimentConfig, path: str | Path) -> ExperimentConfig:
+    """Load a checkpoint's weights into ``model`` (weights only: no optimizer, schedule or history).
+
+    Returns:
+        The checkpoint's config (checked by :func:`check_init_compatible`).
+    """
+    payload = read_checkpoint(path)
+    saved = ExperimentConfig.from_json(payload["model_config"])
+    check_init_compatible(saved, config, path)
+    model.load_state_dict(payload["model"])
+    return saved
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # the whole run
+
+
+def _rounded(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: round(v, 4) if isinstance(v, float) else _rounded(v) if isinstance(v, dict) else v
+            for k, v in metrics.items()}
 
 
 @dataclass(frozen=True)
@@ -298,11 +383,13 @@ class FitResult:
 
 def fit(
     config: ExperimentConfig,
-    train_corpus: PRVRCorpus,
+    train_corpus: PRVRCorpus | JointCorpus,
     val_corpus: PRVRCorpus,
     run_dir: str | Path,
     *,
     resume: bool = False,
+    init_from: str | Path | None = None,
+    val_subsets: dict[str, Sequence[str]] | None = None,
     progress: bool = True,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> FitResult:
@@ -310,6 +397,11 @@ def fit(
 
     A run can be cut off at any time: last.pt is rewritten atomically after every epoch and ``resume=True`` continues
     from it with the same data order, learning-rate schedule and random state.
+
+    ``init_from`` starts from a checkpoint's weights (fine-tuning: new optimizer, schedule and history; the
+    configs must agree, :func:`check_init_compatible`); it is recorded in ``run_dir/init_from.json``. On resume
+    the weights come from last.pt instead. ``val_subsets`` (name -> cap ids of ``val_corpus``) are scored after
+    every epoch beside the full split (``val.subsets``); selection stays on the full split's SumR.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -346,6 +438,11 @@ def fit(
                     best_epoch + 1)
         # the checkpoint's history is authoritative: drop lines of an epoch that was cut off before its checkpoint
         write_text_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+    elif init_from is not None:
+        load_init_weights(model, config, init_from)
+        record = {"init_from": str(init_from), "sha256": file_sha256(Path(init_from))}
+        write_text_atomic(run_dir / "init_from.json", json.dumps(record, indent=2) + "\n")
+        logger.info("fine-tuning from the weights of %s", init_from)
     (run_dir / "config.json").write_text(config.to_json() + "\n", encoding="utf-8")
 
     run_start = time.perf_counter()
@@ -365,7 +462,7 @@ def fit(
             model, loader, criterion, optimizer, scheduler, epoch=epoch, device=device,
             grad_clip=config.train.grad_clip, generator=generator, progress=progress,
         )
-        val_metrics = evaluate(model, val_corpus, config.train)
+        val_metrics = evaluate(model, val_corpus, config.train, subsets=val_subsets)
         improved = val_metrics["SumR"] > best_sumr
         if improved:
             best_sumr, best_epoch, bad_epochs = val_metrics["SumR"], epoch, 0
@@ -374,7 +471,7 @@ def fit(
         record = {
             "epoch": epoch + 1,
             "train": {k: round(v, 6) if isinstance(v, float) else v for k, v in train_stats.items()},
-            "val": {k: round(v, 4) if isinstance(v, float) else v for k, v in val_metrics.items()},
+            "val": _rounded(val_metrics),
             "best_epoch": best_epoch + 1,
             "wall_seconds": round(elapsed_before + time.perf_counter() - run_start, 2),
         }

@@ -7,6 +7,11 @@ The builder and the floor are ``prvr.benchmarks.capproxy_dataset``.
     python scripts/build_capproxy.py build --out /data/heldout --val1 val_1_full.json --val2 val_2_full.json \
         --all-split test
     python scripts/build_capproxy.py floor --root /data/prvr --split val --video-feature minilm_l3
+    python scripts/build_capproxy.py unseen-words --root /data/prvr \
+        --val1 ../shared/data/activitynet_captions/val_1.json --val2 ../shared/data/activitynet_captions/val_2.json
+    python scripts/build_capproxy.py build-pretrain --out /data/prvr \
+        --train ../shared/data/activitynet_captions/train.json \
+        --dev ../shared/data/activitynet_captions/val_1.json --dev ../shared/data/activitynet_captions/val_2.json
 
 Needs the benchmark extra (pip install 'prvr[bench]'); models load from local package files only.
 """
@@ -21,9 +26,10 @@ from typing import Any
 
 import click
 
-from prvr.benchmarks.capproxy_dataset import build_capproxy, zero_shot_floor
+from prvr.benchmarks.capproxy_dataset import build_capproxy, build_pretrain_corpus, zero_shot_floor
+from prvr.benchmarks.unseen_words import build_unseen_words_subset
 
-__all__ = ["main", "build_command", "floor_command"]
+__all__ = ["main", "build_command", "build_pretrain_command", "unseen_words_command", "floor_command"]
 
 
 class InputError(click.ClickException):
@@ -79,6 +85,69 @@ def build_command(out_root: Path, val1_path: Path, val2_path: Path, collection: 
         raise InputError(str(error)) from error
     summary: dict[str, Any] = {"root": str(out_root / collection), "splits": manifest["counts"]["splits"],
                                "wall_time_s": manifest["build"]["wall_time_s"]}
+    if all_split is None and {"train", "val"} <= set(manifest["counts"]["splits"]):
+        summary["unseen_words"] = build_unseen_words_subset(out_root, val1_path=val1_path, val2_path=val2_path,
+                                                            collection=collection)
+    click.echo(json.dumps(summary, indent=2))
+
+
+@main.command("build-pretrain")
+@click.option("--out", "out_root", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Data root; the corpus goes to <out>/<collection>/.")
+@click.option("--train", "train_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The extra annotations (train.json): one set per video, both timeline and queries.")
+@click.option("--dev", "dev_paths", multiple=True, required=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A DEV annotation file (val_1.json, val_2.json; repeatable): the build refuses any shared video.")
+@click.option("--collection", default="capproxy_pretrain", show_default=True, help="Collection of the corpus.")
+@click.option("--split", default="train", show_default=True, help="The split every video goes to.")
+@click.option("--video-feature", "video_features", multiple=True, default=("minilm_l3",), show_default=True,
+              help="Camera backbone(s), as for build. Repeatable.")
+@click.option("--text-feature", default="minilm_l6", show_default=True, help="Query backbone.")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Sentences per forward pass.")
+@click.option("--chunk-size", default=512, show_default=True, type=click.IntRange(min=1),
+              help="Sentences per cached (resumable) chunk.")
+@click.option("--threads", default=0, show_default=True, type=click.IntRange(min=0),
+              help="CPU threads of torch and onnxruntime (0 = their defaults).")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
+def build_pretrain_command(out_root: Path, train_path: Path, dev_paths: tuple[Path, ...], collection: str, split: str,
+                           video_features: tuple[str, ...], text_feature: str, batch_size: int, chunk_size: int,
+                           threads: int, no_progress: bool) -> None:
+    """Build (or resume) the extra training corpus from train.json, disjoint from DEV; prints counts and wall time."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    try:
+        manifest = build_pretrain_corpus(
+            out_root, train_path=train_path, dev_paths=list(dev_paths), collection=collection, split=split,
+            video_feature=list(video_features), text_feature=text_feature, batch_size=batch_size,
+            chunk_size=chunk_size, threads=threads, progress=not no_progress,
+        )
+    except (ValueError, FileNotFoundError, RuntimeError, OSError) as error:
+        raise InputError(str(error)) from error
+    click.echo(json.dumps({"root": str(out_root / collection), "splits": manifest["counts"]["splits"],
+                           "disjoint_from": manifest["disjoint_from"]["checked"],
+                           "wall_time_s": manifest["build"]["wall_time_s"]}, indent=2))
+
+
+@main.command("unseen-words")
+@click.option("--root", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Data root of a DEV build.")
+@click.option("--val1", "val1_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The build's val_1-style file (DEV-TRAIN's timelines).")
+@click.option("--val2", "val2_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The build's val_2-style file (DEV-TRAIN's queries).")
+@click.option("--collection", default="capproxy", show_default=True, help="Collection name.")
+@click.option("--split", default="val", show_default=True, help="The split whose queries are sorted.")
+def unseen_words_command(root: Path, val1_path: Path, val2_path: Path, collection: str, split: str) -> None:
+    """Write the unseen-words query subset of SPLIT (content words no DEV-TRAIN sentence has; `build` does it too)."""
+    try:
+        summary = build_unseen_words_subset(root, val1_path=val1_path, val2_path=val2_path, collection=collection,
+                                            split=split)
+    except (ValueError, FileNotFoundError, RuntimeError, OSError) as error:
+        raise InputError(str(error)) from error
     click.echo(json.dumps(summary, indent=2))
 
 

@@ -53,13 +53,22 @@ def rows_command() -> None:
 @click.option("--preset", default="capproxy", show_default=True)
 @click.option("--epochs", default=12, show_default=True, type=click.IntRange(min=1))
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(min=0))
-def run_command(row: str, seed: int, root: str, runs: str, preset: str, epochs: int, threads: int) -> None:
+@click.option("--train-split", "train_splits", multiple=True, default=("train",), show_default=True,
+              metavar="[COLLECTION:]SPLIT",
+              help="Training split(s); several train jointly, e.g. --train-split train --train-split "
+                   "capproxy_pretrain:train (the train.json corpus of build_capproxy.py build-pretrain).")
+@click.option("--init-from", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Fine-tune from this run's best.pt (a pre-training run of the same row).")
+def run_command(row: str, seed: int, root: str, runs: str, preset: str, epochs: int, threads: int,
+                train_splits: tuple[str, ...], init_from: str | None) -> None:
     """Train one (row, seed), resuming a run that was cut off; a finished run is left as it is."""
     folder = run_dir(Path(runs), row, seed)
     if row == TRIVIAL:
-        click.echo(json.dumps({"best": train_trivial_row(root, folder, seed=seed, epochs=epochs, threads=threads)}))
+        click.echo(json.dumps({"best": train_trivial_row(root, folder, seed=seed, epochs=epochs, threads=threads,
+                                                         train_splits=train_splits, init_from=init_from)}))
         return
-    command = train_command(row, folder, seed=seed, root=root, preset=preset, epochs=epochs, threads=threads)
+    command = train_command(row, folder, seed=seed, root=root, preset=preset, epochs=epochs, threads=threads,
+                            train_splits=train_splits, init_from=init_from)
     click.echo(" ".join(command), err=True)
     sys.exit(subprocess.call(command))
 
@@ -68,11 +77,13 @@ def run_command(row: str, seed: int, root: str, runs: str, preset: str, epochs: 
 @click.option("--runs", default="runs/capproxy", show_default=True)
 @click.option("--out", "out_stem", default="docs/bench/capproxy_runs", show_default=True,
               help="Writes OUT.json and OUT.md.")
-def table_command(runs: str, out_stem: str) -> None:
+@click.option("--subset", default=None, metavar="NAME",
+              help="Add the best epoch's metrics on this DEV-VAL query subset (e.g. unseen_words).")
+def table_command(runs: str, out_stem: str, subset: str | None) -> None:
     """Best-epoch DEV-VAL metrics of every finished or running (row, seed), with the mean over seeds."""
     rows = table_rows(Path(runs))
     write_json(Path(out_stem).with_suffix(".json"), rows)
-    text = table_markdown(rows)
+    text = table_markdown(rows, subset)
     write_text(Path(out_stem).with_suffix(".md"), text + "\n")
     click.echo(text)
 

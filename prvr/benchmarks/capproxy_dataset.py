@@ -81,6 +81,9 @@ __all__ = [
     "manifest_path",
     "work_dir",
     "build_capproxy",
+    "annotation_video_ids",
+    "check_disjoint",
+    "build_pretrain_corpus",
     "zero_shot_floor",
 ]
 
@@ -614,6 +617,84 @@ def build_capproxy(
     if not keep_work:
         shutil.rmtree(work, ignore_errors=True)
     logger.info("built %s in %.1f s: %s", base, timings["total_s"], split_counts)
+    return manifest
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the extra training corpus (train.json)
+
+
+def annotation_video_ids(path: str | os.PathLike[str]) -> set[str]:
+    """The video ids of an ActivityNet-Captions-format file (stripped, as the reader keys them)."""
+    with open(path, encoding="utf-8") as handle:
+        return {video_id.strip() for video_id in json.load(handle)}
+
+
+def check_disjoint(train_path: str | os.PathLike[str], dev_paths: Sequence[str | os.PathLike[str]]) -> dict[str, int]:
+    """Refuse an extra training file that shares a video with the DEV files (val_1 / val_2).
+
+    Args:
+        train_path: the extra training annotations (train.json).
+        dev_paths: the files whose videos must stay unseen in training (DEV-TRAIN's and DEV-VAL's, held out incl.).
+
+    Returns:
+        ``{"train_videos", "dev_videos", "shared": 0}``.
+
+    Raises:
+        ValueError: some video id is in both, naming how many and a few of them.
+    """
+    if not dev_paths:
+        raise ValueError("check_disjoint needs at least one DEV annotation file (val_1.json, val_2.json)")
+    train_ids = annotation_video_ids(train_path)
+    dev_ids: set[str] = set()
+    for path in dev_paths:
+        dev_ids |= annotation_video_ids(path)
+    shared = sorted(train_ids & dev_ids)
+    if shared:
+        raise ValueError(
+            f"{train_path} shares {len(shared)} of its {len(train_ids)} videos with the DEV files "
+            f"({', '.join(Path(p).name for p in dev_paths)}), e.g. {shared[:5]}; training on them would leak DEV-VAL "
+            "(or the held-out part) into training: remove them from the extra corpus"
+        )
+    return {"train_videos": len(train_ids), "dev_videos": len(dev_ids), "shared": 0}
+
+
+def build_pretrain_corpus(
+    out_root: str | os.PathLike[str],
+    *,
+    train_path: str | os.PathLike[str],
+    dev_paths: Sequence[str | os.PathLike[str]],
+    collection: str = "capproxy_pretrain",
+    split: str = "train",
+    **build_options: Any,
+) -> dict[str, Any]:
+    """The extra training corpus: train.json through the benchmark's recipe, as its own collection.
+
+    train.json has ONE annotation set per video, so the same sentences are both the timeline (camera frames, with
+    the benchmark's per-frame noise and per-video scene vector, :func:`make_frames`) and the queries (query
+    backbone, unperturbed). These pairs are easier than DEV's (no annotator gap: every query's sentence is inside
+    its video). The videos must share none with the DEV files (:func:`check_disjoint`, run first).
+
+    Args:
+        out_root: the data root; the corpus goes to ``<out_root>/<collection>/`` (one split, ``split``).
+        train_path: train.json.
+        dev_paths: val_1.json and val_2.json (their videos include DEV-TRAIN, DEV-VAL and the held-out part).
+        collection: the collection name (not the DEV collection's: it would overwrite its features).
+        split: the split name every video goes to.
+        build_options: passed on to :func:`build_capproxy` (video_feature, text_feature, batch_size, threads, ...).
+
+    Returns:
+        The manifest, with ``pairing`` and ``disjoint_from`` added.
+    """
+    disjoint = check_disjoint(train_path, dev_paths)
+    manifest = build_capproxy(out_root, val1_path=train_path, val2_path=train_path, collection=collection,
+                              splits=f"all:{split}", **build_options)
+    manifest["pairing"] = ("self: one annotation set, the same sentences are the timeline and the queries "
+                           "(queries unperturbed)")
+    manifest["disjoint_from"] = {
+        **{Path(p).name: file_sha256(Path(p)) for p in dev_paths}, "checked": disjoint,
+    }
+    write_json_atomic(manifest_path(out_root, collection), manifest)
     return manifest
 
 

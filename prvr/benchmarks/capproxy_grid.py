@@ -11,8 +11,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["METRICS", "ROWS", "TRIVIAL", "best_epoch", "history", "plot_sumr", "run_dir", "sumr", "table_markdown",
-           "table_rows", "train_command", "train_trivial_row"]
+__all__ = ["METRICS", "ROWS", "TRIVIAL", "best_epoch", "history", "parse_train_split", "plot_sumr", "run_dir", "sumr",
+           "table_markdown", "table_rows", "train_command", "train_trivial_row"]
 
 # Row name -> (label, overrides of the preset). The "trivial" row is not a DreamPRVR config: it trains the benchmark's
 # trivial reference (prvr.benchmarks.trivial) in the same loader and metrics.
@@ -54,13 +54,27 @@ def sumr(record: dict) -> float:
 
 
 def best_epoch(records: list[dict]) -> dict:
-    """The epoch of highest DEV-VAL SumR and its metrics."""
+    """The epoch of highest DEV-VAL SumR and its metrics (with those of its query subsets, when scored)."""
     best = max(records, key=sumr)
-    return {"epoch": best["epoch"], **{m: float(best["val"][m]) for m in METRICS}}
+    result = {"epoch": best["epoch"], **{m: float(best["val"][m]) for m in METRICS}}
+    subsets = best["val"].get("subsets")
+    if subsets:
+        result["subsets"] = {name: {m: float(values[m]) for m in METRICS} for name, values in subsets.items()}
+    return result
 
 
-def train_trivial_row(root: str, folder: Path, *, seed: int, epochs: int, threads: int) -> dict:
-    """Train the trivial reference of one seed into ``folder``; returns its best epoch."""
+def parse_train_split(spec: str, collection: str = "capproxy") -> tuple[str, str]:
+    """``[COLLECTION:]SPLIT`` -> (collection, split), as ``prvr train --train-split``."""
+    owner, _, split = spec.rpartition(":")
+    if not split:
+        raise ValueError(f"train split {spec!r}: give SPLIT or COLLECTION:SPLIT")
+    return owner or collection, split
+
+
+def train_trivial_row(root: str, folder: Path, *, seed: int, epochs: int, threads: int,
+                      train_splits: Sequence[str] = ("train",), init_from: str | None = None) -> dict:
+    """Train the trivial reference of one seed into ``folder`` (on ``train_splits``, jointly when several,
+    starting from ``init_from``'s weights when given); returns its best epoch."""
     import torch
 
     from prvr.benchmarks.trivial import TrivialConfig, train_trivial
@@ -69,19 +83,27 @@ def train_trivial_row(root: str, folder: Path, *, seed: int, epochs: int, thread
     if threads:
         torch.set_num_threads(threads)
     data = DataConfig(video_feature="minilm_l3", text_feature="minilm_l6")
-    records = train_trivial(root, "capproxy", data, folder, TrivialConfig(epochs=epochs, seed=seed))
+    records = train_trivial(root, "capproxy", data, folder, TrivialConfig(epochs=epochs, seed=seed),
+                            train_parts=[parse_train_split(spec) for spec in train_splits], init_from=init_from)
     return best_epoch(records)
 
 
 def train_command(row: str, folder: Path, *, seed: int, root: str, preset: str, epochs: int,
-                  threads: int) -> list[str]:
-    """The ``prvr train`` command line of one DreamPRVR (row, seed), resuming when ``folder`` holds a last.pt."""
+                  threads: int, train_splits: Sequence[str] = ("train",), init_from: str | None = None) -> list[str]:
+    """The ``prvr train`` command line of one DreamPRVR (row, seed), resuming when ``folder`` holds a last.pt.
+
+    ``train_splits`` are ``[COLLECTION:]SPLIT`` (several: joint training); ``init_from`` fine-tunes from a
+    checkpoint's weights."""
     command = [sys.executable, "-m", "prvr", "train", "--data", root, "--collection", "capproxy",
                "--preset", preset, "--out", str(folder), "--video-feature", "minilm_l3",
                "--text-feature", "minilm_l6", "--seed", str(seed), "--no-progress",
                "--set", f"train.epochs={epochs}", "--set", f"train.threads={threads}"]
     for override in ROWS[row][1]:
         command += ["--set", override]
+    for spec in train_splits:
+        command += ["--train-split", spec]
+    if init_from is not None:
+        command += ["--init-from", init_from]
     if (folder / "last.pt").is_file():
         command.append("--resume")
     return command
@@ -101,13 +123,21 @@ def table_rows(runs: Path) -> list[dict]:
     return rows
 
 
-def table_markdown(rows: list[dict]) -> str:
-    """The per-run table and the mean over seeds of every row, as markdown lines (no final newline)."""
-    lines = ["| row | seed | epochs run | best epoch | R@1 | R@5 | R@10 | R@100 | SumR | min / epoch |",
-             "|---" * 10 + "|"]
+def table_markdown(rows: list[dict], subset: str | None = None) -> str:
+    """The per-run table and the mean over seeds of every row, as markdown lines (no final newline).
+
+    ``subset`` (e.g. ``unseen_words``) adds its R@1/5/10/100/SumR at the same best epoch ("-" where not scored).
+    """
+    extra = [f"{subset} {m}" for m in METRICS] if subset else []
+    header = ["row", "seed", "epochs run", "best epoch", *METRICS, *extra, "min / epoch"]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for r in rows:
+        cells = [f"{r[m]:.2f}" for m in METRICS]
+        if subset:
+            values = r.get("subsets", {}).get(subset)
+            cells += [f"{values[m]:.2f}" for m in METRICS] if values else ["-"] * len(METRICS)
         lines.append(f"| {ROWS[r['row']][0]} | {r['seed']} | {r['epochs']} | {r['epoch']} | "
-                     + " | ".join(f"{r[m]:.2f}" for m in METRICS) + f" | {r['seconds_per_epoch'] / 60:.2f} |")
+                     + " | ".join(cells) + f" | {r['seconds_per_epoch'] / 60:.2f} |")
     lines += ["", "| row | seeds | mean SumR | min - max |", "|---|---|---|---|"]
     for name in ROWS:
         sums = [r["SumR"] for r in rows if r["row"] == name]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,14 +23,16 @@ import torch
 from torch import Tensor, nn
 
 from prvr.config import DataConfig, TrainConfig
-from prvr.data.dataset import PRVRCorpus, make_train_loader
+from prvr.checkpoint import atomic_torch_save
+from prvr.data.dataset import JointCorpus, PRVRCorpus, make_train_loader
+from prvr.data.subsets import find_query_subsets
 from prvr.engine import evaluate
 from prvr.fileio import write_json_atomic, write_text_atomic
 from prvr.losses import infonce_loss
 from prvr.similarity import video_scores
 from prvr.types import QueryBatch, VideoBatch, VideoTokens
 
-__all__ = ["TrivialConfig", "TrivialPRVR", "train_trivial"]
+__all__ = ["TrivialConfig", "TrivialPRVR", "train_trivial", "load_trivial_weights"]
 
 
 @dataclass(frozen=True)
@@ -80,14 +83,44 @@ class TrivialPRVR(nn.Module):
         return video_scores(queries, tokens, self.config.clip_weight, self.config.frame_weight)
 
 
+def _checkpoint_payload(model: TrivialPRVR, video_dim: int, text_dim: int) -> dict:
+    return {"trivial": asdict(model.config), "video_dim": video_dim, "text_dim": text_dim,
+            "model": model.state_dict()}
+
+
+def load_trivial_weights(model: TrivialPRVR, video_dim: int, text_dim: int, path: str | Path) -> None:
+    """Fine-tuning: load the weights of a trivial run's ``best.pt`` / ``last.pt`` (its shapes must fit).
+
+    Raises:
+        ValueError: the file is not a trivial checkpoint, or its hidden size, input dims or score weights differ
+            (every differing field named with both values).
+    """
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or "trivial" not in payload:
+        raise ValueError(f"--init-from {path}: not a checkpoint of the trivial reference (no 'trivial' config)")
+    mine = {**asdict(model.config), "video_dim": video_dim, "text_dim": text_dim}
+    saved = {**payload["trivial"], "video_dim": payload["video_dim"], "text_dim": payload["text_dim"]}
+    fields = ("hidden_size", "video_dim", "text_dim", "clip_weight", "frame_weight")
+    differing = [f"{k}: {saved.get(k)!r} in the checkpoint, {mine[k]!r} in this run" for k in fields
+                 if saved.get(k) != mine[k]]
+    if differing:
+        raise ValueError(f"--init-from {path}: the checkpoint does not fit this run: {'; '.join(differing)}")
+    model.load_state_dict(payload["model"])
+
+
 def train_trivial(
     root: str | Path, collection: str, data: DataConfig, out_dir: str | Path, config: TrivialConfig,
-    *, train_split: str = "train", val_split: str = "val",
+    *, train_split: str = "train", val_split: str = "val", train_parts: Sequence[tuple[str, str]] = (),
+    init_from: str | Path | None = None,
 ) -> list[dict]:
     """Train for ``config.epochs`` epochs, evaluating on ``val_split`` after each; writes ``metrics.jsonl``.
 
     The records have the layout of ``prvr train``'s (``epoch``, ``train.seconds``, ``val``, ``wall_seconds``), so the
     capproxy grid script tabulates and plots them beside the DreamPRVR rows. A finished run is not trained again.
+    ``train_parts`` ((collection, split) pairs) replaces ``collection``/``train_split`` as the training data: two or
+    more are trained jointly (:class:`prvr.data.dataset.JointCorpus`). ``init_from`` starts from the weights of an
+    earlier run's ``best.pt`` (fine-tuning, new optimizer). The weights of the best and the last epoch are saved
+    as ``best.pt`` / ``last.pt``; query subsets of the validation split are scored beside it.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -97,9 +130,14 @@ def train_trivial(
         if len(history) >= config.epochs:
             return history
     torch.manual_seed(config.seed)
-    train_corpus = PRVRCorpus(root, collection, train_split, data)
+    parts = [PRVRCorpus(root, owner, split, data) for owner, split in (train_parts or [(collection, train_split)])]
+    train_corpus: PRVRCorpus | JointCorpus = parts[0] if len(parts) == 1 else JointCorpus(parts)
     val_corpus = PRVRCorpus(root, collection, val_split, data)
+    subsets = find_query_subsets(root, collection, val_split) or None
     model = TrivialPRVR(train_corpus.video_dim, train_corpus.text_dim, config)
+    if init_from is not None:
+        load_trivial_weights(model, train_corpus.video_dim, train_corpus.text_dim, init_from)
+    best_sumr = float("-inf")
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     eval_config = TrainConfig(batch_videos=config.batch_videos)
     history: list[dict] = []
@@ -115,9 +153,16 @@ def train_trivial(
             loss.backward()
             optimizer.step()
         train_seconds = time.perf_counter() - epoch_start
-        history.append({"epoch": epoch + 1, "train": {"seconds": train_seconds},
-                        "val": evaluate(model, val_corpus, eval_config),  # type: ignore[arg-type]
+        val = evaluate(model, val_corpus, eval_config, subsets=subsets)  # type: ignore[arg-type]
+        history.append({"epoch": epoch + 1, "train": {"seconds": train_seconds}, "val": val,
                         "wall_seconds": time.perf_counter() - start})
+        payload = _checkpoint_payload(model, train_corpus.video_dim, train_corpus.text_dim)
+        if val["SumR"] > best_sumr:
+            best_sumr = val["SumR"]
+            atomic_torch_save(payload, out / "best.pt")
+        atomic_torch_save(payload, out / "last.pt")
     write_text_atomic(metrics_path, "".join(json.dumps(record) + "\n" for record in history))
-    write_json_atomic(out / "config.json", {"trivial": asdict(config), "data": asdict(data)}, sort_keys=False)
+    write_json_atomic(out / "config.json", {"trivial": asdict(config), "data": asdict(data),
+                                            "train": [f"{p.collection}:{p.split}" for p in parts],
+                                            "init_from": str(init_from) if init_from else None}, sort_keys=False)
     return history

@@ -16,7 +16,8 @@ __all__ = ["train_command", "eval_command", "quickstart_command"]
 
 def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
     """The metrics worth a line of text: recalls, SumR, ranks and counts (timings and paths stay in the JSON)."""
-    return {k: v for k, v in metrics.items() if k not in ("seconds", "video_seconds", "checkpoint", "split")}
+    return {k: v for k, v in metrics.items()
+            if k not in ("seconds", "video_seconds", "checkpoint", "split", "subsets")}
 
 
 @click.command("train")
@@ -30,7 +31,13 @@ def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
 @click.option("--video-feature", default=None, help="FeatureData/<name> to use (sets data.video_feature).")
 @click.option("--text-feature", default=None,
               help="TextData/<name>_<collection>_query_feat.hdf5 to use (sets data.text_feature).")
-@click.option("--train-split", default="train", show_default=True)
+@click.option("--train-split", "train_splits", multiple=True, default=("train",), show_default=True,
+              metavar="[COLLECTION:]SPLIT",
+              help="Training split; repeat for joint training on several (disjoint) splits, e.g. --train-split train "
+                   "--train-split capproxy_pretrain:train. COLLECTION defaults to --collection.")
+@click.option("--init-from", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Start from this checkpoint's weights (fine-tune: new optimizer and schedule; its model and data "
+                   "config must match this run's).")
 @click.option("--val-split", default="val", show_default=True,
               help="Split for model selection; the papers select on 'test' itself (say so when you do).")
 @click.option("--seed", type=int, default=None, help="Override the preset's seed.")
@@ -38,25 +45,54 @@ def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @fail_cleanly
 def train_command(root: str, collection: str, preset: str, run_dir: str, overrides: tuple[str, ...],
-                  video_feature: str | None, text_feature: str | None, train_split: str, val_split: str,
-                  seed: int | None, resume: bool, no_progress: bool) -> None:
-    """Train DreamPRVR; prints one JSON line of metrics per epoch and writes best.pt / last.pt."""
+                  video_feature: str | None, text_feature: str | None, train_splits: tuple[str, ...],
+                  init_from: str | None, val_split: str, seed: int | None, resume: bool, no_progress: bool) -> None:
+    """Train DreamPRVR; prints one JSON line of metrics per epoch and writes best.pt / last.pt.
+
+    Query subsets stored for the validation split (e.g. ANet-CapProxy's unseen-words queries) are scored after
+    every epoch beside it; model selection uses the full split.
+    """
+    from prvr.data.subsets import find_query_subsets
     from prvr.engine import config_for_corpus, fit
     from prvr.model import DreamPRVR, count_parameters
 
     config = resolve_config(preset, overrides + feature_overrides(video_feature, text_feature), seed)
-    train_corpus = open_corpus(root, collection, train_split, config)
+    train_corpus = open_train_corpus(root, collection, train_splits, config)
     config = config_for_corpus(config, train_corpus)
     val_corpus = open_corpus(root, collection, val_split, config, expected_video_dim=config.model.video_dim,
                              expected_text_dim=config.model.text_dim)
+    subsets = find_query_subsets(root, collection, val_split)
     click.echo(json.dumps({"preset": config.name, "parameters": count_parameters(DreamPRVR(config.model)),
+                           "train_splits": train_corpus.split if hasattr(train_corpus, "parts") else train_splits[0],
                            "train_videos": len(train_corpus.video_ids), "train_queries": len(train_corpus.queries),
-                           "val_videos": len(val_corpus.video_ids), "val_queries": len(val_corpus.queries)}))
-    result = fit(config, train_corpus, val_corpus, run_dir, resume=resume, progress=not no_progress,
+                           "val_videos": len(val_corpus.video_ids), "val_queries": len(val_corpus.queries),
+                           "val_subsets": {name: len(ids) for name, ids in subsets.items()},
+                           "init_from": init_from}))
+    result = fit(config, train_corpus, val_corpus, run_dir, resume=resume, init_from=init_from,
+                 val_subsets=subsets or None, progress=not no_progress,
                  on_epoch=lambda record: click.echo(json.dumps(record)))
     click.echo(json.dumps({"best_epoch": result.best_epoch, "best": result.best_metrics,
                            "epochs_run": result.epochs_run, "stopped_early": result.stopped_early,
                            "checkpoint": str(Path(run_dir) / "best.pt")}))
+
+
+def parse_train_split(spec: str, collection: str) -> tuple[str, str]:
+    """``[COLLECTION:]SPLIT`` -> (collection, split); the collection defaults to ``collection``."""
+    owner, _, split = spec.rpartition(":")
+    if not split:
+        raise ValueError(f"--train-split {spec!r}: give SPLIT or COLLECTION:SPLIT")
+    return owner or collection, split
+
+
+def open_train_corpus(root: str, collection: str, specs: tuple[str, ...], config: Any) -> Any:
+    """One training split as a PRVRCorpus, or several (``[COLLECTION:]SPLIT`` each) as one JointCorpus."""
+    from prvr.data.dataset import JointCorpus
+
+    pairs = [parse_train_split(spec, collection) for spec in specs]
+    if len(set(pairs)) != len(pairs):
+        raise ValueError(f"--train-split names the same split twice: {list(specs)}")
+    parts = [open_corpus(root, owner, split, config) for owner, split in pairs]
+    return parts[0] if len(parts) == 1 else JointCorpus(parts)
 
 
 @click.command("eval")
@@ -74,15 +110,21 @@ def train_command(root: str, collection: str, preset: str, run_dir: str, overrid
 @fail_cleanly
 def eval_command(checkpoint: str, root: str, collection: str, split: str, device: str, as_json: bool,
                  out_path: str | None, moment_checkpoint: str | None = None) -> None:
-    """Evaluate text-to-video retrieval: R@1/5/10/100, SumR, median and mean rank (and moments on request)."""
+    """Evaluate text-to-video retrieval: R@1/5/10/100, SumR, median and mean rank (and moments on request).
+
+    Query subsets stored beside the split's caption file (``prvr.data.subsets``, e.g. ANet-CapProxy's
+    unseen-words queries of DEV-VAL) are reported beside the full split, ranked among all of its videos.
+    """
     from prvr.checkpoint import load_model
+    from prvr.data.subsets import find_query_subsets
     from prvr.engine import evaluate, resolve_device
     from prvr.metrics.retrieval import format_metrics
 
     model, config, _ = load_model(checkpoint, resolve_device(device))
     corpus = open_corpus(root, collection, split, config, expected_video_dim=config.model.video_dim,
                          expected_text_dim=config.model.text_dim)
-    metrics = evaluate(model, corpus, config.train)
+    subsets = find_query_subsets(root, collection, split)
+    metrics = evaluate(model, corpus, config.train, subsets=subsets or None)
     metrics = {"split": split, "checkpoint": str(checkpoint), **metrics}
     if moment_checkpoint:
         from prvr.moments.train import evaluate_checkpoint_on_split
@@ -95,6 +137,8 @@ def eval_command(checkpoint: str, root: str, collection: str, split: str, device
         click.echo(json.dumps(metrics))
     else:
         click.echo(f"{collection}/{split}: {format_metrics(_headline(metrics))}")
+        for name, values in metrics.get("subsets", {}).items():
+            click.echo(f"{collection}/{split} subset {name}: {format_metrics(values)}")
         if moment_checkpoint:
             click.echo(f"{collection}/{split} moments: {format_metrics(metrics['moments'])}")
 

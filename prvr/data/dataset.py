@@ -29,6 +29,7 @@ from prvr.types import QueryBatch, QueryRecord, VideoBatch, VideoCorpus, VideoIn
 
 __all__ = [
     "PRVRCorpus",
+    "JointCorpus",
     "TrainVideoDataset",
     "TrainItem",
     "collate_train",
@@ -292,6 +293,87 @@ class PRVRCorpus:
         )
 
 
+class JointCorpus:
+    """Several training splits (of one or more collections) read as one: joint training on their union.
+
+    It offers what training reads of a corpus (videos, their captions, features) and routes each video to the split
+    that holds it. The splits must share no video id and no cap id (one video in two splits would be two rows of
+    one batch with the same features: a leak of one into the other, e.g. an extra corpus overlapping DEV), and their
+    feature dims must agree. ``root`` / ``collection`` / ``config`` are the first split's (the frame backbone a
+    checkpoint records is read from it).
+    """
+
+    def __init__(self, parts: Sequence[PRVRCorpus]) -> None:
+        if not parts:
+            raise ValueError("JointCorpus needs at least one split")
+        self.parts = list(parts)
+        first = self.parts[0]
+        self.root, self.collection, self.config = first.root, first.collection, first.config
+        self.split = "+".join(f"{part.collection}:{part.split}" for part in self.parts)
+        self._part_of: dict[str, PRVRCorpus] = {}
+        seen_queries: dict[str, PRVRCorpus] = {}
+        for part in self.parts:
+            if (part.video_dim, part.text_dim) != (first.video_dim, first.text_dim):
+                raise ValueError(
+                    f"joint training: {part!r} has feature dims {part.video_dim} / {part.text_dim}, {first!r} has "
+                    f"{first.video_dim} / {first.text_dim}; use the same video and text features in every split"
+                )
+            shared = [v for v in part.video_ids if v in self._part_of]
+            if shared:
+                other = self._part_of[shared[0]]
+                raise ValueError(
+                    f"joint training: {len(shared)} videos are in both {other.collection}:{other.split} and "
+                    f"{part.collection}:{part.split} (e.g. {shared[:3]}); the splits must be disjoint"
+                )
+            for record in part.queries:
+                if record.query_id in seen_queries:
+                    raise ValueError(f"joint training: cap id {record.query_id!r} is in two splits")
+                seen_queries[record.query_id] = part
+            self._part_of.update({video_id: part for video_id in part.video_ids})
+        self._video_ids = [video_id for part in self.parts for video_id in part.video_ids]
+        self._query_part = seen_queries
+
+    @property
+    def video_ids(self) -> list[str]:
+        """Every split's videos, split by split."""
+        return list(self._video_ids)
+
+    @property
+    def queries(self) -> list[QueryRecord]:
+        """Every split's queries, split by split."""
+        return [record for part in self.parts for record in part.queries]
+
+    @property
+    def video_dim(self) -> int:
+        return self.parts[0].video_dim
+
+    @property
+    def text_dim(self) -> int:
+        return self.parts[0].text_dim
+
+    def captions_of(self, video_id: str) -> list[QueryRecord]:
+        if video_id not in self._part_of:
+            raise KeyError(f"video {video_id!r} is in none of the joint splits {self.split}")
+        return self._part_of[video_id].captions_of(video_id)
+
+    def video(self, video_id: str) -> tuple[np.ndarray, np.ndarray]:
+        if video_id not in self._part_of:
+            raise KeyError(f"video {video_id!r} is in none of the joint splits {self.split}")
+        return self._part_of[video_id].video(video_id)
+
+    def query_tokens(self, cap_id: str) -> np.ndarray:
+        if cap_id not in self._query_part:
+            raise KeyError(f"cap id {cap_id!r} is in none of the joint splits {self.split}")
+        return self._query_part[cap_id].query_tokens(cap_id)
+
+    def close(self) -> None:
+        for part in self.parts:
+            part.close()
+
+    def __repr__(self) -> str:
+        return f"JointCorpus({self.split}: {len(self._video_ids)} videos, {len(self._query_part)} queries)"
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # training
 
@@ -299,7 +381,7 @@ class PRVRCorpus:
 class TrainVideoDataset(Dataset):
     """Videos of a corpus, each with all of its captions: item = (video_id, clip, frames, [(cap_id, tokens), ...])."""
 
-    def __init__(self, corpus: PRVRCorpus) -> None:
+    def __init__(self, corpus: PRVRCorpus | JointCorpus) -> None:
         self.corpus = corpus
         self._video_ids = corpus.video_ids
 
@@ -376,7 +458,7 @@ class _EpochSampler(Sampler[int]):
 
 
 def make_train_loader(
-    corpus: PRVRCorpus,
+    corpus: PRVRCorpus | JointCorpus,
     batch_videos: int,
     *,
     seed: int,
