@@ -36,6 +36,7 @@ from prvr.index.token_ops import (  # the token ids are re-exported: callers imp
     encode_token_ids,
     flatten_batch,
     merge_hits,
+    sorted_contains,
     video_hits,
 )
 
@@ -409,10 +410,7 @@ class FaissTokenIndex:
         return self._read_only
 
     def __contains__(self, video_id: object) -> bool:
-        if not isinstance(video_id, (int, np.integer)):
-            return False
-        position = np.searchsorted(self._video_ids, video_id)
-        return bool(position < len(self._video_ids) and self._video_ids[position] == video_id)
+        return sorted_contains(self._video_ids, video_id)
 
     def describe(self) -> dict[str, Any]:
         """JSON-serialisable summary: factories, nprobe / efSearch, counts, weights, tombstones."""

@@ -43,6 +43,7 @@ from prvr.index.token_ops import (
     empty_candidates,
     flatten_batch,
     merge_hits,
+    sorted_contains,
     video_hits,
 )
 
@@ -287,10 +288,7 @@ class MilvusTokenIndex:
         return False
 
     def __contains__(self, video_id: object) -> bool:
-        if not isinstance(video_id, (int, np.integer)):
-            return False
-        position = np.searchsorted(self._video_ids, video_id)
-        return bool(position < len(self._video_ids) and self._video_ids[position] == video_id)
+        return sorted_contains(self._video_ids, video_id)
 
     def _search_params(self) -> dict[str, Any]:
         params: dict[str, Any] = {}

@@ -16,7 +16,8 @@ import numpy as np
 from prvr.index.protocol import Candidates
 
 __all__ = ["MAX_VIDEO_ID", "TOKEN_BITS", "TOKEN_STRIDE", "VideoHits", "as_array", "check_queries",
-           "decode_token_ids", "empty_candidates", "encode_token_ids", "flatten_batch", "merge_hits", "video_hits"]
+           "decode_token_ids", "empty_candidates", "encode_token_ids", "flatten_batch", "merge_hits", "sorted_contains",
+           "video_hits"]
 
 TOKEN_BITS = 8  # token ids are video_id << 8 | token index (docs/design.md §3.2)
 TOKEN_STRIDE = 1 << TOKEN_BITS  # 256 token slots per video (32 clips, <= 128 frames)
@@ -126,6 +127,14 @@ def flatten_batch(video_ids: Any, clip: Any, frame: Any, frame_mask: Any, *, dim
     frame_ids = encode_token_ids(ids[rows], positions)  # (T_f,)
     tokens = {"clip": (clip_tokens, clip_ids), "frame": (frame_tokens, frame_ids)}
     return ids, tokens, np.full(num_videos, num_clips, dtype=np.int32), mask.sum(axis=1).astype(np.int32)
+
+
+def sorted_contains(video_ids: np.ndarray, video_id: object) -> bool:
+    """Whether the int ``video_id`` is in the sorted id array (anything that is not an int is not)."""
+    if isinstance(video_id, bool) or not isinstance(video_id, (int, np.integer)):
+        return False
+    position = np.searchsorted(video_ids, video_id)
+    return bool(position < len(video_ids) and video_ids[position] == video_id)
 
 
 def check_queries(query: Any, dim: int, n_candidates: Any) -> tuple[np.ndarray, int]:

@@ -65,6 +65,18 @@ def _get_in_threads(base: str, texts: list[str], k: int = 5) -> tuple[list[threa
     return threads, answers
 
 
+def _held_then_queued(base: str, app, held: HeldSearch, texts: list[str]) -> dict[str, httpx.Response]:
+    """texts[0] enters the search and is held; the others queue behind it; then the gate opens. All answers."""
+    first, answers = _get_in_threads(base, texts[:1])
+    assert held.entered.wait(30)
+    rest, more = _get_in_threads(base, texts[1:])
+    _queued(app, len(texts) - 1)
+    held.gate.set()
+    for thread in first + rest:
+        thread.join(60)
+    return {**answers, **more}
+
+
 def _error(response: httpx.Response, code: str) -> str:
     assert response.status_code == 503, response.text
     assert int(response.headers["retry-after"]) >= 1
@@ -78,14 +90,7 @@ def test_micro_batched_answers_equal_one_by_one_searches(service_index) -> None:
     app = create_app(ServiceSettings(index_dir=service_index["dir"], poll_interval_s=0,
                                      batching=BatchSettings(window_ms=0, max_batch=64)), loader=held)
     with serve_in_thread(app) as base:
-        first, answers = _get_in_threads(base, TEXTS[:1])
-        assert held.entered.wait(30)
-        rest, more = _get_in_threads(base, TEXTS[1:])
-        _queued(app, len(TEXTS) - 1)
-        held.gate.set()
-        for thread in first + rest:
-            thread.join(60)
-        answers.update(more)
+        answers = _held_then_queued(base, app, held, TEXTS)
     assert held.calls == [1, len(TEXTS) - 1]  # the eleven waiting requests went as one search
     with load_with_localizer(service_index["dir"]) as retriever:
         for text in TEXTS:
@@ -148,14 +153,7 @@ def test_no_batching_searches_each_request_alone(service_index) -> None:
     app = create_app(ServiceSettings(index_dir=service_index["dir"], poll_interval_s=0,
                                      batching=BatchSettings(window_ms=0, max_batch=1)), loader=held)
     with serve_in_thread(app) as base:
-        first, answers = _get_in_threads(base, TEXTS[:1])
-        assert held.entered.wait(30)
-        rest, more = _get_in_threads(base, TEXTS[1:4])
-        _queued(app, 3)
-        held.gate.set()
-        for thread in first + rest:
-            thread.join(60)
-        answers.update(more)
+        answers = _held_then_queued(base, app, held, TEXTS[:4])
     assert held.calls == [1, 1, 1, 1]
     assert all(answers[text].status_code == 200 for text in TEXTS[:4])
 
