@@ -32,52 +32,32 @@ from prvr.index.catalog import (
     open_database,
 )
 from prvr.index.layout import DATABASE_URL_FILE, DB_NAME, open_index_database
-from test_catalog import (  # the backend-neutral catalog tests, run again here on the fixtures below
-    WRITER_SCRIPT,
-    _generation,
-    _model,
-    _register,
-    _statuses,
-    test_abandon_generation,
-    test_activation_is_atomic_when_a_step_fails,
-    test_external_ids_preserve_order,
-    test_generation_bad_input,
-    test_generation_lifecycle,
-    test_get_video_by_either_key,
-    test_ids_are_never_reused,
-    test_only_one_active_generation_in_the_schema,
-    test_query_log,
-    test_readonly_session_is_a_snapshot,
-    test_register_is_idempotent_and_ordered,
-    test_register_model_is_idempotent,
-    test_register_rejects_bad_input_atomically,
-    test_session_commits_or_rolls_back,
-    test_soft_delete_keeps_history_and_frees_external_id,
-    test_threads_read_while_one_writes,
-    test_writers_wait_for_each_other,
-)
+import test_catalog
+from test_catalog import WRITER_SCRIPT, _generation, _model, _register, _statuses
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-CATALOG_TESTS = [  # re-exported: pytest collects them in this module, where `db` and `file_db` are PostgreSQL
-    test_abandon_generation,
-    test_activation_is_atomic_when_a_step_fails,
-    test_external_ids_preserve_order,
-    test_generation_bad_input,
-    test_generation_lifecycle,
-    test_get_video_by_either_key,
-    test_ids_are_never_reused,
-    test_only_one_active_generation_in_the_schema,
-    test_query_log,
-    test_readonly_session_is_a_snapshot,
-    test_register_is_idempotent_and_ordered,
-    test_register_model_is_idempotent,
-    test_register_rejects_bad_input_atomically,
-    test_session_commits_or_rolls_back,
-    test_soft_delete_keeps_history_and_frees_external_id,
-    test_threads_read_while_one_writes,
-    test_writers_wait_for_each_other,
-]
+# the backend-neutral catalog tests, collected again in this module, where `db` and `file_db` are PostgreSQL
+CATALOG_TEST_NAMES = (
+    "test_abandon_generation",
+    "test_activation_is_atomic_when_a_step_fails",
+    "test_external_ids_preserve_order",
+    "test_generation_bad_input",
+    "test_generation_lifecycle",
+    "test_get_video_by_either_key",
+    "test_ids_are_never_reused",
+    "test_only_one_active_generation_in_the_schema",
+    "test_query_log",
+    "test_readonly_session_is_a_snapshot",
+    "test_register_is_idempotent_and_ordered",
+    "test_register_model_is_idempotent",
+    "test_register_rejects_bad_input_atomically",
+    "test_session_commits_or_rolls_back",
+    "test_soft_delete_keeps_history_and_frees_external_id",
+    "test_threads_read_while_one_writes",
+    "test_writers_wait_for_each_other",
+)
+globals().update({name: getattr(test_catalog, name) for name in CATALOG_TEST_NAMES})
 
 
 @pytest.fixture
