@@ -36,6 +36,25 @@ class InputError(click.ClickException):
     exit_code = 1
 
 
+def encoder_options(command: Any) -> Any:
+    """The encoding options ``build`` and ``build-pretrain`` share (backbones, batching, resumable chunks, threads)."""
+    options = [
+        click.option("--video-feature", "video_features", multiple=True, default=("minilm_l3",), show_default=True,
+                     help="Camera backbone(s): minilm_l3 (the benchmark), minilm_l6 (the oracle). Repeatable."),
+        click.option("--text-feature", default="minilm_l6", show_default=True, help="Query backbone."),
+        click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1),
+                     help="Sentences per forward pass."),
+        click.option("--chunk-size", default=512, show_default=True, type=click.IntRange(min=1),
+                     help="Sentences per cached (resumable) chunk."),
+        click.option("--threads", default=0, show_default=True, type=click.IntRange(min=0),
+                     help="CPU threads of torch and onnxruntime (0 = their defaults). 1 is often faster on a busy "
+                          "machine."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 def main(verbose: int) -> None:
@@ -55,15 +74,7 @@ def main(verbose: int) -> None:
 @click.option("--collection", default="capproxy", show_default=True, help="Collection name in the PRVR layout.")
 @click.option("--all-split", default=None, metavar="NAME",
               help="Put every video into split NAME instead of the DEV bucket rule (e.g. test for a held-out set).")
-@click.option("--video-feature", "video_features", multiple=True, default=("minilm_l3",), show_default=True,
-              help="Camera backbone(s): minilm_l3 (the benchmark), minilm_l6 (the oracle). Repeatable.")
-@click.option("--text-feature", default="minilm_l6", show_default=True, help="Query backbone.")
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1),
-              help="Sentences per forward pass.")
-@click.option("--chunk-size", default=512, show_default=True, type=click.IntRange(min=1),
-              help="Sentences per cached (resumable) chunk.")
-@click.option("--threads", default=0, show_default=True, type=click.IntRange(min=0),
-              help="CPU threads of torch and onnxruntime (0 = their defaults). 1 is often faster on a busy machine.")
+@encoder_options
 @click.option("--keep-work", is_flag=True, help="Keep the chunk cache after a successful build.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
 def build_command(out_root: Path, val1_path: Path, val2_path: Path, collection: str, all_split: str | None,
@@ -101,15 +112,7 @@ def build_command(out_root: Path, val1_path: Path, val2_path: Path, collection: 
               help="A DEV annotation file (val_1.json, val_2.json; repeatable): the build refuses any shared video.")
 @click.option("--collection", default="capproxy_pretrain", show_default=True, help="Collection of the corpus.")
 @click.option("--split", default="train", show_default=True, help="The split every video goes to.")
-@click.option("--video-feature", "video_features", multiple=True, default=("minilm_l3",), show_default=True,
-              help="Camera backbone(s), as for build. Repeatable.")
-@click.option("--text-feature", default="minilm_l6", show_default=True, help="Query backbone.")
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1),
-              help="Sentences per forward pass.")
-@click.option("--chunk-size", default=512, show_default=True, type=click.IntRange(min=1),
-              help="Sentences per cached (resumable) chunk.")
-@click.option("--threads", default=0, show_default=True, type=click.IntRange(min=0),
-              help="CPU threads of torch and onnxruntime (0 = their defaults).")
+@encoder_options
 @click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
 def build_pretrain_command(out_root: Path, train_path: Path, dev_paths: tuple[Path, ...], collection: str, split: str,
                            video_features: tuple[str, ...], text_feature: str, batch_size: int, chunk_size: int,
