@@ -17,6 +17,7 @@ import numpy as np
 
 from prvr.data.dataset import PRVRCorpus
 from prvr.engine import encode_corpus_queries
+from prvr.metrics.retrieval import recall_metrics
 from prvr.retriever import Retriever
 
 KS = (1, 5, 10, 100)
@@ -44,8 +45,8 @@ def main() -> None:
     for row, target in zip(ranked, targets):
         names = [name_of[int(v)] for v in row.video_ids]
         ranks.append(names.index(videos[target]) + 1 if videos[target] in names else max(KS) + 1)
-    found = {f"R@{k}": 100.0 * float((np.array(ranks) <= k).mean()) for k in KS}
-    report = {**{key: round(value, 2) for key, value in found.items()}, "SumR": round(sum(found.values()), 2),
+    metrics = recall_metrics(np.asarray(ranks), KS)  # ranks past the top-100 count as 101: R@K and SumR only
+    report = {**{key: round(metrics[key], 2) for key in [*(f"R@{k}" for k in KS), "SumR"]},
               "queries": len(ranks), "certified": all(row.certified for row in ranked),
               "seconds": round(time.perf_counter() - started, 1)}
     print(json.dumps(report))

@@ -323,8 +323,17 @@ def image_backbone_kinds() -> list[str]:
     return sorted(_IMAGE_BACKBONES)
 
 
+class _JointImageBackbone(_TransformersImageBackbone):
+    """An image tower projected into a joint image-text space (CLIP, SigLIP): ``get_image_features``."""
+
+    def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        output = self.model.get_image_features(pixel_values=pixels)
+        # transformers >= 5 returns the vision output with the projected vector as pooler_output; older: a tensor
+        return output if isinstance(output, torch.Tensor) else output.pooler_output  # (B, D)
+
+
 @register_image_backbone("clip")
-class ClipImageBackbone(_TransformersImageBackbone):
+class ClipImageBackbone(_JointImageBackbone):
     """CLIP's image tower and projection (``CLIPModel.get_image_features``): one D-dim vector per image.
 
     D is the projection dim (512 for ViT-B/32), the space CLIP shares with its text tower. Without a
@@ -352,14 +361,10 @@ class ClipImageBackbone(_TransformersImageBackbone):
                          batch_size=batch_size, preprocessor=ImagePreprocessor.from_folder(folder, default),
                          model=model, dim=int(model.config.projection_dim))
 
-    def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        output = self.model.get_image_features(pixel_values=pixels)
-        # transformers >= 5 returns the vision output with the projected vector as pooler_output; older: a tensor
-        return output if isinstance(output, torch.Tensor) else output.pooler_output  # (B, D)
 
 
 @register_image_backbone("siglip")
-class SiglipImageBackbone(_TransformersImageBackbone):
+class SiglipImageBackbone(_JointImageBackbone):
     """SigLIP's image tower (``SiglipModel.get_image_features``): one D-dim vector per image in the text's space.
 
     D is the vision hidden size (SigLIP's pooling head keeps it; the text tower matches it). Without a
@@ -388,9 +393,6 @@ class SiglipImageBackbone(_TransformersImageBackbone):
                          batch_size=batch_size, preprocessor=ImagePreprocessor.from_folder(folder, default),
                          model=model, dim=int(model.config.vision_config.hidden_size))
 
-    def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        output = self.model.get_image_features(pixel_values=pixels)
-        return output if isinstance(output, torch.Tensor) else output.pooler_output  # (B, D)
 
 
 @register_image_backbone("vision")
