@@ -194,3 +194,12 @@ def test_backbone_ids_are_checked(tmp_path: Path) -> None:
     assert feature_file_backbone(tmp_path / "release.hdf5") is None
     assert check_backbone(hub, tmp_path / "release.hdf5") is False
     assert check_backbone(hub, found=local) is True
+
+
+def test_the_id_of_a_backbone_spec_without_loading_it(tiny_clip) -> None:
+    from prvr.features.backbones import image_backbone_id, load_image_backbone
+
+    for spec in (f"clip:{tiny_clip}", str(tiny_clip)):
+        assert image_backbone_id(spec) == load_image_backbone(spec, device="cpu").backbone_id
+    with pytest.raises(ValueError, match="unknown image backbone kind"):
+        image_backbone_id("nope:model")

@@ -60,12 +60,12 @@ def extract_command(videos: tuple[str, ...], out_root: str, backbone: str, colle
     sampling = SamplingConfig(fps=fps, frames_per_feature=frames_per_feature, short_side=short_side)
     runner = None
     if ray_address is not None:
-        from prvr.features.ray_extract import RayOptions, check_spec_is_shared, ray_runner
+        from prvr.features.ray_extract import RayBackbone, RayOptions, check_spec_is_shared, ray_runner
 
         options = RayOptions(address=ray_address, workers=ray_workers, gpus_per_worker=ray_gpus_per_worker)
         check_spec_is_shared(backbone)
-        model = load_image_backbone(backbone, device="cpu", batch_size=batch_size)  # the driver: its id only
-        runner = ray_runner(backbone, model.backbone_id, sampling, options, device=device, batch_size=batch_size,
+        model = RayBackbone.from_spec(backbone)  # the weights load on the actors only
+        runner = ray_runner(model.spec, model.backbone_id, sampling, options, device=device, batch_size=batch_size,
                             threads=threads)
     else:
         model = load_image_backbone(backbone, device=device, batch_size=batch_size)

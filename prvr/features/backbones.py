@@ -440,6 +440,20 @@ def load_image_backbone(spec: str = DEFAULT_IMAGE_BACKBONE, *, device: str | tor
     Returns:
         The backbone.
     """
+    kind, target = _parse_image_spec(spec)
+    return _IMAGE_BACKBONES[kind](target, device=device, batch_size=batch_size, allow_download=allow_download)
+
+
+def image_backbone_id(spec: str, *, allow_download: bool = True) -> str:
+    """The id :func:`load_image_backbone` would give ``spec`` (``kind:name@sha12`` of the weights), without loading
+    the model: for a driver whose backbone runs elsewhere (``prvr extract --ray``)."""
+    kind, target = _parse_image_spec(spec)
+    folder = resolve_model_dir(target, allow_download=allow_download)
+    return _backbone_id(kind, _model_name(target, folder), folder)
+
+
+def _parse_image_spec(spec: str) -> tuple[str, str]:
+    """``(kind, model folder or hub id)`` of ``<kind>:<target>`` (a bare name or path means ``clip``)."""
     kind, separator, target = spec.partition(":")
     if not separator or kind not in _IMAGE_BACKBONES:
         if separator and not Path(spec).expanduser().exists() and "/" not in kind:
@@ -447,7 +461,7 @@ def load_image_backbone(spec: str = DEFAULT_IMAGE_BACKBONE, *, device: str | tor
         kind, target = "clip", spec
     if not target:
         raise ValueError(f"backbone {spec!r} names no model; use <kind>:<model folder or hub id>")
-    return _IMAGE_BACKBONES[kind](target, device=device, batch_size=batch_size, allow_download=allow_download)
+    return kind, target
 
 
 def load_text_backbone(spec: str = DEFAULT_TEXT_BACKBONE, *, allow_download: bool = True,

@@ -496,7 +496,8 @@ def extract_videos(
         videos: a folder of videos (searched recursively), a file, or a list of them.
         out_root: the data root to write into.
         backbone: the frame backbone (see :func:`prvr.features.backbones.load_image_backbone`); its id keys the
-            cache and is recorded in the feature file.
+            cache and is recorded in the feature file. With a ``runner`` only its ``backbone_id`` is read (e.g. a
+            :class:`prvr.features.ray_extract.RayBackbone`).
         collection: the collection folder name.
         feature_name: the FeatureData name (default: from the backbone, e.g. ``clip_vit_base_patch32``).
         sampling: frame sampling (default: 1 feature per second, 1 frame per feature).

@@ -26,7 +26,7 @@ import numpy as np
 from prvr.features.extract import EncodeJob, EncodeRunner, Encoded
 from prvr.features.frames import SamplingConfig
 
-__all__ = ["RayOptions", "ray_runner"]
+__all__ = ["RayBackbone", "RayOptions", "ray_runner"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,22 @@ class RayOptions:
             raise ValueError(f"cpus_per_worker must be > 0, got {self.cpus_per_worker!r}")
         if not self.address:
             raise ValueError("the Ray address is empty; pass 'local', 'auto' or ray://HOST:PORT")
+
+
+@dataclass(frozen=True)
+class RayBackbone:
+    """The frame backbone as the Ray actors hold it: the spec every actor builds, and its id (the cache key), read
+    from the weights' digest without loading the model in the driver. What ``extract_videos`` is given with a
+    :func:`ray_runner` (it only reads ``backbone_id``)."""
+
+    spec: str
+    backbone_id: str
+
+    @classmethod
+    def from_spec(cls, spec: str, *, allow_download: bool = True) -> RayBackbone:
+        from prvr.features.backbones import image_backbone_id
+
+        return cls(spec, image_backbone_id(spec, allow_download=allow_download))
 
 
 def _import_ray() -> Any:
