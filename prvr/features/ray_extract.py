@@ -182,12 +182,6 @@ def ray_runner(spec: str, backbone_id: str, sampling: SamplingConfig, options: R
     return run
 
 
-def describe(options: RayOptions) -> dict[str, Any]:
-    """The options as JSON-ready facts for the extraction summary."""
-    return {"address": options.address, "workers": options.workers, "gpus_per_worker": options.gpus_per_worker,
-            "cpus_per_worker": options.cpus_per_worker}
-
-
 def check_spec_is_shared(spec: str) -> None:
     """Warn when the backbone spec names a hub id: every node then needs the hub (or its own cache) to load it."""
     target = spec.partition(":")[2] or spec
