@@ -31,7 +31,7 @@ from prvr.benchmarks.service_bench import HOST, load_run, markdown, start_server
 
 # server mode -> its extra prvr serve options; "bounded" shows the overload bounds (small queue, short timeout)
 MODES = {"batched": [], "unbatched": ["--no-batching"],
-         "bounded": ["--no-batching", "--max-queue", "16", "--max-request-queries", "16", "--request-timeout", "1"]}
+         "bounded": ["--no-batching", "--max-queue", "16", "--request-timeout", "1"]}
 
 
 def _ms(value: float | None) -> str:

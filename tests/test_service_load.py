@@ -244,3 +244,27 @@ def test_a_hot_swap_under_load_answers_each_request_from_one_generation(service_
     for generation, rankings in seen:
         for text, ranking in rankings.items():
             assert ranking == expected[generation][text], (generation, text)
+
+
+def test_serve_fits_the_request_size_to_a_small_queue(service_index, monkeypatch) -> None:
+    import uvicorn
+    from click.testing import CliRunner
+
+    from prvr.cli import main
+
+    seen = {}
+
+    def fake_create_app(settings, **_):
+        seen["settings"] = settings
+        return object()
+
+    monkeypatch.setattr("prvr.services.app.create_app", fake_create_app)
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: None)
+    for args, request_queries in ((["--max-queue", "16"], 16), ([], 32), (["--max-request-queries", "8"], 8)):
+        result = CliRunner().invoke(main, ["serve", "--index", str(service_index["dir"]), "--no-batching", *args])
+        assert result.exit_code == 0, result.output
+        assert seen["settings"].max_request_queries == request_queries
+        assert seen["settings"].batching.max_batch == 1
+    result = CliRunner().invoke(main, ["serve", "--index", str(service_index["dir"]), "--max-queue", "4",
+                                       "--max-request-queries", "8"])
+    assert result.exit_code == 1 and "exceeds the queue bound 4" in result.output, result.output

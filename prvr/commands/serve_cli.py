@@ -11,6 +11,8 @@ from prvr.commands.common import fail_cleanly
 
 __all__ = ["serve_command"]
 
+DEFAULT_REQUEST_QUERIES = 32  # ServiceSettings.max_request_queries
+
 
 @click.command("serve")
 @click.option("--index", "index_dir", required=True, type=click.Path(exists=True, file_okay=False),
@@ -39,12 +41,12 @@ __all__ = ["serve_command"]
               help="Seconds a search may wait in all (queue + search) before a 503 with Retry-After.")
 @click.option("--search-workers", default=1, show_default=True, type=click.IntRange(min=1, max=64),
               help="Threads running search batches.")
-@click.option("--max-request-queries", default=32, show_default=True, type=click.IntRange(min=1),
-              help="Most queries in one POST /search.")
+@click.option("--max-request-queries", default=None, type=click.IntRange(min=1),
+              help="Most queries in one POST /search (default 32, or --max-queue when that is smaller).")
 @fail_cleanly
 def serve_command(index_dir: str, host: str, port: int, api_key_env: str | None, max_k: int, max_query_chars: int,
                   poll_interval: float, query_log: bool, batch_window_ms: float, max_batch: int, no_batching: bool,
-                  max_queue: int, request_timeout: float, search_workers: int, max_request_queries: int) -> None:
+                  max_queue: int, request_timeout: float, search_workers: int, max_request_queries: int | None) -> None:
     """Serve search, video metadata and media, and the web page at http://HOST:PORT/.
 
     Concurrent searches are micro-batched (joined for up to --batch-window-ms into one search of up to --max-batch
@@ -66,6 +68,8 @@ def serve_command(index_dir: str, host: str, port: int, api_key_env: str | None,
     check_bind(host, api_key)
     if no_batching:
         batch_window_ms, max_batch = 0.0, 1
+    if max_request_queries is None:  # a request must fit the queue
+        max_request_queries = min(DEFAULT_REQUEST_QUERIES, max_queue)
     batching = BatchSettings(window_ms=batch_window_ms, max_batch=max_batch, max_queue=max_queue,
                              timeout_s=request_timeout, workers=search_workers)
     settings = ServiceSettings(index_dir=Path(index_dir), api_key=api_key, max_k=max_k, max_query_chars=max_query_chars,
