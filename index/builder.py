@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -41,6 +42,7 @@ from prvr.index.backend import (
 )
 from prvr.index.faiss_store import FaissTokenIndex, choose_factory, nlist_for
 from prvr.index.manifest import MANIFEST_NAME, IndexManifest, _utc_now_iso, write_manifest
+from prvr.index.resume import RESUME_NAME, ResumePoint, clear_snapshots, ids_digest, read_resume_point, write_snapshot
 from prvr.index.token_codec import CODEC_NAMES_HELP, is_codec_name
 from prvr.index.token_store import STORAGE, TokenStore
 from prvr.checkpoint import load_model
@@ -77,6 +79,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_N_CANDIDATES = 200
+DEFAULT_CHECKPOINT_EVERY = 50_000  # videos between resume snapshots of a FAISS build
 MAX_TRAIN_VIDEOS = 4096  # cap of the IVF / PQ training sample (videos encoded twice)
 
 
@@ -113,13 +116,16 @@ def _build_lock(index_dir: Path) -> contextlib.AbstractContextManager[None]:
                                                               "for it to finish (one writer per index)")
 
 
-def _abandon_stale_builds(db: Database, index_dir: Path) -> None:
+def _abandon_stale_builds(db: Database, index_dir: Path, keep: int | None = None) -> None:
     """Drop generations left ``building`` by crashed builds (safe: we hold the build lock) and their directories.
 
     The directory goes first and the row last: a crash in between leaves the row, so the next build finishes the
     job (the other order would orphan the directory, which no row names and no later build would remove).
+    ``keep``: the id of a building generation to leave alone (the one a build resumes, or keeps resumable).
     """
     for generation in db.generations(GenerationStatus.BUILDING):
+        if generation.id == keep:
+            continue
         shutil.rmtree(generation_path(index_dir, generation.directory), ignore_errors=True)
         drop_engine_collections(generation.params, generation.directory)
         name = db.abandon_generation(generation.id)
@@ -179,9 +185,13 @@ def build_index(
     database_url: str | None = None,
     backend: str | None = None,
     engine: dict[str, Any] | None = None,
+    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
     progress: bool = True,
 ) -> BuildResult:
     """Encode the corpus's videos and commit them, with the active generation's videos, as a new generation.
+
+    A FAISS build that is killed or interrupted (Ctrl-C) after a snapshot resumes when the same build is run again
+    (same checkpoint, corpus and settings; :mod:`prvr.index.resume`); a build that fails with an error is removed.
 
     Args:
         checkpoint: a checkpoint written by ``prvr.checkpoint.save_checkpoint``.
@@ -219,6 +229,8 @@ def build_index(
             active generation's (another value is refused).
         engine: Milvus settings of a new index: ``{"url": "*.db" file or "http://host:19530", "shards": 1,
             "replicas": 1, "index_params": {...}}``; ``factory`` is then a Milvus index type (FLAT, IVF_FLAT, ...).
+        checkpoint_every: videos between resume snapshots of a FAISS build (one is also taken after training the
+            quantisers); 0 turns snapshots, and so resuming, off.
         progress: show a tqdm bar.
 
     Returns:
@@ -230,6 +242,8 @@ def build_index(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if checkpoint_every < 0:
+        raise ValueError(f"checkpoint_every must be >= 0 videos (0: no resume snapshots), got {checkpoint_every}")
     check_token_dtype(token_dtype)
     if (n_candidates is not None and n_candidates < 1) or candidates_per_video < 1:
         raise ValueError(f"n_candidates and candidates_per_video must be >= 1, got {n_candidates}, "
@@ -273,11 +287,18 @@ def build_index(
                 candidates_per_video=candidates_per_video, moment_checkpoint=moments,
                 moment_localizer=moment_localizer, token_dtype=token_dtype,
                 bank=_bank_request(query_bank, bank_k, bank_alpha, bank_source),
-                backend=backend, engine=engine, progress=progress,
+                backend=backend, engine=engine, checkpoint_every=checkpoint_every, progress=progress,
             )
-        except BaseException:
+        except BaseException as error:
             with contextlib.suppress(Exception):  # the original error matters more than a failed clean-up
-                _abandon_stale_builds(db, out_dir)  # this build's row, directory and engine collections
+                # this build's row, directory and engine collections; an interrupted (not failed) build that has a
+                # resume snapshot is kept for the next run of the same build
+                keep = None if isinstance(error, Exception) else _resumable_generation(db, out_dir)
+                if keep is None:
+                    _abandon_stale_builds(db, out_dir)
+                else:
+                    logger.warning("build interrupted: run the same command again to resume it")
+                    _abandon_stale_builds(db, out_dir, keep=keep)
             raise
         finally:
             db.close()
@@ -365,6 +386,7 @@ def _build_locked(
     bank: _BankBuild | None,
     backend: str | None,
     engine: dict[str, Any] | None,
+    checkpoint_every: int,
     progress: bool,
 ) -> BuildResult:
     if backend is not None and backend not in BACKENDS:
@@ -408,7 +430,16 @@ def _build_locked(
     if bank is not None and bank.vectors.shape[1] != config.model.hidden_size:
         raise ValueError(f"the query bank is {bank.vectors.shape[1]}-d but the model's query vectors are "
                          f"{config.model.hidden_size}-d; encode the bank with this index's model")
-    _abandon_stale_builds(db, out_dir)
+    resumable = (previous.manifest.backend if previous is not None else backend or "faiss") == "faiss"
+    key = _build_key(sha, corpus, collection_name, previous, factory, batch_size, candidates_per_video, token_dtype,
+                     bank)
+    resume: tuple[Any, ResumePoint] | None = None
+    if resumable and checkpoint_every:
+        resume = _find_resume_point(db, out_dir, key)
+    if resume is None:
+        _abandon_stale_builds(db, out_dir)
+    else:
+        _abandon_stale_builds(db, out_dir, keep=resume[0].id)
 
     video_ids = corpus.video_ids
     # a corpus of extracted video files knows each video's duration and source file; a caption split only durations
@@ -445,46 +476,75 @@ def _build_locked(
     new_ids = [vid for vid in video_ids if id_of[vid] not in index]
     described = index.describe()
     factories = {kind: str(described[kind]["factory"] or "auto") for kind in ("clip", "frame")}
-    generation_id = db.begin_generation(
-        model_id=model_id,
-        factories=factories,
-        faiss_version=faiss.__version__,
-        params={**search_defaults, "candidates_per_video": index.candidates_per_video,
-                **engine_record(index, previous.generation.params if previous is not None else None)},
-        video_ids=sorted(set(members) | {id_of[vid] for vid in video_ids}),
-    )
-    generation = db.get_generation(generation_id)
-    assert generation is not None
-    gen_dir = generation_path(out_dir, generation.directory)
-    index = start_generation(index, generation.params, generation.directory)
-    shutil.rmtree(gen_dir, ignore_errors=True)
-    gen_dir.mkdir(parents=True)
-    if previous is not None:
-        shutil.copytree(previous.directory / TOKENS_DIR, gen_dir / TOKENS_DIR)
+    counts = {"new_videos": 0, "new_clip_tokens": 0, "new_frame_tokens": 0}
+    if resume is not None:
+        generation, point = resume
+        generation_id = generation.id
+        gen_dir = generation_path(out_dir, generation.directory)
+        index = point.load_index()
         store = TokenStore(gen_dir / TOKENS_DIR, dim)
-    else:
-        store = TokenStore(gen_dir / TOKENS_DIR, dim, normalize=True, dtype=token_dtype, codec_seed=config.seed)
-        index_training = isinstance(index, FaissTokenIndex) and any(map(_needs_training, factories.values()))
-        store_training = store.codec is not None and store.codec.needs_training
-        if new_ids and (index_training or store_training):
-            sample = _train_sample(model, corpus, new_ids, factories["clip"], batch_size)
-            if index_training:
-                index.train(*sample)
-            store.train(*sample)
-
-    clip_tokens = frame_tokens = 0
-    batches = iter_video_batches(corpus, batch_size, new_ids) if new_ids else iter(())
-    for batch in tqdm(batches, total=math.ceil(len(new_ids) / batch_size), desc="index videos",
-                      disable=not progress, unit="batch"):
-        tokens = model.encode_videos(batch)
-        clip, frame, mask = _as_numpy(tokens)
-        ids = np.array([id_of[vid] for vid in batch.video_ids], dtype=np.int64)  # (B,)
+        store.truncate(point.store_entries)  # appends after the snapshot are redone
         if bank is not None:
-            bank.add(model, ids, tokens)
-        index.add(ids, clip, frame, mask)
-        store.append(ids, clip, frame, mask)
-        clip_tokens += clip.shape[0] * clip.shape[1]
-        frame_tokens += int(mask.sum())
+            bank.ids, bank.terms = [point.bank_ids], [point.bank_terms]
+        counts = {"new_videos": point.new_videos, "new_clip_tokens": point.new_clip_tokens,
+                  "new_frame_tokens": point.new_frame_tokens}
+        todo = [vid for vid in new_ids if id_of[vid] not in index]
+        logger.info("resuming generation %s: %d of %d new videos done", generation.directory,
+                    len(new_ids) - len(todo), len(new_ids))
+    else:
+        generation_id = db.begin_generation(
+            model_id=model_id,
+            factories=factories,
+            faiss_version=faiss.__version__,
+            params={**search_defaults, "candidates_per_video": index.candidates_per_video,
+                    **engine_record(index, previous.generation.params if previous is not None else None)},
+            video_ids=sorted(set(members) | {id_of[vid] for vid in video_ids}),
+        )
+        generation = db.get_generation(generation_id)
+        assert generation is not None
+        gen_dir = generation_path(out_dir, generation.directory)
+        index = start_generation(index, generation.params, generation.directory)
+        shutil.rmtree(gen_dir, ignore_errors=True)
+        gen_dir.mkdir(parents=True)
+        todo = new_ids
+        trained = False
+        if previous is not None:
+            shutil.copytree(previous.directory / TOKENS_DIR, gen_dir / TOKENS_DIR)
+            store = TokenStore(gen_dir / TOKENS_DIR, dim)
+        else:
+            store = TokenStore(gen_dir / TOKENS_DIR, dim, normalize=True, dtype=token_dtype, codec_seed=config.seed)
+            index_training = isinstance(index, FaissTokenIndex) and any(map(_needs_training, factories.values()))
+            store_training = store.codec is not None and store.codec.needs_training
+            if new_ids and (index_training or store_training):
+                sample = _train_sample(model, corpus, new_ids, factories["clip"], batch_size)
+                if index_training:
+                    index.train(*sample)
+                store.train(*sample)
+                trained = True
+        if resumable and checkpoint_every and trained:  # the quantisers are the expensive part to redo
+            _snapshot(gen_dir, key, index, store, counts, bank)
+
+    since_snapshot = 0
+    batches = iter_video_batches(corpus, batch_size, todo) if todo else iter(())
+    with store.bulk():
+        for batch in tqdm(batches, total=math.ceil(len(todo) / batch_size), desc="index videos",
+                          disable=not progress, unit="batch"):
+            tokens = model.encode_videos(batch)
+            clip, frame, mask = _as_numpy(tokens)
+            ids = np.array([id_of[vid] for vid in batch.video_ids], dtype=np.int64)  # (B,)
+            if bank is not None:
+                bank.add(model, ids, tokens)
+            index.add(ids, clip, frame, mask)
+            store.append(ids, clip, frame, mask)
+            counts["new_videos"] += len(ids)
+            counts["new_clip_tokens"] += clip.shape[0] * clip.shape[1]
+            counts["new_frame_tokens"] += int(mask.sum())
+            since_snapshot += len(ids)
+            if resumable and checkpoint_every and since_snapshot >= checkpoint_every:
+                store.commit()
+                _snapshot(gen_dir, key, index, store, counts, bank)
+                since_snapshot = 0
+    clear_snapshots(gen_dir)  # a committed generation holds exactly an uninterrupted build's files
 
     data_source = {
         "root": str(Path(corpus.root).resolve()),
@@ -493,7 +553,6 @@ def _build_locked(
         "video_feature": corpus.config.video_feature,
         "text_feature": corpus.config.text_feature,
     }
-    counts = {"new_videos": len(new_ids), "new_clip_tokens": clip_tokens, "new_frame_tokens": frame_tokens}
     bank_record = bank.write(gen_dir) if bank is not None else None
     manifest = IndexManifest(
         experiment_config=config.to_json(),
@@ -515,6 +574,50 @@ def _build_locked(
     logger.info("index generation %s active: %d videos (%d new), %d tokens", generation.directory,
                 index.num_videos, len(new_ids), index.ntotal)
     return BuildResult(generation_id, gen_dir, index.num_videos, len(new_ids), index.ntotal, manifest)
+
+
+def _build_key(sha: str, corpus: VideoCorpus, collection_name: str, previous: Any, factory: str | None,
+               batch_size: int, candidates_per_video: int, token_dtype: str, bank: _BankBuild | None) -> dict[str, Any]:
+    """What makes two builds the same build (a snapshot of one is resumed only by an equal key)."""
+    bank_key = None
+    if bank is not None:
+        bank_key = {"k": bank.k, "alpha": bank.alpha, "source": bank.source,
+                    "sha256": hashlib.sha256(np.ascontiguousarray(bank.vectors, dtype=np.float32).tobytes()).hexdigest()}
+    return {
+        "checkpoint_sha256": sha,
+        "data": {"root": str(Path(corpus.root).resolve()), "collection": collection_name, "split": corpus.split,
+                 "video_feature": corpus.config.video_feature, "text_feature": corpus.config.text_feature,
+                 "videos": len(corpus.video_ids), "video_ids_sha256": ids_digest(corpus.video_ids)},
+        "previous_generation": previous.generation.directory if previous is not None else None,
+        "factory": factory, "batch_size": batch_size, "candidates_per_video": candidates_per_video,
+        "token_dtype": token_dtype if previous is None else None, "bank": bank_key,
+    }
+
+
+def _find_resume_point(db: Database, index_dir: Path, key: dict[str, Any]) -> tuple[Any, ResumePoint] | None:
+    """The building generation (newest first) whose snapshot was written by a build with this key."""
+    for generation in sorted(db.generations(GenerationStatus.BUILDING), key=lambda g: g.id, reverse=True):
+        point = read_resume_point(generation_path(index_dir, generation.directory), key)
+        if point is not None:
+            return generation, point
+    return None
+
+
+def _resumable_generation(db: Database, index_dir: Path) -> int | None:
+    """The newest building generation that has a resume point (whatever its key), or None."""
+    for generation in sorted(db.generations(GenerationStatus.BUILDING), key=lambda g: g.id, reverse=True):
+        if (generation_path(index_dir, generation.directory) / RESUME_NAME).is_file():
+            return generation.id
+    return None
+
+
+def _snapshot(gen_dir: Path, key: dict[str, Any], index: Any, store: TokenStore, counts: dict[str, int],
+              bank: _BankBuild | None) -> None:
+    bank_state = None
+    if bank is not None:
+        bank_state = (np.concatenate(bank.ids) if bank.ids else np.zeros(0, dtype=np.int64),
+                      np.concatenate(bank.terms) if bank.terms else np.zeros(0, dtype=np.float32))
+    write_snapshot(gen_dir, key, index, store_entries=store.num_entries, counts=counts, bank=bank_state)
 
 
 def _commit_generation(

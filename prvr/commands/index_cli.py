@@ -102,11 +102,14 @@ def info_command(index_dir: str, as_json: bool) -> None:
 @click.option("--video-feature", default=None, help="FeatureData/<name> (default: the checkpoint's).")
 @click.option("--text-feature", default=None, help="Query feature name (default: the checkpoint's).")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--checkpoint-every", default=50_000, show_default=True, type=click.IntRange(min=0),
+              help="Videos between resume snapshots of a FAISS build: a killed or interrupted build, run again with "
+                   "the same arguments, resumes from its last snapshot (0: no snapshots, no resume).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @fail_cleanly
 def add_command(index_dir: str, root: str | None, collection: str | None, split: str | None,
                 videos: tuple[str, ...], backbone: str | None, fps: float, device: str, video_feature: str | None,
-                text_feature: str | None, batch_size: int, no_progress: bool) -> None:
+                text_feature: str | None, batch_size: int, checkpoint_every: int, no_progress: bool) -> None:
     """Add a split's videos (those not indexed yet) as a new generation, with the index's own checkpoint."""
     from prvr.index.builder import build_index
     from prvr.index.layout import open_active
@@ -120,7 +123,7 @@ def add_command(index_dir: str, root: str | None, collection: str | None, split:
                                          device=device, progress=not no_progress, match_indexed_videos=True,
                                          check_feature_backbone=config.model.kind == "zero_shot")
     result = build_index(checkpoint, corpus, index_dir, collection_name=collection, batch_size=batch_size,
-                         progress=not no_progress)
+                         checkpoint_every=checkpoint_every, progress=not no_progress)
     click.echo(json.dumps({"index": str(index_dir), "generation": result.generation_id,
                            "videos": result.num_videos, "new_videos": result.new_videos, "tokens": result.ntotal}))
 
@@ -373,6 +376,9 @@ def _checkpoint_config(checkpoint: str | Path, video_feature: str | None, text_f
 @click.option("--engine-replicas", default=1, show_default=True, type=click.IntRange(min=1),
               help="In-memory replicas each Milvus collection is loaded with (a cluster's query nodes).")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--checkpoint-every", default=50_000, show_default=True, type=click.IntRange(min=0),
+              help="Videos between resume snapshots of a FAISS build: a killed or interrupted build, run again with "
+                   "the same arguments, resumes from its last snapshot (0: no snapshots, no resume).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @fail_cleanly
 def build_index_command(checkpoint: str | None, zero_shot: bool, zero_shot_clip_weight: float, root: str | None,
@@ -382,7 +388,8 @@ def build_index_command(checkpoint: str | None, zero_shot: bool, zero_shot_clip_
                         text_backbone: str | None, moment_checkpoint: str | None, candidates: int | None,
                         query_bank: str | None, bank_k: int, bank_alpha: float, token_dtype: str,
                         database_url: str | None, backend: str | None, engine_url: str | None,
-                        engine_shards: int, engine_replicas: int, batch_size: int, no_progress: bool) -> None:
+                        engine_shards: int, engine_replicas: int, batch_size: int, checkpoint_every: int,
+                        no_progress: bool) -> None:
     """Encode a split's videos once and index their clip and frame tokens (a new generation, committed last)."""
     import tempfile
 
@@ -413,7 +420,7 @@ def build_index_command(checkpoint: str | None, zero_shot: bool, zero_shot_clip_
                     "bank_k": bank_k, "bank_alpha": bank_alpha, "bank_source": _bank_source(query_bank)}
         result = _build(build_index, checkpoint, corpus, index_dir, collection, factory, batch_size, text_record,
                         candidates, moment_checkpoint, token_dtype, database_url, backend, engine, no_progress,
-                        bank or {})
+                        {**(bank or {}), "checkpoint_every": checkpoint_every})
     click.echo(json.dumps({"index": str(index_dir), "generation": result.generation_id,
                            "videos": result.num_videos, "new_videos": result.new_videos, "tokens": result.ntotal}))
 
@@ -453,12 +460,12 @@ def _zero_shot_checkpoint(scratch: Path, checkpoint: str | None, *, videos: tupl
 def _build(build_index: Any, checkpoint: str, corpus: Any, index_dir: str, collection: str, factory: str | None,
            batch_size: int, text_record: dict[str, Any] | None, candidates: int | None,
            moment_checkpoint: str | None, token_dtype: str, database_url: str | None, backend: str | None,
-           engine: dict[str, Any], no_progress: bool, bank: dict[str, Any]) -> Any:
+           engine: dict[str, Any], no_progress: bool, extra: dict[str, Any]) -> Any:
     return build_index(checkpoint, corpus, index_dir, collection_name=collection, factory=factory,
                          batch_size=batch_size, text_backbone=text_record,
                          n_candidates=candidates, moment_checkpoint=moment_checkpoint, token_dtype=token_dtype,
                          database_url=database_url, backend=backend,
-                         engine=engine, progress=not no_progress, **bank)
+                         engine=engine, progress=not no_progress, **extra)
 
 
 def _bank_source(spec: str) -> str:
