@@ -233,7 +233,8 @@ def calibrate_command(index_dir: str, target: float, k: int, num_queries: int, r
         result = calibrate(retriever.faiss_index, retriever.store, np.asarray(queries, dtype=np.float32), k=k,
                            target=target, n_candidates_grid=grid_n, knob_grid=grid_knob, query_source=source,
                            held_out_fraction=held_out_fraction, margin=margin, confidence=confidence, seed=seed,
-                           cost_by=cost_by, **weights)  # type: ignore[arg-type]
+                           cost_by=cost_by, video_term=retriever.video_term,
+                           **weights)  # type: ignore[arg-type]
         manifest = retriever.manifest
     if not dry_run:
         defaults = {key: value for key, value in manifest.search_defaults.items()
@@ -270,6 +271,8 @@ def calibration_summary(calibration: dict[str, Any]) -> list[str]:
     verdict = "reached" if calibration["reached"] else "NOT reached (best fallback kept)"
     lines = [f"target recall@{k} {target}: {verdict}; {calibration['num_queries']} {calibration['query_source']} "
              "queries"]
+    if calibration.get("bank_corrected"):
+        lines[0] += "; scored with the index's query-bank term (what search returns)"
     if "num_fit_queries" not in calibration:  # written before the held-out check
         lines[0] += f"; recall@{k} {chosen['recall']:.4f} on the calibration queries (no held-out check)"
         return lines
