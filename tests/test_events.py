@@ -183,3 +183,23 @@ def test_an_index_with_event_tokens_searches_them_and_localises_on_frames(tmp_pa
     with pytest.raises(ValueError, match="event_tokens"):
         build_index(checkpoint, corpus, tmp_path / "index-b", collection_name="synth", progress=False,
                     moment_localizer={"kind": "zero_shot", "smooth": 1})
+
+
+def test_build_index_zero_shot_events_flag(tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from prvr.cli import main
+    from prvr.data.synthetic import make_synthetic_corpus
+
+    root = tmp_path / "data"
+    make_synthetic_corpus(root, "synth", splits={"val": 4}, video_dim=16, text_dim=16, seed=14, frame_range=(5, 9))
+    data = ["--data", str(root), "--collection", "synth", "--split", "val", "--video-feature", "synth",
+            "--text-feature", "synth", "--no-progress"]
+    result = CliRunner().invoke(main, ["build-index", "--zero-shot", "--zero-shot-events", *data, "--out",
+                                       str(tmp_path / "index")])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output.strip().splitlines()[-1])["tokens"] > 0
+    result = CliRunner().invoke(main, ["index", "info", str(tmp_path / "index")])
+    assert '"event_tokens": 8' in result.output, result.output
