@@ -79,11 +79,11 @@ def change_points(changes: np.ndarray, half_width: int, *, threshold: float, min
     median = float(np.median(d))
     level = median + threshold * float(np.median(np.abs(d - median)))
     radius = half_width // 2
-    candidates = []
-    for j in range(d.size):
-        left, right = d[max(0, j - radius):j], d[j + 1:j + radius + 1]
-        if d[j] > level + _EPS and (left.size == 0 or d[j] > left.max()) and (right.size == 0 or d[j] >= right.max()):
-            candidates.append(j)
+    padded = np.concatenate([np.full(radius, -np.inf), d, np.full(radius, -np.inf)])  # (F - 1 + 2r,)
+    windows = np.lib.stride_tricks.sliding_window_view(padded, 2 * radius + 1)  # (F - 1, 2r + 1), d[j] at column r
+    left = windows[:, :radius].max(axis=1, initial=-np.inf)  # the r boundaries before: strictly smaller
+    right = windows[:, radius + 1:].max(axis=1, initial=-np.inf)  # the r after: not larger (a plateau's first wins)
+    candidates = np.flatnonzero((d > level + _EPS) & (d > left) & (d >= right)).tolist()
     accepted: list[int] = []
     for j in sorted(candidates, key=lambda j: (-d[j], j)):
         boundary = j + 1

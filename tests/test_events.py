@@ -203,3 +203,27 @@ def test_build_index_zero_shot_events_flag(tmp_path: Path) -> None:
     assert json.loads(result.output.strip().splitlines()[-1])["tokens"] > 0
     result = CliRunner().invoke(main, ["index", "info", str(tmp_path / "index")])
     assert '"event_tokens": 8' in result.output, result.output
+
+
+def _naive_change_points(d: np.ndarray, half_width: int, threshold: float, min_length: int) -> list[int]:
+    """A direct loop: local maxima within h // 2 (strict on the left), above median + threshold x MAD, accepted
+    strongest first while every event keeps min_length frames."""
+    median = float(np.median(d))
+    level = median + threshold * float(np.median(np.abs(d - median)))
+    radius, accepted = half_width // 2, []
+    candidates = [j for j in range(d.size) if d[j] > level + 1e-9
+                  and all(d[j] > d[i] for i in range(max(0, j - radius), j))
+                  and all(d[j] >= d[i] for i in range(j + 1, min(d.size, j + radius + 1)))]
+    for j in sorted(candidates, key=lambda j: (-d[j], j)):
+        if all(abs(j + 1 - edge) >= min_length for edge in [0, *accepted, d.size + 1]):
+            accepted.append(j + 1)
+    return sorted(accepted)
+
+
+def test_change_points_equal_a_direct_loop() -> None:
+    rng = np.random.default_rng(15)
+    for trial in range(60):
+        d = np.round(rng.random(int(rng.integers(1, 50))), 1)  # rounded: plateaus and ties
+        h, threshold, min_length = int(rng.integers(1, 9)), float(rng.choice([0.0, 0.5, 2.0])), int(rng.integers(1, 5))
+        assert change_points(d, h, threshold=threshold, min_length=min_length) == _naive_change_points(
+            d, h, threshold, min_length), trial
