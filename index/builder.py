@@ -50,6 +50,7 @@ from prvr.data.dataset import iter_video_batches
 from prvr.fileio import atomic_path, exclusive_lock, file_sha256, fsync_directory
 from prvr.model import DreamPRVR
 from prvr.moments.zero_shot import localizer_from_record as zero_shot_localizer_from_record
+from prvr.moments.zero_shot import ZeroShotMomentConfig
 from prvr.moments.zero_shot import localizer_record as zero_shot_localizer_record
 from prvr.types import VideoCorpus, VideoTokens
 from prvr.zero_shot import bank_term
@@ -424,9 +425,14 @@ def _build_locked(
             raise ValueError(f"{out_dir} uses the {previous_manifest.backend} back-end, not {backend}; an index "
                              "cannot change back-ends: build into a new directory")
     elif moment_localizer is None and moment_checkpoint is None and config.model.kind == "zero_shot":
-        moment_localizer = zero_shot_localizer_record()
+        moment_localizer = zero_shot_localizer_record(  # the localiser skips the trailing event tokens
+            ZeroShotMomentConfig(event_tokens=config.model.events.tokens_added))
     if moment_localizer is not None:
-        zero_shot_localizer_from_record(moment_localizer)  # refuse an unknown record before any work
+        localizer = zero_shot_localizer_from_record(moment_localizer)  # refuse an unknown record before any work
+        added = config.model.events.tokens_added if config.model.kind == "zero_shot" else 0
+        if localizer.config.event_tokens != added:
+            raise ValueError(f"the moment localiser skips {localizer.config.event_tokens} trailing event tokens but "
+                             f"the model adds {added} per video (model.events); record event_tokens={added}")
     if bank is not None and bank.vectors.shape[1] != config.model.hidden_size:
         raise ValueError(f"the query bank is {bank.vectors.shape[1]}-d but the model's query vectors are "
                          f"{config.model.hidden_size}-d; encode the bank with this index's model")

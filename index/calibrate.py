@@ -13,6 +13,10 @@ latency is measured. The queries are split, deterministically by a seed, into a 
 2. verify it on the held-out part, which took no part in the choice: when the held-out recall falls below the
    target, step to the next more expensive setting that also clears the fitting bound, and record the step.
 
+On an index built with a query bank (``build-index --query-bank``, ``index.bank``) pass its ``video_term``: both the
+search and the exact reference then score ``s(q, v) - alpha * t(v)``, the score ``Retriever.search`` returns, so the
+recall measured is that of what users are served (without it, a bank index would be calibrated on another ranking).
+
 Cost is a deterministic work model (vectors the token search compares plus tokens the re-rank reads), so the choice
 does not depend on how loaded the machine is; ``cost_by="latency"`` ranks by the measured milliseconds instead.
 """
@@ -28,6 +32,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from prvr.index.bank import VideoTerm
 from prvr.index.exact import exact_topk
 from prvr.index.faiss_store import FaissTokenIndex
 from prvr.index.search import search_topk
@@ -84,6 +89,7 @@ class CalibrationResult:
             part).
         escalated_from: the settings that cleared the fitting bound but failed the held-out check, cheapest first.
         cost_by: ``"model"`` (work model) or ``"latency"`` (measured ms per query).
+        bank_corrected: whether recall was measured on the query-bank corrected scores (``video_term``).
     """
 
     knob: str | None
@@ -103,6 +109,7 @@ class CalibrationResult:
     held_out_passed: bool | None = None
     escalated_from: list[dict[str, Any]] = field(default_factory=list)
     cost_by: str = "model"
+    bank_corrected: bool = False
 
     @property
     def fit_recall(self) -> float:
@@ -123,7 +130,7 @@ class CalibrationResult:
                 "split_seed": self.split_seed, "margin_method": self.margin_method, "margin": self.margin,
                 "fit_recall": self.fit_recall, "held_out_recall": self.held_out_recall,
                 "held_out_passed": self.held_out_passed, "escalated_from": self.escalated_from,
-                "cost_by": self.cost_by}
+                "cost_by": self.cost_by, "bank_corrected": self.bank_corrected}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CalibrationResult:
@@ -299,6 +306,7 @@ def calibrate(
     seed: int = 0,
     cost_by: CostBy = "model",
     truth: list[list[tuple[int, float]]] | None = None,
+    video_term: VideoTerm | None = None,
 ) -> CalibrationResult:
     """Measure recall@k of every setting of the grid, choose on the fitting queries, verify on the held-out ones.
 
@@ -326,7 +334,10 @@ def calibrate(
         cost_by: rank the settings by the work model (``"model"``, machine-independent) or the measured latency
             (``"latency"``).
         truth: the exact top-k of each query when the caller already has it (for instance from the GEMM path
-            ``prvr.index.exact.exact_scores``); default :func:`prvr.index.exact.exact_topk`.
+            ``prvr.index.exact.exact_scores``); default :func:`prvr.index.exact.exact_topk`. With ``video_term``
+            it must hold the bank-corrected scores.
+        video_term: the index's query-bank offsets ``alpha * t(v)`` (``Retriever.video_term``), or None: subtracted
+            in the search and the exact reference alike.
 
     Returns:
         The :class:`CalibrationResult`.
@@ -358,12 +369,13 @@ def calibrate(
         values = sorted({min(v, extra["nlist"]) for v in values if v >= 1}) or [extra["nlist"]]
     weights = {"clip_weight": clip_weight, "frame_weight": frame_weight}
     if truth is None:
-        truth = exact_topk(queries, store, k, **weights)
+        truth = exact_topk(queries, store, k, video_term=video_term, **weights)
     tokens_per_video = index.ntotal / max(1, index.num_videos)
     saved = index.search_parameters
     grid: list[dict[str, Any]] = []
     try:
-        search_topk(index, store, queries[:8], k, grid_n[0], widen=False, **weights)  # warm the page cache
+        search_topk(index, store, queries[:8], k, grid_n[0], widen=False, video_term=video_term,
+                    **weights)  # warm the page cache
         for value in values:
             if knob == "nprobe":
                 index.set_nprobe(value)
@@ -371,7 +383,7 @@ def calibrate(
                 index.set_ef_search(value)
             for n in grid_n:
                 started = time.perf_counter()
-                ranked = search_topk(index, store, queries, k, n, widen=False, **weights)
+                ranked = search_topk(index, store, queries, k, n, widen=False, video_term=video_term, **weights)
                 elapsed = time.perf_counter() - started
                 recalls = np.array([video_recall(r.pairs(), t, k) for r, t in zip(ranked, truth)])  # (Nq,)
                 fit_recall = float(recalls[fit_rows].mean())
@@ -421,4 +433,4 @@ def calibrate(
         int(queries.shape[0]), query_source, num_fit_queries=int(fit_rows.size),
         num_held_out_queries=int(held_rows.size), held_out_fraction=float(held_out_fraction), split_seed=int(seed),
         margin_method="fixed" if margin is not None else f"normal@{confidence:g}", margin=applied_margin,
-        held_out_passed=passed, escalated_from=escalated, cost_by=cost_by)
+        held_out_passed=passed, escalated_from=escalated, cost_by=cost_by, bank_corrected=video_term is not None)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from prvr.index.bank import VideoTerm
 from prvr.index.protocol import Candidates
 from prvr.index.rerank import exact_rerank
 from prvr.index.token_store import TokenStore
@@ -21,12 +22,14 @@ __all__ = ["exact_scores", "exact_topk", "top_pairs"]
 
 
 def exact_topk(
-    queries: np.ndarray, store: TokenStore, k: int, *, clip_weight: float, frame_weight: float
+    queries: np.ndarray, store: TokenStore, k: int, *, clip_weight: float, frame_weight: float,
+    video_term: VideoTerm | None = None,
 ) -> list[list[tuple[int, float]]]:
     """Brute force through the re-rank: the exact top-k of each (Nq, D) query over every stored video.
 
     Every stored video is a candidate of ``exact_rerank``, so removed (tombstoned) rows are skipped and the scores
-    are bit-identical to the re-rank's. Ties are broken by increasing video id.
+    are bit-identical to the re-rank's. Ties are broken by increasing video id. With ``video_term`` (the query-bank
+    offsets ``alpha * t(v)``, ``index.bank``) the scores are the corrected ones search returns.
 
     Returns:
         Per query, up to k ``(video_id, score)`` pairs, best first.
@@ -34,7 +37,7 @@ def exact_topk(
     all_ids = np.asarray(store.video_ids, dtype=np.int64)
     everything = Candidates(all_ids, np.zeros(all_ids.shape[0], dtype=np.float32))
     return exact_rerank(queries, [everything] * queries.shape[0], store, clip_weight=clip_weight,
-                        frame_weight=frame_weight, k=k)
+                        frame_weight=frame_weight, k=k, video_term=video_term)
 
 
 def exact_scores(

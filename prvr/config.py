@@ -20,6 +20,7 @@ __all__ = [
     "DiffusionConfig",
     "BlockConfig",
     "RegisterConfig",
+    "EventConfig",
     "ModelConfig",
     "LossConfig",
     "TrainConfig",
@@ -103,6 +104,46 @@ class BlockConfig:
 
 
 @dataclass(frozen=True)
+class EventConfig:
+    """Event tokens of the zero-shot model (``prvr.events``): training-free segments of each video's frames.
+
+    Off by default. When on, every video's frame tokens are followed by exactly ``max_events`` event tokens (the
+    L2-normalised means of its events' frames, the last repeated to fill the slots; a repeat changes no
+    max-over-tokens score), computed at index time; the zero-shot moment localiser drops those trailing tokens.
+
+    Attributes:
+        enabled: add the event tokens.
+        scales: Haar half-widths h (frames): at scale h a boundary's change is ``1 - cos`` of the means of the h
+            frames before and after it (h = 1: the adjacent-frame cosine).
+        threshold: a change point must exceed the scale's median change by ``threshold`` x its median absolute
+            deviation (and be the largest within h // 2 boundaries).
+        min_length: frames per event at least.
+        max_events: event tokens per video (events beyond it are dropped, coarsest scale kept first).
+    """
+
+    enabled: bool = False
+    scales: tuple[int, ...] = (2, 4, 8)
+    threshold: float = 1.0
+    min_length: int = 2
+    max_events: int = 8
+
+    def __post_init__(self) -> None:
+        if not self.scales or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.scales):
+            raise ValueError(f"events.scales must be positive frame counts, got {self.scales!r}")
+        if isinstance(self.min_length, bool) or not isinstance(self.min_length, int) or self.min_length < 1:
+            raise ValueError(f"events.min_length must be an int >= 1, got {self.min_length!r}")
+        if isinstance(self.max_events, bool) or not isinstance(self.max_events, int) or self.max_events < 1:
+            raise ValueError(f"events.max_events must be an int >= 1, got {self.max_events!r}")
+        if not self.threshold >= 0:
+            raise ValueError(f"events.threshold must be >= 0 (median absolute deviations), got {self.threshold!r}")
+
+    @property
+    def tokens_added(self) -> int:
+        """Event tokens each video gains: ``max_events`` when enabled, else 0."""
+        return self.max_events if self.enabled else 0
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """DreamPRVR. Input dims default to the published ActivityNet features; training sets them from the data.
 
@@ -125,6 +166,7 @@ class ModelConfig:
     frame_weight: float = 0.4  # w_f
     block: BlockConfig = field(default_factory=BlockConfig)
     registers: RegisterConfig = field(default_factory=RegisterConfig)
+    events: EventConfig = field(default_factory=EventConfig)  # zero-shot only (prvr.events)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,9 @@ so a folder of videos is searchable before there is a single caption to train on
   (``prvr.text_encoders.ClipTextEncoder``) gives one "token" per sentence, its projected text embedding, so the
   query is that embedding; token-feature text backbones (the benchmark's MiniLM) are mean-pooled.
 
+Optional event tokens (``model.events``, off by default; ``prvr.events``): each video's frame tokens are followed by
+the means of its training-free events, computed at index time, so the same max over tokens scores them.
+
 The score is DreamPRVR's (docs/design.md §2) with its own weights: ``model.clip_weight = 0`` / ``frame_weight = 1``
 (max over frames, the field's zero-shot baseline) by default. The VideoBatch it reads is already the PRVR
 preprocessing (clip bins, frame tokens, L2-normalised rows), so ``encode_videos`` only re-normalises; the model has
@@ -29,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from prvr.config import ExperimentConfig, ModelConfig
+from prvr.config import EventConfig, ExperimentConfig, ModelConfig
 from prvr.similarity import video_scores
 from prvr.types import QueryBatch, VideoBatch, VideoTokens
 
@@ -56,11 +59,34 @@ class ZeroShotPRVR(nn.Module):
 
     @torch.no_grad()
     def encode_videos(self, videos: VideoBatch) -> VideoTokens:
-        """Preprocessed frames -> clip tokens (B, C, D) and frame tokens (B, F, D), L2-normalised; padding zero."""
+        """Preprocessed frames -> clip tokens (B, C, D) and frame tokens (B, F, D), L2-normalised; padding zero.
+
+        With ``model.events.enabled`` every video's frame tokens are followed by its ``max_events`` event tokens
+        (``prvr.events``): frame tokens (B, F + E, D), the mask True on both.
+        """
         videos = videos.to(self.device)
         clip = F.normalize(videos.clip_feats.float(), dim=-1)  # (B, C, D)
         frame = F.normalize(videos.frame_feats.float(), dim=-1) * videos.frame_mask.unsqueeze(-1)  # (B, F, D)
+        if self.config.events.enabled:
+            return VideoTokens(clip, *self._with_events(frame, videos.frame_mask))
         return VideoTokens(clip, frame, videos.frame_mask)
+
+    def _with_events(self, frame: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Each video's E event tokens (``prvr.events``) right after its real frames: (B, F + E, D), (B, F + E)."""
+        from prvr.events import event_tokens
+
+        events = self.config.events
+        width = frame.shape[1] + events.max_events
+        out = frame.new_zeros(frame.shape[0], width, frame.shape[2])  # (B, F + E, D)
+        out_mask = torch.zeros(frame.shape[0], width, dtype=torch.bool, device=frame.device)  # (B, F + E)
+        for row in range(frame.shape[0]):
+            count = int(mask[row].sum())
+            real = frame[row, :count]  # (F_b, D), the real frames come first
+            tokens = torch.from_numpy(event_tokens(real.cpu().numpy(), events)).to(frame)  # (E, D)
+            out[row, :count] = real
+            out[row, count:count + events.max_events] = tokens
+            out_mask[row, :count + events.max_events] = True
+        return out, out_mask
 
     @torch.no_grad()
     def encode_queries(self, queries: QueryBatch) -> Tensor:
@@ -80,7 +106,7 @@ class ZeroShotPRVR(nn.Module):
 def zero_shot_config(dim: int, *, video_backbone: str | None, video_feature: str = "videos",
                      text_feature: str = "none", clip_weight: float = ZERO_SHOT_WEIGHTS["clip_weight"],
                      frame_weight: float = ZERO_SHOT_WEIGHTS["frame_weight"], name: str = "zero_shot",
-                     normalize_query_tokens: bool = False,
+                     normalize_query_tokens: bool = False, events: EventConfig | None = None,
                      base: ExperimentConfig | None = None) -> ExperimentConfig:
     """The experiment config of a zero-shot model in a D-dim joint space.
 
@@ -91,6 +117,7 @@ def zero_shot_config(dim: int, *, video_backbone: str | None, video_feature: str
         clip_weight / frame_weight: the score weights (default max over frames alone).
         normalize_query_tokens: L2-normalise query tokens before the mean (default off: the mean of the raw token
             features is the backbone's own mean-pooled sentence vector; a CLIP / SigLIP query is one token anyway).
+        events: the event-token settings (``prvr.events``; default the base's, off).
         name: the config name.
         base: the data / train settings to start from (default the defaults).
     """
@@ -100,7 +127,8 @@ def zero_shot_config(dim: int, *, video_backbone: str | None, video_feature: str
         raise ValueError(f"score weights must be >= 0 and not both 0, got {clip_weight} / {frame_weight}")
     base = base or ExperimentConfig()
     model = dataclasses.replace(base.model, kind="zero_shot", video_dim=dim, text_dim=dim, hidden_size=dim,
-                                clip_weight=float(clip_weight), frame_weight=float(frame_weight))
+                                clip_weight=float(clip_weight), frame_weight=float(frame_weight),
+                                events=events if events is not None else base.model.events)
     data = dataclasses.replace(base.data, video_feature=video_feature, text_feature=text_feature,
                                video_backbone=video_backbone, normalize_query_tokens=normalize_query_tokens)
     return dataclasses.replace(base, name=name, model=model, data=data)

@@ -236,7 +236,8 @@ def calibrate_command(index_dir: str, target: float, k: int, num_queries: int, r
         result = calibrate(retriever.faiss_index, retriever.store, np.asarray(queries, dtype=np.float32), k=k,
                            target=target, n_candidates_grid=grid_n, knob_grid=grid_knob, query_source=source,
                            held_out_fraction=held_out_fraction, margin=margin, confidence=confidence, seed=seed,
-                           cost_by=cost_by, **weights)  # type: ignore[arg-type]
+                           cost_by=cost_by, video_term=retriever.video_term,
+                           **weights)  # type: ignore[arg-type]
         manifest = retriever.manifest
     if not dry_run:
         defaults = {key: value for key, value in manifest.search_defaults.items()
@@ -273,6 +274,8 @@ def calibration_summary(calibration: dict[str, Any]) -> list[str]:
     verdict = "reached" if calibration["reached"] else "NOT reached (best fallback kept)"
     lines = [f"target recall@{k} {target}: {verdict}; {calibration['num_queries']} {calibration['query_source']} "
              "queries"]
+    if calibration.get("bank_corrected"):
+        lines[0] += "; scored with the index's query-bank term (what search returns)"
     if "num_fit_queries" not in calibration:  # written before the held-out check
         lines[0] += f"; recall@{k} {chosen['recall']:.4f} on the calibration queries (no held-out check)"
         return lines
@@ -328,6 +331,9 @@ def _checkpoint_config(checkpoint: str | Path, video_feature: str | None, text_f
                    "--videos, whose text tower then encodes the queries; or --data features sharing one space).")
 @click.option("--zero-shot-clip-weight", default=0.0, show_default=True, type=click.FloatRange(0, 1),
               help="With --zero-shot: weight of the max-clip score (the frame score gets 1 - it).")
+@click.option("--zero-shot-events", is_flag=True,
+              help="With --zero-shot: add each video's training-free event tokens (prvr.events, the model.events "
+                   "defaults: Haar scales 2,4,8, at most 8 per video); off by default (docs/BENCHMARKS.md, zero-shot).")
 @click.option("--data", "root", default=None, type=click.Path(exists=True, file_okay=False),
               help="Data root of features in the standard layout (or give --videos).")
 @click.option("--collection", default=None, help="Collection name (folder under the data root).")
@@ -381,7 +387,8 @@ def _checkpoint_config(checkpoint: str | Path, video_feature: str | None, text_f
                    "the same arguments, resumes from its last snapshot (0: no snapshots, no resume).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @fail_cleanly
-def build_index_command(checkpoint: str | None, zero_shot: bool, zero_shot_clip_weight: float, root: str | None,
+def build_index_command(checkpoint: str | None, zero_shot: bool, zero_shot_clip_weight: float,
+                        zero_shot_events: bool, root: str | None,
                         collection: str | None, split: str,
                         videos: tuple[str, ...], backbone: str | None, fps: float, device: str, index_dir: str,
                         video_feature: str | None, text_feature: str | None, factory: str | None,
@@ -405,7 +412,9 @@ def build_index_command(checkpoint: str | None, zero_shot: bool, zero_shot_clip_
             checkpoint, backbone, text_record = _zero_shot_checkpoint(
                 Path(scratch), checkpoint, videos=videos, backbone=backbone, root=root, collection=collection,
                 split=split, video_feature=video_feature, text_feature=text_feature, text_record=text_record,
-                clip_weight=zero_shot_clip_weight)
+                clip_weight=zero_shot_clip_weight, events=zero_shot_events)
+        elif zero_shot_events:
+            raise ValueError("--zero-shot-events adds event tokens to a --zero-shot index; drop it with --checkpoint")
         elif checkpoint is None:
             raise ValueError("give --checkpoint (a trained model) or --zero-shot (a CLIP / SigLIP backbone's own "
                              "space, no training)")
@@ -428,7 +437,7 @@ def build_index_command(checkpoint: str | None, zero_shot: bool, zero_shot_clip_
 def _zero_shot_checkpoint(scratch: Path, checkpoint: str | None, *, videos: tuple[str, ...], backbone: str | None,
                           root: str | None, collection: str | None, split: str, video_feature: str | None,
                           text_feature: str | None, text_record: dict[str, Any] | None,
-                          clip_weight: float) -> tuple[str, str | None, dict[str, Any] | None]:
+                          clip_weight: float, events: bool = False) -> tuple[str, str | None, dict[str, Any] | None]:
     """--zero-shot: write the zero-shot checkpoint (built into the index's models/ like any other) into ``scratch``.
 
     Returns:
@@ -453,7 +462,11 @@ def _zero_shot_checkpoint(scratch: Path, checkpoint: str | None, *, videos: tupl
     else:
         raise ValueError("nothing to index: give --videos DIR (with a CLIP / SigLIP --backbone) or --data ROOT "
                          "--collection NAME")
-    path = save_zero_shot_checkpoint(scratch / "zero_shot.pt", setup.config, text_backbone=setup.text_backbone)
+    config = setup.config
+    if events:
+        model = dataclasses.replace(config.model, events=dataclasses.replace(config.model.events, enabled=True))
+        config = dataclasses.replace(config, model=model)
+    path = save_zero_shot_checkpoint(scratch / "zero_shot.pt", config, text_backbone=setup.text_backbone)
     return str(path), setup.backbone or backbone, setup.text_backbone
 
 

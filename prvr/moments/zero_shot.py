@@ -8,7 +8,9 @@ the :class:`prvr.types.MomentLocalizer` protocol on it:
 
 1. query = the mean of the raw query tokens, L2-normalised (the zero-shot model's query vector,
    ``prvr.zero_shot.ZeroShotPRVR.encode_queries``); frames = the stored frame tokens, L2-normalised;
-2. curve = ``frames @ query`` (F,), optionally smoothed by a centred moving average of ``smooth`` frames;
+2. curve = ``frames @ query`` (F,) over the times only (an index with event tokens records how many trailing
+   frame tokens are events, ``event_tokens``, and they are dropped first), optionally smoothed by a centred moving
+   average of ``smooth`` frames;
 3. moments = the disjoint runs of frames above the curve's per-video mean, ranked by their summed excess
    (``prvr.moments.baselines.top_contiguous_spans``; the first is the best contiguous span, the zero-shot floor of
    ``scripts/bench_moments.py``); frame k covers [k / F, (k + 1) / F] of the duration. A moment's score is its
@@ -43,13 +45,18 @@ class ZeroShotMomentConfig:
 
     Attributes:
         smooth: frames in the centred moving average applied to the cosine curve (1 = none; odd).
+        event_tokens: trailing frame tokens of every video that are event tokens, not times (``prvr.events``;
+            ``EventConfig.tokens_added`` of the index's model), dropped before the curve.
     """
 
     smooth: int = 1
+    event_tokens: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.smooth, bool) or not isinstance(self.smooth, int) or self.smooth < 1 or self.smooth % 2 == 0:
             raise ValueError(f"smooth must be an odd number of frames >= 1, got {self.smooth!r}")
+        if isinstance(self.event_tokens, bool) or not isinstance(self.event_tokens, int) or self.event_tokens < 0:
+            raise ValueError(f"event_tokens must be an int >= 0, got {self.event_tokens!r}")
 
 
 def smooth_curve(curve: np.ndarray, frames: int) -> np.ndarray:
@@ -81,8 +88,11 @@ class ZeroShotMomentLocalizer:
         if query.ndim != 2 or query.shape[0] == 0:
             raise ValueError(f"query_tokens must be a non-empty (L, D) array, got shape {query.shape}; an empty "
                              "query has nothing to localise: give a sentence")
-        if frames.ndim != 2 or frames.shape[0] == 0:
-            raise ValueError(f"frame_tokens must be a non-empty (F, D) array, got shape {frames.shape}")
+        events = self.config.event_tokens
+        if frames.ndim != 2 or frames.shape[0] <= events:
+            raise ValueError(f"frame_tokens must be a (F + {events}, D) array of F >= 1 frames and {events} event "
+                             f"tokens, got shape {frames.shape}; pass the video's stored frame tokens")
+        frames = frames[:frames.shape[0] - events]  # (F, D): the times only
         if query.shape[1] != frames.shape[1]:
             raise ValueError(f"query tokens are {query.shape[1]}-d but frame tokens {frames.shape[1]}-d: the "
                              "zero-shot localiser needs one joint space (a zero-shot index's own text encoder)")
@@ -122,7 +132,10 @@ class ZeroShotMomentLocalizer:
 def localizer_record(config: ZeroShotMomentConfig | None = None) -> dict[str, Any]:
     """What the manifest's ``moment_localizer`` holds for this localiser."""
     config = config or ZeroShotMomentConfig()
-    return {"kind": ZERO_SHOT_KIND, "smooth": config.smooth}
+    record: dict[str, Any] = {"kind": ZERO_SHOT_KIND, "smooth": config.smooth}
+    if config.event_tokens:  # older readers know only "smooth"; a record without events stays as it was
+        record["event_tokens"] = config.event_tokens
+    return record
 
 
 def localizer_from_record(record: dict[str, Any]) -> ZeroShotMomentLocalizer:
