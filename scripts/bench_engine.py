@@ -17,12 +17,15 @@ Reproduce (docs/bench/engine.md)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -74,6 +77,25 @@ def _available_gb() -> float:
     return float("nan")
 
 
+def _guard_memory(min_available_gb: float) -> None:
+    """Stop the bench (and the milvus-lite server it started) when the machine's available memory falls below
+    ``min_available_gb``: other jobs share the machine, and an OOM kill would hit one of them as likely as this."""
+
+    def watch() -> None:
+        while True:
+            available = _available_gb()
+            if available < min_available_gb:
+                print(f"stopping: {available} GB available < --min-available-gb {min_available_gb}", file=sys.stderr,
+                      flush=True)
+                for pid in _descendants(os.getpid()):
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGTERM)
+                os._exit(3)
+            time.sleep(1.0)
+
+    threading.Thread(target=watch, name="memory-guard", daemon=True).start()
+
+
 def _chunks(corpus: Any, videos: int):
     for first in range(0, videos, corpus.chunk_size):
         yield corpus.chunk(first, min(corpus.chunk_size, videos - first))
@@ -111,7 +133,10 @@ def main() -> None:
     parser.add_argument("--work", default=None, help="scratch directory (token store, milvus-lite file), kept for "
                         "a resumed rerun; default a temp dir, removed at the end")
     parser.add_argument("--out", default=None, help="write the JSON report here")
+    parser.add_argument("--min-available-gb", type=float, default=3.0,
+                        help="stop when the machine's available memory falls below this")
     args = parser.parse_args()
+    _guard_memory(args.min_available_gb)
 
     import faiss
     import torch
