@@ -21,6 +21,7 @@ __all__ = [
     "BACKENDS",
     "MILVUS_DIR",
     "drop_engine_collections",
+    "engine_collections",
     "engine_record",
     "index_subdir",
     "load_token_index",
@@ -100,15 +101,42 @@ def start_generation(index: Any, params: dict[str, Any], generation: str) -> Any
     return index.fork(prefix)
 
 
-def drop_engine_collections(params: dict[str, Any] | None, generation: str) -> None:
+def drop_engine_collections(params: dict[str, Any] | None, generation: str, *, dry_run: bool = False) -> list[str]:
     """Drop the engine collections of a failed, abandoned or retired generation (FAISS: nothing to do).
 
     Never call it for the active generation: its collections are what searches read.
+
+    Returns:
+        The names of the generation's collections that existed (and are dropped unless ``dry_run``).
     """
     engine = (params or {}).get("engine")
     if not engine:
-        return
-    from prvr.index.milvus_store import KINDS, collection_prefix, drop_collections
+        return []
+    from prvr.index import milvus_store
 
-    prefix = collection_prefix(engine["uid"], generation)
-    drop_collections(engine["url"], [f"{prefix}_{kind}" for kind in KINDS])
+    prefix = milvus_store.collection_prefix(engine["uid"], generation)
+    names = [f"{prefix}_{kind}" for kind in milvus_store.KINDS]
+    if dry_run:
+        return [name for name in milvus_store.list_collections(engine["url"], (prefix,)) if name in names]
+    return milvus_store.drop_collections(engine["url"], names)
+
+
+def engine_collections(url: str, uids: set[str], live_directories: set[str], *, drop: bool) -> list[str]:
+    """The collections at ``url`` of the indexes ``uids`` that belong to no live generation (dropped when ``drop``).
+
+    A collection is this index's when its name starts with ``prvr_<uid>_``; it is live when it is one of the
+    ``{prefix}_clip`` / ``{prefix}_frame`` of a generation directory in ``live_directories``. Other indexes sharing
+    the engine (another uid) are never touched.
+
+    Returns:
+        The orphan collection names, sorted.
+    """
+    from prvr.index import milvus_store
+
+    live = {f"{milvus_store.collection_prefix(uid, directory)}_{kind}"
+            for uid in uids for directory in live_directories for kind in milvus_store.KINDS}
+    owned = milvus_store.list_collections(url, tuple(f"prvr_{uid}_" for uid in sorted(uids)))
+    orphans = [name for name in owned if name not in live]
+    if drop and orphans:
+        milvus_store.drop_collections(url, orphans)
+    return orphans

@@ -53,6 +53,7 @@ __all__ = [
     "MilvusTokenIndex",
     "collection_prefix",
     "drop_collections",
+    "list_collections",
     "new_index_uid",
     "public_url",
 ]
@@ -138,6 +139,11 @@ def collection_prefix(index_uid: str, generation: str) -> str:
     if not _NAME_OK.match(prefix) or len(prefix) > 200:
         raise ValueError(f"cannot name Milvus collections after {prefix!r}")
     return prefix
+
+
+def list_collections(url: str, prefixes: tuple[str, ...]) -> list[str]:
+    """The collections at ``url`` whose names start with one of ``prefixes``, sorted."""
+    return sorted(name for name in _client(url).list_collections() if name.startswith(prefixes))
 
 
 def drop_collections(url: str, names: list[str]) -> list[str]:

@@ -138,7 +138,7 @@ def test_every_command_is_registered_on_the_group(runner) -> None:
            "quickstart", "serve", "train", "train-moments"}
     assert set(main.commands) == top
     assert set(main.commands["data"].commands) == {"synth", "check", "annotations"}
-    assert set(main.commands["index"].commands) == {"info", "add", "remove", "calibrate"}
+    assert set(main.commands["index"].commands) == {"info", "add", "remove", "calibrate", "prune"}
     out = run(runner, "--help").output
     assert all(f"  {name} " in out for name in top)
 

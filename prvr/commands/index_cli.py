@@ -1,5 +1,5 @@
-"""`prvr build-index` and `prvr query` (write an index, search it) and `prvr index info|add|remove|calibrate`
-(inspect and maintain it)."""
+"""`prvr build-index` and `prvr query` (write an index, search it) and `prvr index
+info|add|remove|calibrate|prune` (inspect and maintain it)."""
 
 from __future__ import annotations
 
@@ -27,11 +27,14 @@ DEFAULT_CANDIDATE_GRID = (100, 200, 400)
 DEFAULT_NPROBE_GRID = (32, 64, 128, 256, 512)
 DEFAULT_HELD_OUT_FRACTION = 0.3
 DEFAULT_CONFIDENCE = 0.95
+# prvr.index.prune's defaults, for the same reason
+DEFAULT_PRUNE_KEEP = 1
+DEFAULT_PRUNE_MIN_AGE_S = 600.0
 
 
 @click.group("index")
 def index_group() -> None:
-    """Inspect and maintain an index: info, add, remove, calibrate (each change is a new generation)."""
+    """Inspect and maintain an index: info, add, remove, calibrate (each change is a new generation), prune."""
 
 
 @index_group.command("info")
@@ -147,6 +150,43 @@ def remove_command(index_dir: str, video_ids: tuple[str, ...], id_file: str | No
     result = remove_videos(index_dir, ids, compact=not no_compact)
     click.echo(json.dumps({"index": str(index_dir), "generation": result.generation_id, "removed": len(set(ids)),
                            "videos": result.num_videos, "tokens": result.ntotal}))
+
+
+@index_group.command("prune")
+@click.argument("index_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--keep", default=DEFAULT_PRUNE_KEEP, show_default=True, type=click.IntRange(min=0),
+              help="Retired generations kept, most recently retired first (rollback targets).")
+@click.option("--min-age", "min_age_s", default=DEFAULT_PRUNE_MIN_AGE_S, show_default=True,
+              type=click.FloatRange(min=0),
+              help="Seconds: a generation retired more recently is kept (a service may still answer from it).")
+@click.option("--dry-run", is_flag=True, help="Print what would be removed; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@fail_cleanly
+def prune_command(index_dir: str, keep: int, min_age_s: float, dry_run: bool, as_json: bool) -> None:
+    """Remove the data of retired generations no longer needed (FAISS directories, Milvus collections).
+
+    Never the active generation, nor the KEEP most recently retired, nor one retired less than MIN_AGE seconds ago;
+    also removes what crashed builds left. Takes the build lock (fails while a build runs); safe to rerun after an
+    interruption (docs/deploy.md).
+    """
+    from prvr.index.prune import prune_generations
+
+    report = prune_generations(index_dir, keep=keep, min_age_s=min_age_s, dry_run=dry_run)
+    if as_json:
+        click.echo(json.dumps({"index": str(index_dir), **report.as_dict()}, indent=2))
+        return
+    verb = "would remove" if dry_run else "removed"
+    for entry in report.removed:
+        click.echo(f"{verb} generation {entry['generation']} ({entry['directory']}, {entry['status']}): "
+                   f"{entry['reason']}")
+    for entry in report.kept:
+        click.echo(f"kept generation {entry['generation']} ({entry['directory']}): {entry['reason']}")
+    for entry in report.directories:
+        click.echo(f"{verb} directory generations/{entry['directory']} ({entry['bytes']} bytes)")
+    for name in report.collections:
+        click.echo(f"{verb} Milvus collection {name}")
+    click.echo(f"{verb} {len(report.removed)} generations, {len(report.directories)} directories "
+               f"({report.bytes_freed / 2**20:.1f} MiB), {len(report.collections)} collections")
 
 
 def _int_list(text: str | None, name: str) -> list[int] | None:
