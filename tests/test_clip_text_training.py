@@ -198,9 +198,8 @@ def test_a_query_encoder_of_another_backbone_is_refused(trained: dict, models: d
     assert "--name" in result.output
 
 
-def test_fine_tuning_on_query_features_of_another_backbone_is_refused(trained: dict, models: dict[str, Path],
-                                                                      user_files: dict[str, Path],
-                                                                      tmp_path: Path) -> None:
+def test_fine_tuning_or_evaluating_on_query_features_of_another_backbone_is_refused(
+        trained: dict, models: dict[str, Path], user_files: dict[str, Path], tmp_path: Path) -> None:
     other = "siglip" if trained["kind"] == "clip" else "clip"
     data = tmp_path / "data"
     frames = _summary(_invoke("extract", "--videos", str(user_files["videos"]), "--out", str(data), "--backbone",
@@ -214,6 +213,10 @@ def test_fine_tuning_on_query_features_of_another_backbone_is_refused(trained: d
                                        str(trained["run"] / "best.pt"), "--set", "train.epochs=1",
                                        "--set", "model.block.widths=[null]",
                                        "--set", "model.registers.diffusion.steps=2", "--no-progress"])
+    assert result.exit_code == 1
+    assert trained["text"]["text_backbone"] in result.output and text["text_backbone"] in result.output, result.output
+    result = CliRunner().invoke(main, ["eval", "--checkpoint", str(trained["run"] / "best.pt"), "--data", str(data),
+                                       "--collection", "videos", "--split", "val"])
     assert result.exit_code == 1
     assert trained["text"]["text_backbone"] in result.output and text["text_backbone"] in result.output, result.output
 
