@@ -56,6 +56,9 @@ class DataConfig:
     video_feature: str = "i3d"  # FeatureData/<video_feature>/ (feature.hdf5 or BigFile files)
     video_backbone: str | None = None  # id of the frame backbone of those features (from the feature file)
     text_feature: str = "roberta"  # TextData/<text_feature>_<collection>_query_feat.hdf5
+    # id of the text backbone of those query features (from the query feature file; `prvr extract-text` records it),
+    # checked against the query encoder an index records (prvr.text_encoders.check_text_backbone)
+    text_backbone: str | None = None
     clip_bins: int = 32  # C: clip tokens per video (bin means)
     max_frames: int = 128  # F: frame tokens are bin means above this length
     max_query_tokens: int = 30  # L: query tokens kept

@@ -33,6 +33,7 @@ from prvr.types import VideoTokens
 
 __all__ = [
     "feature_backbone",
+    "query_backbone",
     "config_for_corpus",
     "resolve_device",
     "build_optimizer",
@@ -77,12 +78,28 @@ def feature_backbone(root: str | os.PathLike[str], collection: str, data: DataCo
     return found
 
 
+def query_backbone(root: str | os.PathLike[str], collection: str, data: DataConfig) -> str | None:
+    """The text backbone id recorded in the collection's ``data.text_feature`` query feature file (None: none).
+
+    Raises:
+        ValueError: ``data.text_backbone`` is set and the file records a different text backbone.
+    """
+    from prvr.data.features import query_feature_backbone, query_feature_path
+    from prvr.text_encoders import check_text_backbone
+
+    found = query_feature_backbone(root, collection, data.text_feature)
+    check_text_backbone(data.text_backbone, found, what="the checkpoint",
+                        found_what=f"query features {query_feature_path(root, collection, data.text_feature)}")
+    return found
+
+
 def config_for_corpus(config: ExperimentConfig, corpus: PRVRCorpus | JointCorpus) -> ExperimentConfig:
     """``config`` prepared to train on ``corpus``: the input dims and the frame backbone id are read from the data.
 
     ``model.video_dim`` / ``model.text_dim`` become the corpus's feature dims (a preset's dims are only a guess) and
     ``data.video_backbone`` the backbone recorded in the corpus's feature file, when it records one: the checkpoint
-    then carries it, and indexing features of another backbone is refused.
+    then carries it, and indexing features of another backbone is refused. Likewise ``data.text_backbone`` from the
+    query feature file: an index then refuses a query encoder of another text backbone.
 
     Args:
         config: the resolved preset and overrides; ``corpus`` must have been opened with its ``config.data``.
@@ -97,6 +114,9 @@ def config_for_corpus(config: ExperimentConfig, corpus: PRVRCorpus | JointCorpus
     backbone_id = feature_backbone(corpus.root, corpus.collection, config.data)
     if backbone_id is not None:
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, video_backbone=backbone_id))
+    text_backbone = query_backbone(corpus.root, corpus.collection, config.data)
+    if text_backbone is not None:
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, text_backbone=text_backbone))
     dims = {"video_dim": corpus.video_dim, "text_dim": corpus.text_dim}
     if (config.model.video_dim, config.model.text_dim) != (dims["video_dim"], dims["text_dim"]):
         logger.info("input dims taken from the data: %s (preset had %d / %d)", dims, config.model.video_dim,
@@ -340,7 +360,8 @@ def check_init_compatible(saved: ExperimentConfig, config: ExperimentConfig, pat
     """
     differences = config_differences(saved.model, config.model, "model.")
     for path_, a, b in config_differences(saved.data, config.data, "data."):
-        if path_ == "data.cache_in_memory" or (path_ == "data.video_backbone" and (a is None or b is None)):
+        if path_ == "data.cache_in_memory" or (
+                path_ in ("data.video_backbone", "data.text_backbone") and (a is None or b is None)):
             continue
         differences.append((path_, a, b))
     if differences:

@@ -225,6 +225,11 @@ class Retriever:
         self.close()
 
     def _check_text_encoder(self, encoder: Any) -> None:
+        from prvr.text_encoders import check_text_backbone
+
+        check_text_backbone(self.config.data.text_backbone, getattr(encoder, "encoder_id", None),
+                            what=f"the checkpoint of index generation {self.generation_id}",
+                            found_what="the query encoder")
         dim = getattr(encoder, "dim", None)
         if dim is not None and int(dim) != self.config.model.text_dim:
             raise ValueError(

@@ -134,8 +134,8 @@ def test_eval_reports_moment_metrics_with_a_moment_checkpoint(runner, tmp_path) 
 
 
 def test_every_command_is_registered_on_the_group(runner) -> None:
-    top = {"build-index", "config", "data", "demo", "eval", "extract", "index", "localize", "presets", "query",
-           "quickstart", "serve", "train", "train-moments"}
+    top = {"build-index", "config", "data", "demo", "eval", "extract", "extract-text", "index", "localize", "presets",
+           "query", "quickstart", "serve", "train", "train-moments"}
     assert set(main.commands) == top
     assert set(main.commands["data"].commands) == {"synth", "check", "annotations"}
     assert set(main.commands["index"].commands) == {"info", "add", "remove", "calibrate", "prune"}

@@ -60,19 +60,11 @@ def open_corpus(root: str, collection: str, split: str, config: Any, **kwargs: A
 
 
 def text_backbone_record(spec: str | None) -> dict[str, Any] | None:
-    """--text-backbone: 'minilm-l6' (the packaged all-MiniLM-L6-v2), a local model folder, or none."""
-    if spec is None or spec == "none":
-        return None
-    from prvr.text_encoders import ClipTextEncoder, TokenFeatureEncoder, find_minilm_l6_dir, joint_model_kind
+    """--text-backbone: clip:PATH / siglip:PATH (a joint model's text tower), 'minilm-l6' (the packaged
+    all-MiniLM-L6-v2), a local model folder, or none (``prvr.text_encoders.text_backbone_record``)."""
+    from prvr.text_encoders import text_backbone_record as record
 
-    path = find_minilm_l6_dir() if spec == "minilm-l6" else Path(spec)
-    if not Path(path).is_dir():
-        raise ValueError(f"--text-backbone {spec!r} is not a folder; give a local transformers model folder or "
-                         "'minilm-l6' (pip install -e '.[bench]')")
-    kind = joint_model_kind(path)
-    if kind is not None:  # a CLIP / SigLIP folder: its text tower's projected embedding is the one query token
-        return {"id": ClipTextEncoder(path).encoder_id, "path": str(Path(path).resolve()), "kind": kind}
-    return {"id": TokenFeatureEncoder(path).encoder_id, "path": str(Path(path).resolve())}
+    return record(spec)
 
 
 VIDEO_OPTIONS_HELP = ("Video files or folders: decode, extract frame features (cached in INDEX_DIR/features, "

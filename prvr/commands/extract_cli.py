@@ -1,4 +1,5 @@
-"""`prvr extract`: video files -> frame-backbone features in the standard PRVR layout (cached, resumable)."""
+"""`prvr extract`: video files -> frame-backbone features in the standard PRVR layout (cached, resumable);
+`prvr extract-text`: a collection's captions -> query token features of a text backbone (the same one search uses)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import click
 
 from prvr.commands.common import fail_cleanly
 
-__all__ = ["extract_command"]
+__all__ = ["extract_command", "extract_text_command"]
 
 
 @click.command("extract")
@@ -76,3 +77,84 @@ def extract_command(videos: tuple[str, ...], out_root: str, backbone: str, colle
     if not result.succeeded:
         raise RuntimeError(f"none of the {len(result.videos)} video(s) could be extracted; reasons in "
                            f"{result.folder / 'failures.json'}")
+
+
+def _caption_option(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[tuple[str, str]]:
+    """``--captions SPLIT=FILE`` -> [(split, file)]."""
+    pairs = []
+    for value in values:
+        split, separator, path = value.partition("=")
+        if not separator or not split or not path:
+            raise click.BadParameter(f"expected SPLIT=FILE such as train=captions.json, got {value!r}")
+        pairs.append((split, path))
+    return pairs
+
+
+@click.command("extract-text")
+@click.option("--data", "root", required=True, type=click.Path(file_okay=False),
+              help="Data root: the collection's captions are read from ROOT/<collection>/TextData/"
+                   "<collection><split>.caption.txt, the features written beside them.")
+@click.option("--collection", default="videos", show_default=True,
+              help="Collection name (the one `prvr extract --collection` wrote the frame features of).")
+@click.option("--text-backbone", "text_backbone", required=True,
+              help="Query text encoder: clip:PATH or siglip:PATH (the text tower of the model `prvr extract "
+                   "--backbone` used for the frames: the queries then live in the frames' space), 'minilm-l6', or a "
+                   "local transformers model folder. Give `build-index` / `prvr serve` the same value.")
+@click.option("--split", "splits", multiple=True,
+              help="Split to encode (repeatable; default: every split with a caption file).")
+@click.option("--captions", "captions", multiple=True, callback=_caption_option, metavar="SPLIT=FILE",
+              help="First write FILE as SPLIT's caption file: a '<video_id>#enc#<k> <text>' caption.txt, or an "
+                   "annotation file `prvr data annotations` reads (ActivityNet Captions, Charades-STA, TVR, "
+                   "QVHighlights; its timestamps become the moments sidecar). Video ids must be the video file stems "
+                   "`prvr extract` used. Repeatable.")
+@click.option("--name", "feature_name", default=None,
+              help="Query feature name, `prvr train --text-feature` (default: from the backbone, e.g. clip_vit_base_"
+                   "patch32).")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Sentences per text-encoder forward pass.")
+@click.option("--max-tokens", default=30, show_default=True, type=click.IntRange(min=1),
+              help="Token features kept per query (token-feature encoders; a CLIP / SigLIP tower gives one).")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@fail_cleanly
+def extract_text_command(root: str, collection: str, text_backbone: str, splits: tuple[str, ...],
+                         captions: list[tuple[str, str]], feature_name: str | None, batch_size: int, max_tokens: int,
+                         no_progress: bool) -> None:
+    """Encode a collection's captions with a text backbone into the query token features `prvr train` reads.
+
+    The features are what the same backbone's query encoder gives at search time (`build-index --text-backbone`,
+    `prvr query`, `prvr serve`); the file records the backbone's id, the checkpoint trained on it too, and an index
+    refuses a query encoder of another backbone. Prints a JSON summary.
+    """
+    from prvr.features.text_extract import extract_query_features
+    from prvr.text_encoders import load_text_encoder
+
+    for split, path in captions:
+        _import_captions(root, collection, split, path)
+    encoder, record = load_text_encoder(text_backbone, max_tokens=max_tokens, batch_size=batch_size)
+    wanted = list(splits) or None  # None: every split with a caption file, the imported ones included
+    result = extract_query_features(root, collection, encoder, record, splits=wanted, feature_name=feature_name,
+                                    progress=not no_progress)
+    click.echo(json.dumps(result.summary(), indent=2))
+
+
+def _import_captions(root: str, collection: str, split: str, path: str) -> None:
+    """Write an annotation or caption file as ``<collection><split>.caption.txt`` (+ moments when it has times)."""
+    from pathlib import Path
+
+    from prvr.data.annotations import read_annotations
+    from prvr.data.captions import caption_path, moments_path, read_captions, with_caption_ids, write_captions
+    from prvr.data.captions import write_moments
+
+    source = Path(path)
+    if not source.is_file():
+        raise FileNotFoundError(f"--captions {split}={path}: no such file")
+    records = read_captions(source) if source.name.endswith(".caption.txt") else read_annotations(source)
+    if not records:
+        raise ValueError(f"--captions {split}={path} holds no captions")
+    if not all(record.query_id.startswith(f"{record.video_id}#") for record in records):
+        records = with_caption_ids(records)
+    target = caption_path(root, collection, split)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_captions(target, records)
+    if any(record.windows for record in records):
+        write_moments(moments_path(root, collection, split), records)

@@ -390,7 +390,9 @@ def _checkpoint_config(checkpoint: str | Path, video_feature: str | None, text_f
 @click.option("--text-feature", default=None, help="Query feature name (default: the checkpoint's).")
 @click.option("--factory", default=None, help="FAISS factory string (default: chosen by corpus size).")
 @click.option("--text-backbone", default=None,
-              help="Query text encoder recorded for `prvr query`: 'minilm-l6' or a local model folder.")
+              help="Query text encoder recorded for `prvr query` / `prvr serve`: clip:PATH or siglip:PATH (the text "
+                   "tower of the model the frames were extracted with), 'minilm-l6', or a local model folder; must be "
+                   "the text backbone of the checkpoint's query features when it records one.")
 @click.option("--moment-checkpoint", default=None, type=click.Path(exists=True, dir_okay=False),
               help="Moment localiser checkpoint, copied into the index; `prvr query` then shows moments.")
 @click.option("--candidates", default=None, type=click.IntRange(min=1),
@@ -459,6 +461,11 @@ def build_index_command(checkpoint: str | None, zero_shot: bool, zero_shot_clip_
             raise ValueError("give --checkpoint (a trained model) or --zero-shot (a CLIP / SigLIP backbone's own "
                              "space, no training)")
         config = _checkpoint_config(checkpoint, video_feature, text_feature)
+        if text_record is not None:
+            from prvr.text_encoders import check_text_backbone
+
+            check_text_backbone(config.data.text_backbone, text_record["id"], what=f"checkpoint {checkpoint}",
+                                found_what="--text-backbone")
         corpus, collection = corpus_to_index(config, index_dir, videos=videos, root=root, collection=collection,
                                              split=split, split_is_option=False, verb="index", backbone=backbone,
                                              fps=fps, device=device, progress=not no_progress,

@@ -117,10 +117,11 @@ def eval_command(checkpoint: str, root: str, collection: str, split: str, device
     """
     from prvr.checkpoint import load_model
     from prvr.data.subsets import find_query_subsets
-    from prvr.engine import evaluate, resolve_device
+    from prvr.engine import evaluate, query_backbone, resolve_device
     from prvr.metrics.retrieval import format_metrics
 
     model, config, _ = load_model(checkpoint, resolve_device(device))
+    query_backbone(root, collection, config.data)  # query features of another text backbone are refused
     corpus = open_corpus(root, collection, split, config, expected_video_dim=config.model.video_dim,
                          expected_text_dim=config.model.text_dim)
     subsets = find_query_subsets(root, collection, split)

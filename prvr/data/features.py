@@ -39,6 +39,7 @@ __all__ = [
     "open_video_features",
     "query_feature_path",
     "open_query_features",
+    "query_feature_backbone",
     "write_hdf5_features",
     "write_bigfile",
 ]
@@ -801,3 +802,17 @@ def open_query_features(
     store = HDF5FeatureStore(path, expected_dim)
     store.rows = "tokens"
     return store
+
+
+def query_feature_backbone(root: str | os.PathLike[str], collection: str, text_feature: str) -> str | None:
+    """The text backbone id a query feature file records (``text_backbone``; the benchmark builds' older
+    ``text_encoder``), or None when the file records none or does not exist (a published release, say)."""
+    path = query_feature_path(root, collection, text_feature)
+    if not path.is_file():
+        return None
+    try:
+        with h5py.File(path, "r") as handle:
+            value = handle.attrs.get("text_backbone", handle.attrs.get("text_encoder"))
+    except OSError as error:
+        raise ValueError(f"{path} is not a readable HDF5 query feature file ({error}); re-create it") from None
+    return None if value is None else str(_plain_attr(value))
