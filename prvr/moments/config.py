@@ -88,6 +88,9 @@ class NetworkConfig:
     roi_points: int = 16  # DiffusionVMR: points sampled inside each span by linear interpolation
     decoder_roi: bool = False  # MomentDiff: add the RoI-pooled memory inside each span to its query (DenoiseLoc)
     dynamic_dim: int = 64  # DiffusionVMR: width of the dynamic interaction's hidden map
+    # DiffusionVMR: True = the first layer refines the noisy input span (x0_hat starts at x_t; collapses beyond one
+    # DDIM step, see prvr.moments.decoders.DiffusionVMRDecoder); False = it predicts the span outright (the fix)
+    first_layer_residual: bool = True
 
     def __post_init__(self) -> None:
         _check("MomentConfig.network", [

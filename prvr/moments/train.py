@@ -251,8 +251,9 @@ def inference_grid(config: MomentConfig) -> list[InferenceConfig]:
     """The localiser settings :func:`select_inference` measures, cheapest first (ties keep the earlier one).
 
     The relevance curve's best contiguous span (``method="relevance_span"``) and the denoiser at 1 and 2 DDIM
-    steps (more steps measured no better on capproxy, docs/bench/moments.md), each with and without the relevance proposal (refined from step 0) and with the relevance-aware rescore
-    w in {0, 0.25, 1}; the number of spans, eta and NMS stay the config's.
+    steps (more steps measured no better on capproxy, docs/bench/moments.md), each with and without the relevance
+    proposal (refined from step 0) and with the relevance-aware rescore w in {0, 0.25, 1}; the number of spans, eta
+    and NMS stay the config's.
     """
     base = config.inference
     grid = [dataclasses.replace(base, method="relevance_span", sampling_steps=1, relevance_proposal_step=None,
