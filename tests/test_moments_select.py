@@ -83,15 +83,15 @@ def test_selection_measures_every_setting_and_search_uses_the_best(selected, syn
     record = payload["inference_selection"]
     localizer = load_localizer(result.best_path)
     grid = inference_grid(localizer.config)
-    assert record["queries"] == 40 and len(record["rows"]) == len(grid) == 13
+    assert record["queries"] == 40 and len(record["rows"]) == len(grid) == 15
     assert {row["method"] for row in record["rows"]} == {"denoiser", "relevance_span"}
     scores = [row["R1@0.5"] + row["R1@0.7"] for row in record["rows"]]
     best = record["rows"][int(np.argmax(scores))]  # argmax: the first of equal scores, as the selection keeps
     assert record["chosen"] == {key: best[key] for key in record["chosen"]}
     inference = localizer.config.inference
-    assert (inference.method, inference.sampling_steps, inference.relevance_proposal_step,
-            inference.relevance_rescore) == (best["method"], best["sampling_steps"], best["relevance_proposal_step"],
-                                             best["relevance_rescore"])
+    assert (inference.method, inference.sampling_steps, inference.eta, inference.relevance_proposal_step,
+            inference.relevance_rescore) == (best["method"], best["sampling_steps"], best["eta"],
+                                             best["relevance_proposal_step"], best["relevance_rescore"])
     # the loaded localiser's defaults (what Retriever.search calls: localize_many without settings) are the chosen
     data = _val_data(synth_root, localizer.config)
     measured = evaluate_moments(localizer, data)
@@ -104,6 +104,7 @@ def test_selection_measures_every_setting_and_search_uses_the_best(selected, syn
     explicit = predict_split(localizer, MomentData(corpus, data.frames_of, 1), num_moments=3,
                              method=best["method"], steps=best["sampling_steps"],
                              proposal_step=best["relevance_proposal_step"], rescore=best["relevance_rescore"])
+    assert localizer.diffusion.sampler.eta == best["eta"]
     assert [t for m in found.moments for t in (m.start_sec, m.end_sec)] == pytest.approx(
         [t for w in explicit[0]["pred_relevant_windows"] for t in w[:2]], abs=1e-4)
     # the selection is a pure measurement: re-measuring the grid on the same queries picks the same setting

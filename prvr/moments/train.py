@@ -250,19 +250,19 @@ def evaluate_moments(localizer: DiffusionMomentLocalizer, data: MomentData, **kw
 def inference_grid(config: MomentConfig) -> list[InferenceConfig]:
     """The localiser settings :func:`select_inference` measures, cheapest first (ties keep the earlier one).
 
-    The relevance curve's best contiguous span (``method="relevance_span"``) and the denoiser at 1 and 2 DDIM
-    steps (more steps measured no better on capproxy, docs/bench/moments.md), each with and without the relevance
-    proposal (refined from step 0) and with the relevance-aware rescore w in {0, 0.25, 1}; the number of spans, eta
-    and NMS stay the config's.
+    The relevance curve's best contiguous span (``method="relevance_span"``); the denoiser at 1 and 2 DDIM steps
+    (more steps measured no better on capproxy, docs/bench/moments.md), each with and without the relevance proposal
+    (refined from step 0) and with the relevance-aware rescore w in {0, 0.25, 1}; and 2 steps with eta = 1
+    (DiffusionDet's stochastic DDIM, which re-noises x0_hat instead of re-using eps_hat) at w = 0.25. The number of
+    spans and NMS stay the config's.
     """
-    base = config.inference
-    grid = [dataclasses.replace(base, method="relevance_span", sampling_steps=1, relevance_proposal_step=None,
-                                relevance_rescore=0.0)]
-    for steps in (1, 2):
+    base = dataclasses.replace(config.inference, eta=0.0, relevance_proposal_step=None, relevance_rescore=0.0)
+    grid = [dataclasses.replace(base, method="relevance_span", sampling_steps=1)]
+    for steps, eta, rescores in ((1, 0.0, (0.0, 0.25, 1.0)), (2, 0.0, (0.0, 0.25, 1.0)), (2, 1.0, (0.25,))):
         for proposal_step in (None, 0):
-            for rescore in (0.0, 0.25, 1.0):
+            for rescore in rescores:
                 if steps <= config.diffusion.steps:
-                    grid.append(dataclasses.replace(base, method="denoiser", sampling_steps=steps,
+                    grid.append(dataclasses.replace(base, method="denoiser", sampling_steps=steps, eta=eta,
                                                     relevance_proposal_step=proposal_step,
                                                     relevance_rescore=rescore))
     return grid
@@ -279,7 +279,7 @@ class InferenceSelection:
 
 def _inference_row(setting: InferenceConfig) -> dict[str, Any]:
     return {"method": setting.method, "sampling_steps": setting.sampling_steps, "num_spans": setting.num_spans,
-            "relevance_proposal_step": setting.relevance_proposal_step,
+            "eta": setting.eta, "relevance_proposal_step": setting.relevance_proposal_step,
             "relevance_rescore": setting.relevance_rescore}
 
 
@@ -304,9 +304,10 @@ def select_inference(localizer: DiffusionMomentLocalizer, data: MomentData,
         raise ValueError("select_inference needs at least one setting to measure")
     rows, best, best_score = [], settings[0], -math.inf
     for setting in settings:
-        metrics = evaluate_moments(localizer, data, num_spans=setting.num_spans, steps=setting.sampling_steps,
-                                   rescore=setting.relevance_rescore, proposal_step=setting.relevance_proposal_step,
-                                   method=setting.method, batch_size=batch_size, progress=progress)
+        # a localiser whose defaults are the setting: exactly what search runs once the setting is recorded
+        measured = DiffusionMomentLocalizer(localizer.model, dataclasses.replace(localizer.config, inference=setting),
+                                            localizer.device)
+        metrics = evaluate_moments(measured, data, batch_size=batch_size, progress=progress)
         rows.append({**_inference_row(setting), **{key: round(value, 2) for key, value in metrics.items()}})
         score = _selection_score(metrics)
         if score > best_score:
