@@ -162,3 +162,18 @@ def test_cli_train_split_collection_and_init_from(synth_root: Path, tmp_path: Pa
     assert (tmp_path / "tuned" / "init_from.json").is_file()
     missing = runner.invoke(main, base + ["--out", str(tmp_path / "x"), "--train-split", "nope:train"])
     assert missing.exit_code == 1
+
+
+def test_bench_relevance_baseline_is_the_relevance_span_setting(selected, synth_root: Path) -> None:
+    from prvr.benchmarks.moments_bench import accuracy
+
+    _, result = selected
+    localizer = load_localizer(result.best_path)
+    data = _val_data(synth_root, localizer.config)
+    measured = accuracy(localizer, data, batch_size=16)
+    row = next(r for r in read_moment_checkpoint(result.best_path)["inference_selection"]["rows"]
+               if r["method"] == "relevance_span")
+    for key in ("R1@0.3", "R1@0.5", "R1@0.7"):  # two code paths, one span: the curve's best contiguous span
+        assert measured["relevance_baseline"][key] == pytest.approx(row[key], abs=0.01)
+    assert 0.0 <= measured["relevance_baseline"]["mIoU"] <= 100.0 and 0.0 <= measured["denoiser"]["mIoU"] <= 100.0
+    assert measured["method"] == localizer.config.inference.method
