@@ -177,3 +177,36 @@ def test_presets_load_and_validate() -> None:
         apply_moment_overrides(load_moment_preset("tiny"), ['loss.weights={"typo": 1.0}'])
     with pytest.raises(ValueError, match="num_heads"):
         apply_moment_overrides(load_moment_preset("tiny"), ["network.num_heads=5"])
+
+
+def _stuck_at_the_clamp(spans_cw: torch.Tensor) -> float:
+    """Fraction of span coordinates at the clamp (0 or 1): where a drifting DDIM chain ends up."""
+    return float(((spans_cw <= 1e-4) | (spans_cw >= 1 - 1e-4)).float().mean())
+
+
+def test_diffusionvmr_noisy_anchor_drifts_to_the_clamp_and_the_fix_does_not() -> None:
+    """Why the DiffusionVMR decoder collapsed beyond one DDIM step, on the decoder as initialised (zero span head).
+
+    With ``first_layer_residual`` the x0 prediction starts as x_t itself; DDIM then re-derives eps_hat ~ x_t and adds
+    it again (x_t' ~ (sqrt(abar') + sqrt(1 - abar')) x_t), so every extra step pushes spans outward to the clamp.
+    The fix (first layer absolute) gives an x0 estimate that does not carry x_t, and more steps change nothing.
+    """
+    torch.manual_seed(0)
+    video, video_mask, text, text_mask = _inputs()
+    x_T = torch.randn(3, 64, 2, generator=torch.Generator().manual_seed(1))
+    stuck = {}
+    for residual in (True, False):
+        flag = f"network.first_layer_residual={str(residual).lower()}"
+        config = apply_moment_overrides(_config("diffusionvmr"), [flag])
+        model = MomentDenoiser(config).eval()
+        diffusion = SpanDiffusion(config)
+        with torch.no_grad():
+            condition = model.encode(video, video_mask, text, text_mask)
+            runs = {steps: diffusion.sample(model, condition, 64, steps, x_T=x_T)[0] for steps in (1, 2, 10)}
+        stuck[residual] = {steps: _stuck_at_the_clamp(spans) for steps, spans in runs.items()}
+        if not residual:
+            torch.testing.assert_close(runs[10], runs[1])  # the chain's fixed point is its x0 estimate
+            torch.testing.assert_close(runs[1], torch.full_like(runs[1], 0.5))  # the prior mean, before training
+    assert stuck[True][1] < 0.1  # one step returns x0_hat = x_T: only the tails of N(0, 1) beyond lambda = 2
+    assert stuck[True][2] > stuck[True][1] + 0.1 and stuck[True][10] > stuck[True][2]  # the collapse, step by step
+    assert stuck[False] == {1: 0.0, 2: 0.0, 10: 0.0}

@@ -41,7 +41,8 @@ def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def trained(synth_root: Path, tmp_path_factory: pytest.TempPathFactory):
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("moments_run")
-    result = train_moments(synth_root, "synth", out, _tiny_config("train.epochs=6", "train.patience=6"))
+    result = train_moments(synth_root, "synth", out, _tiny_config("train.epochs=6", "train.patience=6"),
+                           select=False)
     return out, result
 
 

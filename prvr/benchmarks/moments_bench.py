@@ -49,12 +49,22 @@ def _metrics(predictions: list[dict[str, Any]], data: MomentData) -> dict[str, f
     return {key: round(found[key], 2) for key in KEYS}
 
 
+def _first_span_miou(predictions: list[dict[str, Any]], data: MomentData) -> float:
+    """mIoU (percent): the mean over queries of the first predicted span's best tIoU with a ground-truth window."""
+    ious = []
+    for record, prediction in zip(data.records, predictions):
+        first = torch.tensor([prediction["pred_relevant_windows"][0][:2]], dtype=torch.float64)  # (1, 2)
+        truth = torch.tensor([list(w) for w in record.windows], dtype=torch.float64)  # (G, 2)
+        ious.append(float(temporal_iou(first, truth)[0].max()))
+    return round(100.0 * float(np.mean(ious)), 2)
+
+
 def _curve_baseline(data: MomentData, curves: dict[str, np.ndarray]) -> dict[str, float]:
     predictions = []
     for record in data.records:
         start, end = best_contiguous_span_seconds(curves[record.query_id], float(record.duration or 0.0))
         predictions.append({"qid": record.query_id, "pred_relevant_windows": [[start, end, 1.0]]})
-    return _metrics(predictions, data)
+    return {**_metrics(predictions, data), "mIoU": _first_span_miou(predictions, data)}
 
 
 def moment_zero_shot_floor(root: str, collection: str, split: str, video_feature: str, text_feature: str,
@@ -123,8 +133,11 @@ def accuracy(localizer: DiffusionMomentLocalizer, data: MomentData, batch_size: 
     predictions = predict_split(localizer, data, batch_size=batch_size, num_spans=spans, steps=steps)
     seconds = time.perf_counter() - started
     curves = {p["qid"]: np.asarray(p["relevance"]) for p in predictions}
-    return {"queries": len(data), "spans": spans or localizer.config.inference.num_spans,
-            "steps": steps or localizer.config.inference.sampling_steps, "denoiser": _metrics(predictions, data),
+    inference = localizer.config.inference
+    return {"queries": len(data), "spans": spans or inference.num_spans, "steps": steps or inference.sampling_steps,
+            "method": inference.method, "eta": inference.eta, "proposal_step": inference.relevance_proposal_step,
+            "rescore": inference.relevance_rescore,
+            "denoiser": {**_metrics(predictions, data), "mIoU": _first_span_miou(predictions, data)},
             "relevance_baseline": _curve_baseline(data, curves), "wall_s": round(seconds, 1)}
 
 
@@ -238,13 +251,18 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
     for name, section in report.get("accuracy", {}).items():
         accuracy_rows.append({"method": f"{name}: relevance curve, best contiguous span",
                               **section["relevance_baseline"]})
-        accuracy_rows.append({"method": f"{name}: denoiser ({section['spans']} spans, {section['steps']} steps)",
-                              **section["denoiser"]})
+        setting = f"{section['spans']} spans, {section['steps']} steps"
+        if "method" in section:  # the recorded setting, spelled out (rows before the selection lack it)
+            setting = (f"{section['method']}, {setting}, eta {section['eta']}, proposal step "
+                       f"{section['proposal_step']}, w {section['rescore']}")
+        accuracy_rows.append({"method": f"{name}: localiser ({setting})" if "method" in section else
+                              f"{name}: denoiser ({setting})", **section["denoiser"]})
         for row in accuracy_rows[-2:]:
             skipped = section.get("skipped_queries", 0)
             row["queries"] = f"{section['queries']}" + (f" (after the first {skipped})" if skipped else "")
     if accuracy_rows:
-        parts += ["## On the ground-truth video", "", _table(accuracy_rows, ["method", "queries", *KEYS]), ""]
+        parts += ["## On the ground-truth video", "", _table(accuracy_rows, ["method", "queries", *KEYS, "mIoU"]),
+                  ""]
     for name, rows in report.get("grid", {}).items():
         parts += [f"## {name}: steps x spans (first {report['grid_queries']} queries; CPU, 1 thread, medians)", "",
                   _table(rows, ["steps", "spans", "R1@0.5", "R1@0.7", "mAP", "ms_per_pair", "ms_per_query_top10"]),

@@ -25,19 +25,29 @@ __all__ = ["train_moments_command", "localize_command"]
 @click.option("--text-feature", default=None, help="Query feature name (sets data.text_feature).")
 @click.option("--retrieval-checkpoint", default=None, type=click.Path(exists=True, dir_okay=False),
               help="Condition on this DreamPRVR checkpoint's frame tokens (what the index stores).")
-@click.option("--train-split", default="train", show_default=True)
+@click.option("--train-split", default="train", show_default=True, metavar="[COLLECTION:]SPLIT",
+              help="Training split, e.g. capproxy_pretrain:train to pre-train on another collection (validation "
+                   "stays on --collection); COLLECTION defaults to --collection, as in prvr train.")
+@click.option("--init-from", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Fine-tune: start from this moment checkpoint's weights (new optimizer and history; its network, "
+                   "diffusion and data must match this run's).")
 @click.option("--val-split", default="val", show_default=True)
 @click.option("--seed", type=int, default=None, help="Override the preset's seed.")
 @click.option("--max-train-queries", type=click.IntRange(min=1), default=None, help="Train on the first N queries.")
 @click.option("--max-val-queries", type=click.IntRange(min=1), default=None, help="Validate on the first N queries.")
 @click.option("--resume", is_flag=True, help="Continue from RUN_DIR/last.pt.")
+@click.option("--no-select", is_flag=True,
+              help="Skip the final measurement of every localiser setting on the validation queries (the best one "
+                   "is otherwise recorded in best.pt and used by search).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
 @fail_cleanly
 def train_moments_command(root: str, collection: str, run_dir: str, preset: str, overrides: tuple[str, ...],
                           video_feature: str | None, text_feature: str | None, retrieval_checkpoint: str | None,
                           train_split: str, val_split: str, seed: int | None, max_train_queries: int | None,
-                          max_val_queries: int | None, resume: bool, no_progress: bool) -> None:
+                          max_val_queries: int | None, resume: bool, no_progress: bool,
+                          init_from: str | None, no_select: bool) -> None:
     """Train the moment denoiser; prints one JSON line per epoch (losses, val R1@IoU / mAP), writes best/last.pt."""
+    from prvr.commands.train_cli import parse_train_split
     from prvr.moments.config import apply_moment_overrides, load_moment_preset
     from prvr.moments.train import train_moments
 
@@ -46,11 +56,17 @@ def train_moments_command(root: str, collection: str, run_dir: str, preset: str,
     config = apply_moment_overrides(load_moment_preset(preset), list(overrides))
     if seed is not None:
         config = dataclasses.replace(config, seed=seed)
+    train_collection, train_split = parse_train_split(train_split, collection)
     result = train_moments(root, collection, run_dir, config, train_split=train_split, val_split=val_split,
+                           train_collection=train_collection, init_from=init_from,
                            retrieval_checkpoint=retrieval_checkpoint, resume=resume, progress=not no_progress,
                            max_train_queries=max_train_queries, max_val_queries=max_val_queries,
+                           select=not no_select,
                            on_epoch=lambda record: click.echo(json.dumps(record)))
-    click.echo(json.dumps({"best_epoch": result.best_epoch, "best": result.best_metrics,
+    if result.selection is not None:
+        click.echo(json.dumps({"inference_selection": result.selection.rows}))
+    chosen = dataclasses.asdict(result.selection.best) if result.selection is not None else None
+    click.echo(json.dumps({"best_epoch": result.best_epoch, "best": result.best_metrics, "chosen_inference": chosen,
                            "epochs_run": result.epochs_run, "checkpoint": str(result.best_path)}))
 
 

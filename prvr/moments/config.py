@@ -88,6 +88,9 @@ class NetworkConfig:
     roi_points: int = 16  # DiffusionVMR: points sampled inside each span by linear interpolation
     decoder_roi: bool = False  # MomentDiff: add the RoI-pooled memory inside each span to its query (DenoiseLoc)
     dynamic_dim: int = 64  # DiffusionVMR: width of the dynamic interaction's hidden map
+    # DiffusionVMR: True = the first layer refines the noisy input span (x0_hat starts at x_t; collapses beyond one
+    # DDIM step, see prvr.moments.decoders.DiffusionVMRDecoder); False = it predicts the span outright (the fix)
+    first_layer_residual: bool = True
 
     def __post_init__(self) -> None:
         _check("MomentConfig.network", [
@@ -132,9 +135,16 @@ class InferenceConfig:
     # Ours: add the relevance curve's best contiguous span as one more proposal, noised to this diffusion step and
     # denoised in one network pass (SDEdit-style refinement); None = random spans only.
     relevance_proposal_step: int | None = None
+    # Ours: what the first moment is. "denoiser": the sampled spans by score; "relevance_span": the relevance curve's
+    # best contiguous span (prvr.moments.baselines.best_contiguous_spans_se), scored as the pair's best sampled span
+    # and ranked first, the sampled spans after it. Training can measure every setting on the selection queries and
+    # record the best here (prvr.moments.train.select_inference).
+    method: Literal["denoiser", "relevance_span"] = "denoiser"
 
     def __post_init__(self) -> None:
         _check("MomentConfig.inference", [
+            (self.method in ("denoiser", "relevance_span"),
+             f"method must be 'denoiser' or 'relevance_span', got {self.method!r}"),
             (self.sampling_steps >= 1, f"sampling_steps must be >= 1, got {self.sampling_steps}"),
             (self.num_spans >= 1, "num_spans must be >= 1"),
             (self.relevance_proposal_step is None or self.relevance_proposal_step >= 0,
@@ -177,6 +187,17 @@ class MomentTrainConfig:
     patience: int = 10  # early stopping on val R1@0.5 + R1@0.7
     eval_batch_size: int = 64
     threads: int = 1  # torch intra-op threads; 0 = torch's default
+    # learning-rate schedule over the run's steps: linear warm-up over this fraction of them, then constant or a
+    # linear decay to 0 (the retrieval trainer's recipe, prvr.engine.build_optimizer); 0 / "constant" = a flat lr
+    warmup_fraction: float = 0.0
+    lr_decay: Literal["constant", "linear"] = "constant"
+
+    def __post_init__(self) -> None:
+        _check("MomentConfig.train", [
+            (0.0 <= self.warmup_fraction < 1.0, f"warmup_fraction must lie in [0, 1), got {self.warmup_fraction}"),
+            (self.lr_decay in ("constant", "linear"), f"lr_decay must be 'constant' or 'linear', got "
+                                                      f"{self.lr_decay!r}"),
+        ])
 
 
 @dataclass(frozen=True)

@@ -194,8 +194,9 @@ def roi_align_1d(memory: Tensor, mask: Tensor, spans_se: Tensor, points: int) ->
 class _DenoisingLayer(nn.Module):
     """One cascade stage: RoI features -> proposal self-attention -> dynamic interaction -> FFN -> time -> heads."""
 
-    def __init__(self, config: NetworkConfig) -> None:
+    def __init__(self, config: NetworkConfig, residual: bool = True) -> None:
         super().__init__()
+        self.residual = residual
         dim, dyn = config.hidden_size, config.dynamic_dim
         self.dim, self.dynamic_dim, self.points = dim, dyn, config.roi_points
         self.self_attention = MultiHeadAttention(dim, config.num_heads, config.dropout)
@@ -235,17 +236,29 @@ class _DenoisingLayer(nn.Module):
         h = self.ffn_norm(h + self.dropout(self.ffn(h)))  # (B, Q, D)
         scale, shift = self.time_modulation(time)[:, None].chunk(2, dim=-1)  # (B, 1, D) each
         h = h * (scale + 1.0) + shift
-        refined = (_inverse_sigmoid(spans_cw) + self.span_head(h)).sigmoid()  # (B, Q, 2)
+        offset = _inverse_sigmoid(spans_cw) if self.residual else 0.0  # absolute: starts at the prior mean 0.5
+        refined = (offset + self.span_head(h)).sigmoid()  # (B, Q, 2)
         return refined, self.class_head(h), h
 
 
 class DiffusionVMRDecoder(SpanDecoder):
-    """``decoder_layers`` cascading denoising layers; each layer's (detached) spans are the next layer's input."""
+    """``decoder_layers`` cascading denoising layers; each layer's (detached) spans are the next layer's input.
+
+    With ``config.first_layer_residual`` (the design before the fix) the first layer too refines its input, the
+    NOISY span, in logit space: its x0 prediction starts as x_t itself. That suits one DDIM step (the random spans act
+    as anchors) but beyond it DDIM counts the noise twice: at t ~ T, eps_hat = (x_t / sqrt(abar_t) - x0_hat) /
+    sqrt(1 / abar_t - 1) ~ x_t, so x_t' = sqrt(abar_t') x0_hat + sqrt(1 - abar_t') eps_hat ~ (sqrt(abar_t') +
+    sqrt(1 - abar_t')) x_t (up to 1.41 x_t): every step pushes the spans outwards until they stick at the clamp
+    (centre 0 or 1, width 0 or 1). Without it the first layer predicts the span from its RoI features alone (the
+    noisy span still says where to pool), so x0_hat is an estimate of x0 that does not carry x_t through; later
+    layers refine the earlier prediction as before.
+    """
 
     def __init__(self, config: NetworkConfig) -> None:
         super().__init__()
         self.timestep_embedding = TimestepEmbedding(config.hidden_size)
-        self.layers = nn.ModuleList(_DenoisingLayer(config) for _ in range(config.decoder_layers))
+        self.layers = nn.ModuleList(_DenoisingLayer(config, residual=index > 0 or config.first_layer_residual)
+                                    for index in range(config.decoder_layers))
 
     def forward(self, spans_cw: Tensor, t: Tensor, condition: Condition) -> DecoderOutput:
         time = self.timestep_embedding(t)  # (B, D)

@@ -74,7 +74,7 @@ class DiffusionMomentLocalizer:
     @torch.no_grad()
     def predict(self, video: Tensor, video_mask: Tensor, text: Tensor, text_mask: Tensor, *,
                 num_spans: int | None = None, steps: int | None = None, rescore: float | None = None,
-                proposal_step: int | None = -1,
+                proposal_step: int | None = -1, method: str | None = None,
                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Sample spans for B preprocessed (query, video) pairs.
 
@@ -87,14 +87,19 @@ class DiffusionMomentLocalizer:
                 alone).
             proposal_step: refine the relevance curve's best contiguous span from this diffusion step and add it as
                 span Q + 1 (-1 = ``config.inference.relevance_proposal_step``; None = off).
+            method: "denoiser" or "relevance_span" (default ``config.inference.method``): "relevance_span" puts the
+                relevance curve's best contiguous span first, scored as the pair's best sampled span.
             generator: seeds the starting noise, drawn per batch (default: every pair starts from the SAME Q spans of
                 noise, drawn from ``config.seed``, so a pair's answer does not depend on its batch).
 
         Returns:
-            ``(spans_cw (B, Q', 2) in [0, 1], scores (B, Q'), relevance (B, F) in [0, 1])`` with Q' = Q, or Q + 1
-            with a relevance proposal; the scores are the foreground probabilities ``p_fg``, times
-            ``exp(w * (gain - 1))`` when ``rescore`` w > 0.
+            ``(spans_cw (B, Q', 2) in [0, 1], scores (B, Q'), relevance (B, F) in [0, 1])`` with Q' = Q, plus one
+            with a relevance proposal, plus one more (at index 0) for "relevance_span"; the scores are the foreground
+            probabilities ``p_fg``, times ``exp(w * (gain - 1))`` when ``rescore`` w > 0.
         """
+        method = self.config.inference.method if method is None else method
+        if method not in ("denoiser", "relevance_span"):
+            raise ValueError(f"method must be 'denoiser' or 'relevance_span', got {method!r}")
         num_spans = self.config.inference.num_spans if num_spans is None else int(num_spans)
         steps = self.config.inference.sampling_steps if steps is None else int(steps)
         if num_spans < 1:
@@ -122,6 +127,11 @@ class DiffusionMomentLocalizer:
         if rescore > 0:
             gain = span_relevance_gain(span_cw_to_se(spans_cw.float()).clamp(0.0, 1.0), relevance, condition.mask)
             p_fg = p_fg * torch.exp(rescore * (gain - 1.0))  # (B, Q')
+        if method == "relevance_span":
+            # first in the stable descending sort of _postprocess: it ties the best sampled span's score
+            best_se = best_contiguous_spans_se(relevance, condition.mask)  # (B, 2)
+            spans_cw = torch.cat([span_se_to_cw(best_se)[:, None], spans_cw], dim=1)  # (B, Q' + 1, 2)
+            p_fg = torch.cat([p_fg.amax(dim=1, keepdim=True), p_fg], dim=1)  # (B, Q' + 1)
         return spans_cw, p_fg, relevance
 
     def _refine_relevance_span(self, condition: Condition, relevance: Tensor, step: int) -> tuple[Tensor, Tensor]:

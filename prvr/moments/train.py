@@ -14,6 +14,7 @@ pure functions of (seed, epoch), so a resumed run replays the same epochs as an 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import time
@@ -28,10 +29,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from prvr.checkpoint import atomic_torch_save, load_model
+from prvr.engine import config_differences
+from prvr.fileio import file_sha256, write_text_atomic
 from prvr.data.dataset import PRVRCorpus, iter_video_batches
 from prvr.metrics.moments import moment_metrics
 from prvr.moments.condition import frame_labels, similarity_losses
-from prvr.moments.config import MomentConfig, load_moment_preset
+from prvr.moments.config import InferenceConfig, MomentConfig, load_moment_preset
 from prvr.moments.criterion import SetCriterion, weighted_sum
 from prvr.moments.denoiser import MomentDenoiser, SpanDiffusion
 from prvr.moments.localizer import (
@@ -45,7 +48,8 @@ from prvr.moments.spans import span_se_to_cw
 from prvr.types import QueryRecord
 
 __all__ = ["MomentData", "MomentTrainResult", "frame_source", "train_moments", "evaluate_moments",
-           "evaluate_checkpoint_on_split",
+           "evaluate_checkpoint_on_split", "check_moment_init_compatible", "InferenceSelection",
+           "inference_grid", "select_inference", "record_inference_selection", "lr_factor",
            "predict_split", "save_moment_checkpoint", "train_step_proposals"]
 
 logger = logging.getLogger(__name__)
@@ -160,6 +164,23 @@ def train_step_proposals(config: MomentConfig, epoch: int) -> int:
     return max(1, min(proposals, 1 + round((proposals - 1) * fraction)))
 
 
+def lr_factor(warmup_fraction: float, decay: str, total_steps: int) -> Callable[[int], float]:
+    """The learning-rate multiplier of optimiser step ``step`` (0-based): linear warm-up over
+    ``ceil(warmup_fraction * total_steps)`` steps, then 1 ("constant") or a linear decay to 0 at ``total_steps``
+    ("linear"); the schedule of :func:`prvr.engine.build_optimizer`."""
+    total_steps = max(1, total_steps)
+    warmup = math.ceil(warmup_fraction * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if decay == "constant":
+            return 1.0
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return factor
+
+
 def _epoch_generator(seed: int, epoch: int, purpose: int) -> torch.Generator:
     state = np.random.SeedSequence([seed & 0xFFFFFFFF, epoch, purpose]).generate_state(1)
     return torch.Generator().manual_seed(int(state[0]))
@@ -189,7 +210,8 @@ def _losses(model: MomentDenoiser, diffusion: SpanDiffusion, criterion: SetCrite
 @torch.no_grad()
 def predict_split(localizer: DiffusionMomentLocalizer, data: MomentData, *, num_spans: int | None = None,
                   steps: int | None = None, rescore: float | None = None, proposal_step: int | None = -1,
-                  batch_size: int = 64, num_moments: int = 10, progress: bool = False) -> list[dict[str, Any]]:
+                  method: str | None = None, batch_size: int = 64, num_moments: int = 10,
+                  progress: bool = False) -> list[dict[str, Any]]:
     """QVHighlights-format predictions of every record: ``qid``, ``pred_relevant_windows`` [[s, e, p], ...] (best
     first, seconds) and ``relevance`` (the (F,) curve, as a list). Every pair starts from the same seeded noise
     (see :meth:`DiffusionMomentLocalizer.predict`), so the predictions do not depend on the batching."""
@@ -200,7 +222,7 @@ def predict_split(localizer: DiffusionMomentLocalizer, data: MomentData, *, num_
         batch = data.batch(indices)
         spans_cw, p_fg, relevance = localizer.predict(batch.video, batch.video_mask, batch.text, batch.text_mask,
                                                       num_spans=num_spans, steps=steps, rescore=rescore,
-                                                      proposal_step=proposal_step)
+                                                      proposal_step=proposal_step, method=method)
         lengths = batch.video_mask.sum(1).tolist()
         for row, index in enumerate(indices):
             record = data.records[index]
@@ -219,6 +241,92 @@ def evaluate_moments(localizer: DiffusionMomentLocalizer, data: MomentData, **kw
                               for p in predictions], data.ground_truth())
     keep = ("R1@0.3", "R1@0.5", "R1@0.7", "mAP@0.5", "mAP@0.75", "mAP")
     return {key: metrics[key] for key in keep}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# choosing the search-time setting by measurement
+
+
+def inference_grid(config: MomentConfig) -> list[InferenceConfig]:
+    """The localiser settings :func:`select_inference` measures, cheapest first (ties keep the earlier one).
+
+    The relevance curve's best contiguous span (``method="relevance_span"``); the denoiser at 1 and 2 DDIM steps
+    (more steps measured no better on capproxy, docs/bench/moments.md), each with and without the relevance proposal
+    (refined from step 0) and with the relevance-aware rescore w in {0, 0.25, 1}; and 2 steps with eta = 1
+    (DiffusionDet's stochastic DDIM, which re-noises x0_hat instead of re-using eps_hat) at w = 0.25. The number of
+    spans and NMS stay the config's.
+    """
+    base = dataclasses.replace(config.inference, eta=0.0, relevance_proposal_step=None, relevance_rescore=0.0)
+    grid = [dataclasses.replace(base, method="relevance_span", sampling_steps=1)]
+    for steps, eta, rescores in ((1, 0.0, (0.0, 0.25, 1.0)), (2, 0.0, (0.0, 0.25, 1.0)), (2, 1.0, (0.25,))):
+        for proposal_step in (None, 0):
+            for rescore in rescores:
+                if steps <= config.diffusion.steps:
+                    grid.append(dataclasses.replace(base, method="denoiser", sampling_steps=steps, eta=eta,
+                                                    relevance_proposal_step=proposal_step,
+                                                    relevance_rescore=rescore))
+    return grid
+
+
+@dataclass(frozen=True)
+class InferenceSelection:
+    """What :func:`select_inference` measured: the chosen setting and one row per setting (metrics in percent)."""
+
+    best: InferenceConfig
+    rows: list[dict[str, Any]]
+    queries: int
+
+
+def _inference_row(setting: InferenceConfig) -> dict[str, Any]:
+    return {"method": setting.method, "sampling_steps": setting.sampling_steps, "num_spans": setting.num_spans,
+            "eta": setting.eta, "relevance_proposal_step": setting.relevance_proposal_step,
+            "relevance_rescore": setting.relevance_rescore}
+
+
+def select_inference(localizer: DiffusionMomentLocalizer, data: MomentData,
+                     settings: Sequence[InferenceConfig] | None = None, *, batch_size: int = 64,
+                     progress: bool = False) -> InferenceSelection:
+    """Measure every localiser setting on ``data`` (the selection queries) and pick the best by R1@0.5 + R1@0.7
+    (the training's selection score; ties keep the earlier, cheaper setting).
+
+    Args:
+        localizer: the trained localiser (its config's inference is the base of the default grid).
+        data: the selection queries (the first 500 DEV-VAL queries on capproxy), never the report queries.
+        settings: the settings to measure (default :func:`inference_grid`).
+        batch_size: pairs per batch.
+        progress: show a progress bar per setting.
+
+    Returns:
+        The :class:`InferenceSelection`.
+    """
+    settings = list(settings) if settings is not None else inference_grid(localizer.config)
+    if not settings:
+        raise ValueError("select_inference needs at least one setting to measure")
+    rows, best, best_score = [], settings[0], -math.inf
+    for setting in settings:
+        # a localiser whose defaults are the setting: exactly what search runs once the setting is recorded
+        measured = DiffusionMomentLocalizer(localizer.model, dataclasses.replace(localizer.config, inference=setting),
+                                            localizer.device)
+        metrics = evaluate_moments(measured, data, batch_size=batch_size, progress=progress)
+        rows.append({**_inference_row(setting), **{key: round(value, 2) for key, value in metrics.items()}})
+        score = _selection_score(metrics)
+        if score > best_score:
+            best, best_score = setting, score
+    logger.info("inference selection on %d queries: %s", len(data), _inference_row(best))
+    return InferenceSelection(best, rows, len(data))
+
+
+def record_inference_selection(checkpoint: str | Path, selection: InferenceSelection) -> MomentConfig:
+    """Write the chosen setting into a moment checkpoint: its ``moment_config.inference`` becomes
+    ``selection.best`` (what :func:`~prvr.moments.localizer.load_localizer`, and so search, uses) and the measured
+    rows go under ``inference_selection``. Returns the checkpoint's new config."""
+    payload = read_moment_checkpoint(checkpoint)
+    config = dataclasses.replace(MomentConfig.from_json(payload["moment_config"]), inference=selection.best)
+    payload["moment_config"] = config.to_json(indent=None)
+    payload["inference_selection"] = {"queries": selection.queries, "chosen": _inference_row(selection.best),
+                                      "score": "R1@0.5 + R1@0.7", "rows": selection.rows}
+    atomic_torch_save(payload, checkpoint)
+    return config
 
 
 def save_moment_checkpoint(path: str | Path, *, model: MomentDenoiser, config: MomentConfig, epoch: int,
@@ -241,10 +349,37 @@ class MomentTrainResult:
     best_metrics: dict[str, float]
     epochs_run: int
     history: list[dict[str, Any]]
+    selection: InferenceSelection | None = None  # the measured localiser settings (``select=True``)
 
 
 def _selection_score(metrics: dict[str, float]) -> float:
     return metrics["R1@0.5"] + metrics["R1@0.7"]
+
+
+# the fields a fine-tune must share with the checkpoint it starts from: the weights must fit and mean the same
+_INIT_FIELDS = ("network", "diffusion", "condition", "video_dim", "text_dim")
+
+
+def check_moment_init_compatible(saved: MomentConfig, config: MomentConfig, path: str | Path) -> None:
+    """Refuse to fine-tune ``config`` from a moment checkpoint whose network, diffusion or inputs differ.
+
+    Like :func:`prvr.engine.check_init_compatible`: the network, the diffusion, the condition and the input widths
+    must be equal field by field, and so must the data fields that change what a frame or a query token is
+    (features, frame and token limits); loss, training, inference and seed may differ.
+
+    Raises:
+        ValueError: naming every differing field with both values.
+    """
+    differences = []
+    for name in _INIT_FIELDS:
+        differences += config_differences(getattr(saved, name), getattr(config, name), f"{name}.")
+    differences += [(p, a, b) for p, a, b in config_differences(saved.data, config.data, "data.")
+                    if p != "data.cache_in_memory" and not (p == "data.video_backbone" and (a is None or b is None))]
+    if differences:
+        lines = "; ".join(f"{name}: {a!r} in the checkpoint, {b!r} in this run" for name, a, b in differences)
+        raise ValueError(f"--init-from {path}: the moment checkpoint does not fit this run: {lines}. Fine-tune with "
+                         "the checkpoint's preset and network/diffusion/data overrides (loss, train and inference "
+                         "fields may differ)")
 
 
 def train_moments(
@@ -256,11 +391,14 @@ def train_moments(
     preset: str = "cpu",
     train_split: str = "train",
     val_split: str = "val",
+    train_collection: str | None = None,
+    init_from: str | Path | None = None,
     retrieval_checkpoint: str | Path | None = None,
     resume: bool = False,
     progress: bool = False,
     max_train_queries: int | None = None,
     max_val_queries: int | None = None,
+    select: bool = True,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> MomentTrainResult:
     """Train a moment denoiser on a standard-layout collection with a moments sidecar; write best.pt / last.pt.
@@ -275,12 +413,20 @@ def train_moments(
         preset: moment preset used when ``config`` is None ("tiny" trains a few hundred videos in seconds).
         train_split: caption split to train on.
         val_split: caption split for the per-epoch metrics and the best checkpoint.
+        train_collection: the collection of ``train_split`` when it is not ``collection`` (pre-training on
+            ``capproxy_pretrain:train`` and validating on ``capproxy:val``; the CLI's ``--train-split
+            COLLECTION:SPLIT``, as in ``prvr train``).
+        init_from: start from this moment checkpoint's weights (fine-tuning: new optimizer and history; the configs
+            must agree, :func:`check_moment_init_compatible`); recorded in ``out_dir/init_from.json``. A resumed run
+            takes its weights from last.pt instead.
         retrieval_checkpoint: a DreamPRVR checkpoint whose frame tokens condition the denoiser (as at search time);
             None = raw frame features.
         resume: continue from ``out_dir/last.pt`` (same config).
         progress: show tqdm bars.
         max_train_queries: use only the first N training queries (quick runs).
-        max_val_queries: evaluate on the first N validation queries only.
+        max_val_queries: evaluate on the first N validation queries only (on capproxy: the 500 selection queries).
+        select: at the end, measure every localiser setting (:func:`inference_grid`) with the best weights on
+            the validation queries and record the best in best.pt (:func:`select_inference`), so search uses it.
         on_epoch: called with each epoch's record (epoch, losses, val metrics, seconds).
 
     Returns:
@@ -303,7 +449,7 @@ def train_moments(
     elif config.condition == "retrieval":
         raise ValueError("this config conditions on retrieval frame tokens (condition='retrieval'); pass the "
                          "DreamPRVR checkpoint with retrieval_checkpoint / --retrieval-checkpoint")
-    train_corpus = PRVRCorpus(root, collection, train_split, data_config)
+    train_corpus = PRVRCorpus(root, train_collection or collection, train_split, data_config)
     val_corpus = PRVRCorpus(root, collection, val_split, data_config, expected_video_dim=train_corpus.video_dim,
                             expected_text_dim=train_corpus.text_dim)
     train_frames = frame_source(train_corpus, retrieval_checkpoint, progress=progress)
@@ -323,6 +469,10 @@ def train_moments(
     torch.manual_seed(config.seed)
     model = MomentDenoiser(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
+    steps_per_epoch = math.ceil(len(train_data) / config.train.batch_size)
+    total_steps = config.train.epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_factor(config.train.warmup_fraction, config.train.lr_decay, total_steps))
     diffusion = SpanDiffusion(config)
     matcher = config.matcher
     criterion = SetCriterion(HungarianMatcher(matcher.cost_l1, matcher.cost_giou, matcher.cost_class),
@@ -332,11 +482,20 @@ def train_moments(
     if resumed is not None:
         model.load_state_dict(resumed["model"])
         optimizer.load_state_dict(resumed["optimizer"])
+        if "scheduler" in resumed:
+            scheduler.load_state_dict(resumed["scheduler"])
         start_epoch = int(resumed["epoch"])
         history = list(resumed.get("history", []))
         best_epoch, best_score = int(resumed["best_epoch"]), float(resumed["best_score"])
         best_metrics, stale = dict(resumed.get("best_metrics", {})), int(resumed.get("stale", 0))
     out_dir.mkdir(parents=True, exist_ok=True)
+    if resumed is None and init_from is not None:
+        payload = read_moment_checkpoint(init_from)
+        check_moment_init_compatible(MomentConfig.from_json(payload["moment_config"]), config, init_from)
+        model.load_state_dict(payload["model"])
+        record = {"init_from": str(init_from), "sha256": file_sha256(Path(init_from))}
+        write_text_atomic(out_dir / "init_from.json", json.dumps(record, indent=2) + "\n")
+        logger.info("fine-tuning from the weights of %s", init_from)
     localizer = DiffusionMomentLocalizer(model, config)
 
     epoch = start_epoch
@@ -363,6 +522,7 @@ def train_moments(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
             optimizer.step()
+            scheduler.step()
             steps += 1
             totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())
             for key, value in losses.items():
@@ -383,7 +543,8 @@ def train_moments(
         else:
             stale += 1
         save_moment_checkpoint(last_path, model=model, config=config, epoch=epoch + 1, state={
-            "optimizer": optimizer.state_dict(), "history": history, "best_epoch": best_epoch,
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "history": history,
+            "best_epoch": best_epoch,
             "best_score": best_score, "best_metrics": best_metrics, "stale": stale,
             "retrieval_checkpoint": str(retrieval_checkpoint) if retrieval_checkpoint is not None else ""})
         if on_epoch is not None:
@@ -391,7 +552,13 @@ def train_moments(
     if not best_path.is_file():
         raise RuntimeError(f"no epoch ran (train.epochs={config.train.epochs}, resumed at {start_epoch}); raise "
                            "train.epochs")
-    return MomentTrainResult(best_path, last_path, best_epoch, best_metrics, len(history), history)
+    if select:
+        model.load_state_dict(read_moment_checkpoint(best_path)["model"])
+        selection = select_inference(DiffusionMomentLocalizer(model, config), val_data,
+                                     batch_size=config.train.eval_batch_size, progress=progress)
+        record_inference_selection(best_path, selection)
+    return MomentTrainResult(best_path, last_path, best_epoch, best_metrics, len(history), history,
+                             selection if select else None)
 
 
 def evaluate_checkpoint_on_split(moment_checkpoint: str | Path, root: str | Path, collection: str, split: str, *,
