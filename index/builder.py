@@ -49,7 +49,7 @@ from prvr.fileio import atomic_path, exclusive_lock, file_sha256, fsync_director
 from prvr.model import DreamPRVR
 from prvr.moments.zero_shot import localizer_from_record as zero_shot_localizer_from_record
 from prvr.moments.zero_shot import localizer_record as zero_shot_localizer_record
-from prvr.moments.zero_shot import wrap_trained_localizer
+from prvr.moments.zero_shot import RETRIEVAL_COSINE_KIND, RetrievalCosineLocalizer, wrap_trained_localizer
 from prvr.index.moment_frames import MOMENT_FRAMES_DIR, MomentFrameStore
 from prvr.types import VideoCorpus, VideoTokens
 from prvr.zero_shot import bank_term
@@ -412,7 +412,9 @@ def _build_locked(
                              "cannot change back-ends: build into a new directory")
     elif moment_localizer is None and moment_checkpoint is None and config.model.kind == "zero_shot":
         moment_localizer = zero_shot_localizer_record()
-    if moment_localizer is not None and moment_checkpoint is not None:
+    if moment_localizer is not None and moment_localizer.get("kind") == RETRIEVAL_COSINE_KIND:
+        RetrievalCosineLocalizer(model, config.data, moment_localizer.get("level", 0.5))  # refuse a bad level
+    elif moment_localizer is not None and moment_checkpoint is not None:
         wrap_trained_localizer(None, moment_localizer)  # refuse a record that does not go with a checkpoint
     elif moment_localizer is not None:
         zero_shot_localizer_from_record(moment_localizer)  # refuse an unknown record before any work

@@ -200,7 +200,13 @@ class Retriever:
 
                 moment_frames = MomentFrameStore(gen_dir / manifest.moment_frames["dir"], read_only=True)
             moment_checkpoint = None
-            if localizer is None and manifest.moment_checkpoint is not None:
+            record = manifest.moment_localizer
+            if localizer is None and record is not None and record.get("kind") == "retrieval_cosine":
+                from prvr.moments.zero_shot import RetrievalCosineLocalizer
+
+                # measured better than the moment model on the selection queries: the model's own frame cosine
+                localizer = RetrievalCosineLocalizer(model, config.data, float(record.get("level", 0.5)))
+            elif localizer is None and manifest.moment_checkpoint is not None:
                 moment_checkpoint = _checked_moment_checkpoint(index_dir, gen_dir, manifest)
             elif localizer is None and manifest.moment_localizer is not None:
                 from prvr.moments.zero_shot import localizer_from_record
