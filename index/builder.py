@@ -52,6 +52,8 @@ from prvr.model import DreamPRVR
 from prvr.moments.zero_shot import localizer_from_record as zero_shot_localizer_from_record
 from prvr.moments.zero_shot import ZeroShotMomentConfig
 from prvr.moments.zero_shot import localizer_record as zero_shot_localizer_record
+from prvr.moments.zero_shot import RETRIEVAL_COSINE_KIND, RetrievalCosineLocalizer, wrap_trained_localizer
+from prvr.index.moment_frames import MOMENT_FRAMES_DIR, MomentFrameStore
 from prvr.types import VideoCorpus, VideoTokens
 from prvr.zero_shot import bank_term
 from prvr.index.catalog import Database, GenerationStatus, VideoRecord, open_database
@@ -178,6 +180,7 @@ def build_index(
     candidates_per_video: int = 4,
     moment_checkpoint: str | Path | None = None,
     moment_localizer: dict[str, Any] | None = None,
+    moment_corpus: VideoCorpus | None = None,
     query_bank: Any | None = None,
     bank_k: int = 200,
     bank_alpha: float = 0.5,
@@ -212,6 +215,11 @@ def build_index(
         moment_localizer: a training-free localiser record (``prvr.moments.zero_shot.localizer_record``) for the
             manifest; default: the previous generation's, else the zero-shot localiser for a zero-shot model
             (``model.kind == "zero_shot"``: its frame tokens and queries share one space) without a moment checkpoint.
+            Beside a moment checkpoint: how search reads it (``prvr.moments.zero_shot.relevance_span_record()``).
+        moment_corpus: the same videos at the moment localiser's resolution (e.g. the split opened with
+            ``data.max_frames`` = the moment model's): their frame tokens ``moment_corpus.video(id)[1]`` are stored
+            in ``<generation>/moment_frames/`` (``index.moment_frames``) and the localiser reads them instead of the
+            retrieval frame tokens; later builds of such an index need it too (default: none, or refused then).
         query_bank: (Nb, D) encoded bank queries (the model's ``encode_queries``) of a FIRST build: each video's
             term ``mean top-k s(bank, v)`` (``prvr.zero_shot.bank_term``, k = ``bank_k``) is stored with the bank in
             the generation (``index.bank``) and search scores ``s(q, v) - bank_alpha * t(v)``. Later builds of an
@@ -286,7 +294,7 @@ def build_index(
                 collection_name=collection_name, factory=factory, batch_size=batch_size,
                 text_backbone=text_backbone, n_candidates=n_candidates,
                 candidates_per_video=candidates_per_video, moment_checkpoint=moments,
-                moment_localizer=moment_localizer, token_dtype=token_dtype,
+                moment_localizer=moment_localizer, moment_corpus=moment_corpus, token_dtype=token_dtype,
                 bank=_bank_request(query_bank, bank_k, bank_alpha, bank_source),
                 backend=backend, engine=engine, checkpoint_every=checkpoint_every, progress=progress,
             )
@@ -383,6 +391,7 @@ def _build_locked(
     candidates_per_video: int,
     moment_checkpoint: dict[str, Any] | None,
     moment_localizer: dict[str, Any] | None,
+    moment_corpus: VideoCorpus | None,
     token_dtype: str,
     bank: _BankBuild | None,
     backend: str | None,
@@ -427,16 +436,28 @@ def _build_locked(
     elif moment_localizer is None and moment_checkpoint is None and config.model.kind == "zero_shot":
         moment_localizer = zero_shot_localizer_record(  # the localiser skips the trailing event tokens
             ZeroShotMomentConfig(event_tokens=config.model.events.tokens_added))
-    if moment_localizer is not None:
+    if moment_localizer is not None and moment_localizer.get("kind") == RETRIEVAL_COSINE_KIND:
+        RetrievalCosineLocalizer(model, config.data, moment_localizer.get("level", 0.5))  # refuse a bad level
+    elif moment_localizer is not None and moment_checkpoint is not None:
+        wrap_trained_localizer(None, moment_localizer)  # refuse a record that does not go with a checkpoint
+    elif moment_localizer is not None:
         localizer = zero_shot_localizer_from_record(moment_localizer)  # refuse an unknown record before any work
         added = config.model.events.tokens_added if config.model.kind == "zero_shot" else 0
         if localizer.config.event_tokens != added:
             raise ValueError(f"the moment localiser skips {localizer.config.event_tokens} trailing event tokens but "
                              f"the model adds {added} per video (model.events); record event_tokens={added}")
+    had_moment_frames = previous is not None and previous.manifest.moment_frames is not None
+    if had_moment_frames and moment_corpus is None:
+        raise ValueError(f"{out_dir} stores the moment localiser's own frame tokens; pass moment_corpus (the same "
+                         "videos at the moment model's resolution) so the new videos get them too")
+    if moment_corpus is not None and previous is not None and not had_moment_frames:
+        raise ValueError(f"{out_dir} was built without moment frames; build into a new directory to add them")
     if bank is not None and bank.vectors.shape[1] != config.model.hidden_size:
         raise ValueError(f"the query bank is {bank.vectors.shape[1]}-d but the model's query vectors are "
                          f"{config.model.hidden_size}-d; encode the bank with this index's model")
-    resumable = (previous.manifest.backend if previous is not None else backend or "faiss") == "faiss"
+    # FAISS builds resume; Milvus collections and the moment frame store have no rollback to a snapshot
+    resumable = moment_corpus is None and (
+        (previous.manifest.backend if previous is not None else backend or "faiss") == "faiss")
     key = _build_key(sha, corpus, collection_name, previous, factory, batch_size, candidates_per_video, token_dtype,
                      bank)
     resume: tuple[Any, ResumePoint] | None = None
@@ -517,6 +538,8 @@ def _build_locked(
         if previous is not None:
             shutil.copytree(previous.directory / TOKENS_DIR, gen_dir / TOKENS_DIR)
             store = TokenStore(gen_dir / TOKENS_DIR, dim)
+            if had_moment_frames:
+                shutil.copytree(previous.directory / MOMENT_FRAMES_DIR, gen_dir / MOMENT_FRAMES_DIR)
         else:
             store = TokenStore(gen_dir / TOKENS_DIR, dim, normalize=True, dtype=token_dtype, codec_seed=config.seed)
             index_training = isinstance(index, FaissTokenIndex) and any(map(_needs_training, factories.values()))
@@ -530,6 +553,10 @@ def _build_locked(
         if resumable and checkpoint_every and trained:  # the quantisers are the expensive part to redo
             _snapshot(gen_dir, key, index, store, counts, bank)
 
+    moment_store = None
+    if moment_corpus is not None:
+        moment_store = MomentFrameStore(gen_dir / MOMENT_FRAMES_DIR, moment_corpus.video_dim,
+                                        moment_corpus.config.max_frames)
     since_snapshot = 0
     batches = iter_video_batches(corpus, batch_size, todo) if todo else iter(())
     with store.bulk():
@@ -542,6 +569,9 @@ def _build_locked(
                 bank.add(model, ids, tokens)
             index.add(ids, clip, frame, mask)
             store.append(ids, clip, frame, mask)
+            if moment_store is not None:
+                for video_id, internal in zip(batch.video_ids, ids.tolist()):
+                    moment_store.append(internal, moment_corpus.video(video_id)[1])  # (F', D_in) finer frame tokens
             counts["new_videos"] += len(ids)
             counts["new_clip_tokens"] += clip.shape[0] * clip.shape[1]
             counts["new_frame_tokens"] += int(mask.sum())
@@ -549,7 +579,11 @@ def _build_locked(
             if resumable and checkpoint_every and since_snapshot >= checkpoint_every:
                 store.commit()
                 _snapshot(gen_dir, key, index, store, counts, bank)
-                since_snapshot = 0
+                moment_store = None
+    if moment_corpus is not None:
+        moment_store = MomentFrameStore(gen_dir / MOMENT_FRAMES_DIR, moment_corpus.video_dim,
+                                        moment_corpus.config.max_frames)
+    since_snapshot = 0
     clear_snapshots(gen_dir)  # a committed generation holds exactly an uninterrupted build's files
 
     data_source = {
@@ -572,6 +606,7 @@ def _build_locked(
         generation=generation.directory,
         moment_checkpoint=moment_checkpoint,
         moment_localizer=dict(moment_localizer) if moment_localizer is not None else None,
+        moment_frames=moment_store.record() if moment_store is not None else None,
         query_bank=bank_record,
         calibration=calibration,
         token_store=store.codec_record(),

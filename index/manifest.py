@@ -43,8 +43,12 @@ class IndexManifest:
         moment_checkpoint: ``{"path": relative to the index directory, "sha256": ...}`` of the moment localiser
             checkpoint copied into the index (``build-index --moment-checkpoint``), or None.
         moment_localizer: a training-free localiser's record, e.g. ``{"kind": "zero_shot", "smooth": 1}``
-            (``prvr.moments.zero_shot``; what ``build-index --zero-shot`` records by default), or None; a moment
-            checkpoint takes precedence.
+            (``prvr.moments.zero_shot``; what ``build-index --zero-shot`` records by default), or None; beside a
+            moment checkpoint it says how search reads that model (``{"kind": "relevance_span"}`` or
+            ``"denoiser"``, chosen by measurement).
+        moment_frames: ``index.moment_frames.MomentFrameStore.record()`` of the localiser's finer frame tokens
+            (``{"dir", "dim", "max_frames", "dtype", "videos", "bytes"}``), or None: the localiser reads the
+            retrieval frame tokens (manifests written before the field existed).
         query_bank: the stored query-bank term (``index.bank``): ``{"file", "sha256", "k", "alpha", "source",
             "videos", "bank_queries"}``; search scores ``s(q, v) - alpha * t(v)``. None: plain scores.
         calibration: what ``prvr index calibrate`` measured and chose (``{"target", "k", "chosen", "grid", ...}``),
@@ -69,6 +73,7 @@ class IndexManifest:
     generation: str
     moment_checkpoint: dict[str, Any] | None = None
     moment_localizer: dict[str, Any] | None = None
+    moment_frames: dict[str, Any] | None = None
     query_bank: dict[str, Any] | None = None
     calibration: dict[str, Any] | None = None
     token_store: dict[str, Any] | None = None

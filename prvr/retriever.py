@@ -95,6 +95,8 @@ class Retriever:
             ``prvr.moments.localizer.load_localizer``) when ``localizer`` is None.
         moment_overlap: moments of one video that overlap a better one by more than this temporal IoU are dropped
             from the results (a sampler returns near-copies of its best span); 1.0 keeps them all.
+        moment_frames: an ``index.moment_frames.MomentFrameStore`` of the localiser's finer frame tokens, read
+            instead of the retrieval frame tokens of ``store``; None = the retrieval frame tokens.
     """
 
     def __init__(
@@ -110,6 +112,7 @@ class Retriever:
         localizer: MomentLocalizer | None = None,
         moment_checkpoint: Path | None = None,
         moment_overlap: float = DEFAULT_MOMENT_OVERLAP,
+        moment_frames: Any | None = None,
     ) -> None:
         if not 0.0 <= moment_overlap <= 1.0:
             raise ValueError(f"moment_overlap must be a temporal IoU in [0, 1], got {moment_overlap}")
@@ -124,6 +127,7 @@ class Retriever:
         self._localizer = localizer
         self._moment_checkpoint = moment_checkpoint
         self.moment_overlap = moment_overlap
+        self.moment_frames = moment_frames
         self._lock = threading.Lock()  # the torch model and text encoder
         self._localizer_lock = threading.Lock()
         self._search_lock = threading.Lock() if faiss_index.use_gpu is True else None  # GPU indexes: one caller
@@ -190,8 +194,19 @@ class Retriever:
             _apply_search_defaults(faiss_index, manifest)
             store = TokenStore(gen_dir / TOKENS_DIR, read_only=True)  # reads its own encoding and codebook
             _check_token_store(store, manifest, generation.directory)
+            moment_frames = None
+            if manifest.moment_frames is not None:  # the localiser's finer frame tokens (index.moment_frames)
+                from prvr.index.moment_frames import MomentFrameStore
+
+                moment_frames = MomentFrameStore(gen_dir / manifest.moment_frames["dir"], read_only=True)
             moment_checkpoint = None
-            if localizer is None and manifest.moment_checkpoint is not None:
+            record = manifest.moment_localizer
+            if localizer is None and record is not None and record.get("kind") == "retrieval_cosine":
+                from prvr.moments.zero_shot import RetrievalCosineLocalizer
+
+                # measured better than the moment model on the selection queries: the model's own frame cosine
+                localizer = RetrievalCosineLocalizer(model, config.data, float(record.get("level", 0.5)))
+            elif localizer is None and manifest.moment_checkpoint is not None:
                 moment_checkpoint = _checked_moment_checkpoint(index_dir, gen_dir, manifest)
             elif localizer is None and manifest.moment_localizer is not None:
                 from prvr.moments.zero_shot import localizer_from_record
@@ -203,7 +218,7 @@ class Retriever:
                 text_encoder = load_query_encoder(manifest.text_backbone, max_tokens=config.data.max_query_tokens,
                                                   batch_size=QUERY_ENCODER_BATCH)
             retriever = cls(db, generation.id, manifest, model, config, faiss_index, store, text_encoder,
-                            localizer=localizer, moment_checkpoint=moment_checkpoint)
+                            localizer=localizer, moment_checkpoint=moment_checkpoint, moment_frames=moment_frames)
             if manifest.query_bank is not None:
                 from prvr.index.bank import video_term
 
@@ -259,8 +274,12 @@ class Retriever:
             if self._localizer is None:
                 from prvr.moments import localizer as moment_localizer
 
+                from prvr.moments.zero_shot import wrap_trained_localizer
+
                 try:
-                    localizer = moment_localizer.load_localizer(self._moment_checkpoint)
+                    trained = moment_localizer.load_localizer(self._moment_checkpoint)
+                    # how this index reads the model (its relevance curve or its sampled spans), chosen by measurement
+                    localizer = wrap_trained_localizer(trained, self.manifest.moment_localizer)
                 except (OSError, ValueError, KeyError) as error:
                     raise RuntimeError(
                         f"this index has a moment checkpoint ({self._moment_checkpoint}) that cannot be loaded "
@@ -273,10 +292,20 @@ class Retriever:
         return self._localizer
 
     def _check_localizer(self, localizer: Any) -> None:
-        """Refuse a localiser whose config says it reads other video features than the stored frame tokens."""
+        """Refuse a localiser whose config says it reads other video features than the stored frame tokens (the
+        moment frames when the index has them, else the retrieval frame tokens)."""
         config = getattr(localizer, "config", None)
         condition = getattr(config, "condition", None)
         video_dim = getattr(config, "video_dim", None)
+        if self.moment_frames is not None:
+            if condition == "retrieval" or (video_dim is not None and int(video_dim) != self.moment_frames.dim):
+                raise RuntimeError(
+                    f"the moment checkpoint {self._moment_checkpoint} conditions on {condition or 'other'} features "
+                    f"of width {video_dim}, but the index stores {self.moment_frames.dim}-d moment frames for it; "
+                    "rebuild the index with the moment model trained on those raw frame features (condition "
+                    "'frames'), or search with localize=False (`prvr query --no-moments`)"
+                )
+            return
         hidden = self.config.model.hidden_size
         if condition == "frames" or (video_dim is not None and int(video_dim) != hidden):
             raise RuntimeError(
@@ -443,9 +472,12 @@ class Retriever:
                                "its duration to get moments)", result.video_id)
         if not rows:
             return found
-        stored = self.store.get([video_ids[i] for i in rows])
-        frames = [stored.frame[j][stored.frame_mask[j]].numpy().astype(np.float32, copy=False)  # (F_j, D)
-                  for j in range(len(rows))]
+        if self.moment_frames is not None:  # the localiser's own finer tokens: (F'_j, D_in) each
+            frames = self.moment_frames.get([video_ids[i] for i in rows])
+        else:
+            stored = self.store.get([video_ids[i] for i in rows])
+            frames = [stored.frame[j][stored.frame_mask[j]].numpy().astype(np.float32, copy=False)  # (F_j, D)
+                      for j in range(len(rows))]
         with self._localizer_lock:
             # over-ask, then drop near-copies of better moments, so num_moments distinct ones remain where they exist
             localized = localizer.localize_many(query_tokens, frames, [float(found[i].duration) for i in rows],

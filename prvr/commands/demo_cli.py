@@ -100,8 +100,21 @@ def demo_command(rebuild: bool, cache_dir: str | None, seed: int, videos: int | 
     if test:
         click.echo(f"held-out test split ({test['videos']} videos): R@1 {test['R@1']:.1f}, R@5 {test['R@5']:.1f}, "
                    f"R@10 {test['R@10']:.1f}, SumR {test['SumR']:.1f} (random ranking: SumR {test['chance_SumR']:.1f})")
-    moment_val = build.facts["moments"].get("val")
-    if moment_val:
+    moment_facts = build.facts["moments"]
+    readings = moment_facts.get("val_by_reading")
+    if readings:
+        chosen = moment_facts["reading"]
+        click.echo(f"moment localisers on val ({readings['queries']} queries, each on its true video), R1@0.5 / R1@0.7:")
+        for name, found in readings.items():
+            if isinstance(found, dict):
+                mark = "  <- search uses this (best on val)" if name == chosen else ""
+                click.echo(f"  {name}: {found['R1@0.5']:.1f} / {found['R1@0.7']:.1f}{mark}")
+        test_moments = moment_facts.get("test")
+        if test_moments:
+            click.echo(f"  {chosen} on the held-out test split: {test_moments['R1@0.5']:.1f} / "
+                       f"{test_moments['R1@0.7']:.1f}")
+    elif moment_facts.get("val"):
+        moment_val = moment_facts["val"]
         click.echo(f"moment model on val: R1@0.5 {moment_val.get('R1@0.5', 0):.1f}, "
                    f"R1@0.7 {moment_val.get('R1@0.7', 0):.1f}")
 

@@ -8,8 +8,12 @@ Stages, each recorded in ``<demo dir>/manifest.json`` only after its files are c
    vector (``prvr.benchmarks.capproxy_dataset.make_frames``). Query side: all-MiniLM-L6-v2 token features of the query
    sentences, the same backbone ``prvr query`` runs on free text.
 2. ``model``: a small DreamPRVR trained on the train split with early stopping on val (``prvr.engine.fit``).
-3. ``moments``: a moment localiser (``prvr.moments.train.train_moments``), when that module is installed.
-4. ``index``: every demo video indexed with ``index.builder.build_index``, the MiniLM-L6 text backbone recorded.
+3. ``moments``: a moment localiser (``prvr.moments.train.train_moments``) on the retrieval model's frame tokens,
+   then every candidate localiser measured on the val split (the denoiser's spans, its relevance curve's runs, the
+   retrieval model's own query-frame cosine cut at a few levels: ``prvr.demo.moments``); the best is recorded with
+   every number, and its numbers on the held-out test split.
+4. ``index``: every demo video indexed with ``index.builder.build_index``, the MiniLM-L6 text backbone and the chosen
+   localiser recorded.
 
 A later run checks the manifest (settings hash, every recorded file's sha256) and rebuilds only from the first stage
 that is missing or does not verify; a stage cut off by a killed run left no record, so it is rebuilt (training resumes
@@ -30,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import inspect
 import json
 import logging
 import os
@@ -414,17 +417,23 @@ def _test_metrics(checkpoint: Path, root: Path) -> dict[str, float]:
 
 def _train_moments(directory: Path, settings: DemoSettings, progress: bool,
                    on_epoch: Callable[[dict[str, Any]], None] | None) -> tuple[list[Path], dict[str, Any]]:
-    """The ``tiny`` moment denoiser, conditioned on the retrieval model's frame tokens (what the index stores)."""
-    from prvr.moments.train import train_moments
+    """The ``tiny`` moment denoiser, conditioned on the retrieval model's frame tokens (what the index stores), then
+    the localiser search uses, chosen by measurement on the val split (``prvr.demo.moments``)."""
+    from prvr.checkpoint import load_model
+    from prvr.data.dataset import PRVRCorpus
+    from prvr.demo.moments import measure_readings
     from prvr.moments.config import apply_moment_overrides, load_moment_preset
+    from prvr.moments.localizer import load_localizer
+    from prvr.moments.train import MomentData, frame_source, train_moments
 
     config = apply_moment_overrides(load_moment_preset("tiny"), [f"train.epochs={settings.moment_epochs}",
                                     f"train.patience={settings.patience}", f"seed={settings.seed}", "train.threads=0"])
     out = _stage_dir(directory, "moments")
+    retrieval = _stage_dir(directory, "model") / "best.pt"
 
     def train(resume: bool) -> Any:
         return train_moments(_data_root(directory), DEMO_COLLECTION, out, None if resume else config,
-                             retrieval_checkpoint=_stage_dir(directory, "model") / "best.pt", resume=resume,
+                             retrieval_checkpoint=retrieval, resume=resume,
                              progress=progress, max_train_queries=settings.moment_queries, on_epoch=on_epoch)
 
     result = None
@@ -436,8 +445,19 @@ def _train_moments(directory: Path, settings: DemoSettings, progress: bool,
             shutil.rmtree(out)
     if result is None:
         result = train(resume=False)
-    facts = {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
-             "val": {k: round(float(v), 2) for k, v in result.best_metrics.items() if k.startswith(("R1@", "mAP"))}}
+    localizer = load_localizer(result.best_path)
+    model, retrieval_config, _ = load_model(retrieval)
+    measured: dict[str, Any] = {}
+    for split in ("val", "test"):  # the choice is made on val; test, held out from it, reports the chosen one
+        corpus = PRVRCorpus(_data_root(directory), DEMO_COLLECTION, split, retrieval_config.data)
+        data = MomentData(corpus, frame_source(corpus, retrieval))
+        measured[split] = measure_readings(localizer, data, retrieval_model=model,
+                                           batch_size=localizer.config.train.eval_batch_size)
+    chosen = measured["val"]["chosen"]
+    facts = {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "reading": chosen,
+             "val": dict(measured["val"][chosen]), "test": dict(measured["test"][chosen]),
+             "val_by_reading": measured["val"],
+             "test_by_reading": {k: v for k, v in measured["test"].items() if k != "chosen"}}
     return [Path(result.best_path)], facts
 
 
@@ -446,7 +466,8 @@ def _train_moments(directory: Path, settings: DemoSettings, progress: bool,
 
 
 def _build_index(directory: Path, settings: DemoSettings, moment_checkpoint: Path | None,
-                 progress: bool, text_backbone: dict[str, Any] | None) -> tuple[list[Path], dict[str, Any]]:
+                 moment_facts: dict[str, Any], progress: bool,
+                 text_backbone: dict[str, Any] | None) -> tuple[list[Path], dict[str, Any]]:
     from prvr.index.builder import build_index
     from prvr.checkpoint import checkpoint_config
     from prvr.data.dataset import PRVRCorpus
@@ -465,11 +486,13 @@ def _build_index(directory: Path, settings: DemoSettings, moment_checkpoint: Pat
     facts: dict[str, Any] = {"text_backbone": text_backbone["id"], "text_backbone_path": text_backbone.get("path"),
                              "moments": False}
     if moment_checkpoint is not None:
-        if "moment_checkpoint" in inspect.signature(build_index).parameters:
-            kwargs["moment_checkpoint"] = moment_checkpoint
-            facts["moments"] = True
-        else:
-            facts["moments_note"] = "build_index takes no moment_checkpoint yet: the index has no moments"
+        from prvr.demo.moments import reading_record
+        from prvr.moments.zero_shot import DENOISER_KIND
+
+        kwargs["moment_checkpoint"] = moment_checkpoint
+        reading = moment_facts.get("reading", DENOISER_KIND)
+        kwargs["moment_localizer"] = reading_record(reading, moment_facts.get("val_by_reading", {}))
+        facts.update(moments=True, moment_reading=reading)
     index_dir = _stage_dir(directory, "index")
     result = build_index(checkpoint, corpus, index_dir, collection_name=DEMO_COLLECTION, text_backbone=text_backbone,
                          progress=progress, **kwargs)
@@ -548,7 +571,7 @@ def build_demo(
             else:
                 moment_file = next(iter(stages["moments"]["files"]), None)
                 files, facts = _build_index(directory, settings, directory / moment_file if moment_file else None,
-                                            progress, text_backbone)
+                                            stages["moments"].get("facts", {}), progress, text_backbone)
             elapsed = time.perf_counter() - tic
             present = [_stage_dir(directory, "index") / "index.db"] if stage == "index" else []
             stages[stage] = _record(directory, files, facts, elapsed, present)

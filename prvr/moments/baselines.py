@@ -58,8 +58,11 @@ def best_contiguous_span(curve: np.ndarray) -> tuple[int, int]:
     return top_contiguous_spans(curve, 1)[0][:2]  # type: ignore[return-value]
 
 
-def top_contiguous_spans(curve: np.ndarray, count: int) -> list[tuple[int, int, float]]:
+def top_contiguous_spans(curve: np.ndarray, count: int, level: float = 0.0) -> list[tuple[int, int, float]]:
     """Up to ``count`` disjoint runs of frames above the curve's mean, best first, as ``(first, last, excess)``.
+
+    With ``level`` > 0 the runs are those above ``mean + level * (max - mean)`` instead (0 = the mean, 1 = the
+    peak): a higher level keeps two events of one video apart where a dip between them stays above the mean.
 
     The first is :func:`best_contiguous_span` (its excess is ``sum(curve[first:last + 1] - mean)``); each next one
     is the maximum-sum run of ``curve - mean`` in what the runs before it left (the frames on either side of each,
@@ -78,10 +81,12 @@ def top_contiguous_spans(curve: np.ndarray, count: int) -> list[tuple[int, int, 
     """
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
+    if not 0.0 <= level < 1.0:
+        raise ValueError(f"level must lie in [0, 1), got {level}")
     values = _checked_curve(curve)
-    centred = values - values.mean()
-    if np.allclose(centred, 0.0):
+    if np.allclose(values - values.mean(), 0.0):
         return [(0, values.size - 1, 0.0)]
+    centred = values - (values.mean() + level * (values.max() - values.mean()))
     pieces = [(0, values.size)]  # [low, high) stretches no chosen run covers
     best_of = {piece: _best_run(centred, *piece) for piece in pieces}
     runs: list[tuple[int, int, float]] = []
