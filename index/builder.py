@@ -579,11 +579,7 @@ def _build_locked(
             if resumable and checkpoint_every and since_snapshot >= checkpoint_every:
                 store.commit()
                 _snapshot(gen_dir, key, index, store, counts, bank)
-                moment_store = None
-    if moment_corpus is not None:
-        moment_store = MomentFrameStore(gen_dir / MOMENT_FRAMES_DIR, moment_corpus.video_dim,
-                                        moment_corpus.config.max_frames)
-    since_snapshot = 0
+                since_snapshot = 0
     clear_snapshots(gen_dir)  # a committed generation holds exactly an uninterrupted build's files
 
     data_source = {
