@@ -215,6 +215,9 @@ def test_fine_tuning_or_evaluating_on_query_features_of_another_backbone_is_refu
                                        "--set", "model.registers.diffusion.steps=2", "--no-progress"])
     assert result.exit_code == 1
     assert trained["text"]["text_backbone"] in result.output and text["text_backbone"] in result.output, result.output
+    # the other backbone's features under the name the checkpoint reads: `prvr eval` must refuse them
+    _invoke("extract-text", "--data", str(data), "--collection", "videos", "--text-backbone",
+            f"{other}:{models[other]}", "--split", "val", "--name", trained["text"]["text_feature"], "--no-progress")
     result = CliRunner().invoke(main, ["eval", "--checkpoint", str(trained["run"] / "best.pt"), "--data", str(data),
                                        "--collection", "videos", "--split", "val"])
     assert result.exit_code == 1
