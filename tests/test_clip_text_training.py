@@ -240,3 +240,22 @@ def test_a_backbone_without_a_text_tower_is_refused(models: dict[str, Path], tmp
                                       str(tmp_path), "--collection", "c", "--text-backbone", spec, "--out",
                                       str(tmp_path / "index")])
         assert result.exit_code == 1 and expected in result.output, (spec, result.output)
+
+
+def test_imported_annotation_files_of_two_splits_get_distinct_ids(tmp_path: Path) -> None:
+    """`extract-text --captions train=a.json --captions val=b.json` over the same videos: one feature file holds
+    both splits, so their caption ids must not collide (they did: both started at <video>#enc#0)."""
+    from prvr.commands.extract_cli import _import_captions
+    from prvr.data.captions import caption_path, read_captions
+
+    for split, sentence in (("train", "a man walks"), ("val", "a dog runs")):
+        annotations = {stem: {"duration": 4.0, "timestamps": [[0.0, 2.0], [2.0, 4.0]],
+                              "sentences": [sentence, sentence + " again"]} for stem in ("walk", "beach")}
+        (tmp_path / f"{split}.json").write_text(json.dumps(annotations), encoding="utf-8")
+        _import_captions(str(tmp_path / "data"), "videos", split, str(tmp_path / f"{split}.json"))
+    train = [r.query_id for r in read_captions(caption_path(tmp_path / "data", "videos", "train"))]
+    val = [r.query_id for r in read_captions(caption_path(tmp_path / "data", "videos", "val"))]
+    assert sorted(train) == ["beach#enc#0", "beach#enc#1", "walk#enc#0", "walk#enc#1"]
+    assert sorted(val) == ["beach#enc#2", "beach#enc#3", "walk#enc#2", "walk#enc#3"]
+    _import_captions(str(tmp_path / "data"), "videos", "val", str(tmp_path / "val.json"))  # again: the same ids
+    assert [r.query_id for r in read_captions(caption_path(tmp_path / "data", "videos", "val"))] == val

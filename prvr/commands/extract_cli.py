@@ -151,9 +151,19 @@ def _import_captions(root: str, collection: str, split: str, path: str) -> None:
     records = read_captions(source) if source.name.endswith(".caption.txt") else read_annotations(source)
     if not records:
         raise ValueError(f"--captions {split}={path} holds no captions")
-    if not all(record.query_id.startswith(f"{record.video_id}#") for record in records):
-        records = with_caption_ids(records)
     target = caption_path(root, collection, split)
+    own_ids = source.name.endswith(".caption.txt") and all(
+        record.query_id.startswith(f"{record.video_id}#") for record in records)
+    if not own_ids:  # an annotation file's ids restart at 0 per file
+        # number after the ids other splits' caption files already give the same videos (one feature file for all)
+        start: dict[str, int] = {}
+        for other in sorted(target.parent.glob(f"{collection}*.caption.txt")):
+            if other != target:
+                for record in read_captions(other):
+                    tail = record.query_id.rsplit("#", 1)[-1]
+                    used = int(tail) + 1 if tail.isdigit() else start.get(record.video_id, 0) + 1
+                    start[record.video_id] = max(start.get(record.video_id, 0), used)
+        records = with_caption_ids(records, start)
     target.parent.mkdir(parents=True, exist_ok=True)
     write_captions(target, records)
     if any(record.windows for record in records):

@@ -228,7 +228,7 @@ def write_captions(path: str | os.PathLike[str], records: Iterable[QueryRecord])
     write_text_atomic(path, "".join(lines))
 
 
-def with_caption_ids(records: Sequence[QueryRecord]) -> list[QueryRecord]:
+def with_caption_ids(records: Sequence[QueryRecord], start: dict[str, int] | None = None) -> list[QueryRecord]:
     """Rename queries to the caption convention ``<video_id>#enc#<k>``, k counting each video's queries in order.
 
     Useful before :func:`write_captions` for sources whose own ids are not of that form (TVR ``desc_id``,
@@ -236,11 +236,13 @@ def with_caption_ids(records: Sequence[QueryRecord]) -> list[QueryRecord]:
 
     Args:
         records: the queries, in the order that defines k.
+        start: per video, the first k (default 0): numbers already used by other splits' caption files of the same
+            videos, so ids stay unique across the splits that share one query feature file.
 
     Returns:
         New records with caption-style ids.
     """
-    counts: dict[str, int] = {}
+    counts: dict[str, int] = dict(start or {})
     renamed = []
     for record in records:
         k = counts.get(record.video_id, 0)
