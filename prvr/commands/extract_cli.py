@@ -142,8 +142,8 @@ def _import_captions(root: str, collection: str, split: str, path: str) -> None:
     from pathlib import Path
 
     from prvr.data.annotations import read_annotations
-    from prvr.data.captions import caption_path, moments_path, read_captions, with_caption_ids, write_captions
-    from prvr.data.captions import write_moments
+    from prvr.data.captions import caption_path, moments_path, next_caption_numbers, with_caption_ids
+    from prvr.data.captions import read_captions, write_captions, write_moments
 
     source = Path(path)
     if not source.is_file():
@@ -156,14 +156,8 @@ def _import_captions(root: str, collection: str, split: str, path: str) -> None:
         record.query_id.startswith(f"{record.video_id}#") for record in records)
     if not own_ids:  # an annotation file's ids restart at 0 per file
         # number after the ids other splits' caption files already give the same videos (one feature file for all)
-        start: dict[str, int] = {}
-        for other in sorted(target.parent.glob(f"{collection}*.caption.txt")):
-            if other != target:
-                for record in read_captions(other):
-                    tail = record.query_id.rsplit("#", 1)[-1]
-                    used = int(tail) + 1 if tail.isdigit() else start.get(record.video_id, 0) + 1
-                    start[record.video_id] = max(start.get(record.video_id, 0), used)
-        records = with_caption_ids(records, start)
+        others = [p for p in sorted(target.parent.glob(f"{collection}*.caption.txt")) if p != target]
+        records = with_caption_ids(records, next_caption_numbers(others))
     target.parent.mkdir(parents=True, exist_ok=True)
     write_captions(target, records)
     if any(record.windows for record in records):

@@ -30,6 +30,7 @@ __all__ = [
     "read_captions",
     "write_captions",
     "with_caption_ids",
+    "next_caption_numbers",
     "moments_path",
     "read_moments",
     "write_moments",
@@ -226,6 +227,21 @@ def write_captions(path: str | os.PathLike[str], records: Iterable[QueryRecord])
         seen.add(record.query_id)
         lines.append(f"{record.query_id} {record.text.strip()}\n")
     write_text_atomic(path, "".join(lines))
+
+
+def next_caption_numbers(paths: Iterable[str | os.PathLike[str]]) -> dict[str, int]:
+    """Per video, the first caption number k free after every id the caption files at ``paths`` use.
+
+    An id ending in ``#<k>`` uses k; any other id of the video uses one more number. The result is the ``start`` of
+    :func:`with_caption_ids`, so that splits sharing one query feature file keep distinct ids.
+    """
+    start: dict[str, int] = {}
+    for path in paths:
+        for record in read_captions(path):
+            tail = record.query_id.rsplit("#", 1)[-1]
+            used = int(tail) + 1 if tail.isdigit() else start.get(record.video_id, 0) + 1
+            start[record.video_id] = max(start.get(record.video_id, 0), used)
+    return start
 
 
 def with_caption_ids(records: Sequence[QueryRecord], start: dict[str, int] | None = None) -> list[QueryRecord]:
