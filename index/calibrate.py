@@ -307,6 +307,8 @@ def calibrate(
     cost_by: CostBy = "model",
     truth: list[list[tuple[int, float]]] | None = None,
     video_term: VideoTerm | None = None,
+    refine: TokenStore | None = None,
+    refine_k: int | None = None,
 ) -> CalibrationResult:
     """Measure recall@k of every setting of the grid, choose on the fitting queries, verify on the held-out ones.
 
@@ -338,6 +340,9 @@ def calibrate(
             it must hold the bank-corrected scores.
         video_term: the index's query-bank offsets ``alpha * t(v)`` (``Retriever.video_term``), or None: subtracted
             in the search and the exact reference alike.
+        refine: the second tier of a two-tier search (``index.search.search_topk``), or None; the default exact
+            reference is then computed from it rather than from the compressed store.
+        refine_k: the second tier's short-list length (required with ``refine``).
 
     Returns:
         The :class:`CalibrationResult`.
@@ -369,13 +374,13 @@ def calibrate(
         values = sorted({min(v, extra["nlist"]) for v in values if v >= 1}) or [extra["nlist"]]
     weights = {"clip_weight": clip_weight, "frame_weight": frame_weight}
     if truth is None:
-        truth = exact_topk(queries, store, k, video_term=video_term, **weights)
+        truth = exact_topk(queries, store if refine is None else refine, k, video_term=video_term, **weights)
     tokens_per_video = index.ntotal / max(1, index.num_videos)
     saved = index.search_parameters
     grid: list[dict[str, Any]] = []
     try:
-        search_topk(index, store, queries[:8], k, grid_n[0], widen=False, video_term=video_term,
-                    **weights)  # warm the page cache
+        tiers = {"video_term": video_term, "refine": refine, "refine_k": refine_k}
+        search_topk(index, store, queries[:8], k, grid_n[0], widen=False, **tiers, **weights)  # warm the page cache
         for value in values:
             if knob == "nprobe":
                 index.set_nprobe(value)
@@ -383,7 +388,7 @@ def calibrate(
                 index.set_ef_search(value)
             for n in grid_n:
                 started = time.perf_counter()
-                ranked = search_topk(index, store, queries, k, n, widen=False, video_term=video_term, **weights)
+                ranked = search_topk(index, store, queries, k, n, widen=False, **tiers, **weights)
                 elapsed = time.perf_counter() - started
                 recalls = np.array([video_recall(r.pairs(), t, k) for r, t in zip(ranked, truth)])  # (Nq,)
                 fit_recall = float(recalls[fit_rows].mean())

@@ -14,6 +14,11 @@ A compressed token store (``pqM`` / ``sq8`` / ``sq4``) scores within ``(|w_c| + 
 exact score, a margin (~0.1-1 for PQ) that the k-th score would have to clear above the bound: widening would then
 run until every token is returned, so with a compressed store the search runs once and certifies nothing.
 
+Two tiers (``refine``): the compressed store ranks the N candidates and keeps its best ``refine_k`` videos (the
+short list), which a finer store of the same videos (``sq8`` / bfloat16 / float32, usually memory-mapped on disk
+and touched only for the short list) re-scores; the top-k comes from the finer scores. Recall then depends on the
+short list holding the true top-k, not on the coarse scores separating near-ties.
+
 With a query-bank term (``video_term``, ``index.bank``) the re-ranked score is ``s(q, v) - alpha * t(v)``; a video
 outside the candidates scores at most ``bound - min_v alpha * t(v)`` (its raw score is at most ``bound`` and its
 offset at least the smallest one), so the k-th corrected score is certified against that shifted bound
@@ -86,6 +91,8 @@ def search_topk(
     widen: bool = True,
     is_exact: bool | None = None,
     video_term: VideoTerm | None = None,
+    refine: TokenStore | None = None,
+    refine_k: int | None = None,
 ) -> list[RankedVideos]:
     """Top-k videos of each query: candidates from ``index``, exact scores from ``store``, widened when needed.
 
@@ -100,19 +107,26 @@ def search_topk(
         widen: on an exact index, double the candidates of each query until its top-k is certified.
         is_exact: whether ``index`` is exact; default its ``is_exact`` attribute (False when it has none).
         video_term: the query-bank offsets ``alpha * t(v)`` subtracted from every score (``index.bank``), or None.
+        refine: the finer second tier holding every video of ``store``, or None (one tier).
+        refine_k: short-list length of the second tier (at least k are kept); required with ``refine``.
 
     Returns:
-        Nq :class:`RankedVideos`.
+        Nq :class:`RankedVideos` (with ``refine``, the scores are the second tier's).
     """
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
     if isinstance(n_candidates, bool) or not isinstance(n_candidates, (int, np.integer)) or n_candidates < 1:
         raise ValueError(f"n_candidates must be a positive int, got {n_candidates!r}")
+    if refine is not None:
+        if isinstance(refine_k, bool) or not isinstance(refine_k, (int, np.integer)) or refine_k < 1:
+            raise ValueError(f"refine_k must be a positive int with a refine tier, got {refine_k!r}")
+        if refine.dim != store.dim:
+            raise ValueError(f"the refine tier holds D = {refine.dim} tokens, the store D = {store.dim}")
     q = np.ascontiguousarray(np.asarray(query, dtype=np.float32))
     if q.ndim != 2:
         raise ValueError(f"query must be (Nq, D), got {q.shape}; a single vector is query[None]")
     exact = bool(getattr(index, "is_exact", False)) if is_exact is None else bool(is_exact)
-    exact = exact and store.codec is None  # a lossy store cannot certify (see the module docstring)
+    exact = exact and store.codec is None and refine is None  # a lossy store cannot certify (module docstring)
     margin = BF16_SCORE_TOLERANCE * (abs(clip_weight) + abs(frame_weight))
     lowest = video_term.lowest if video_term is not None else 0.0
     k = int(k)
@@ -123,8 +137,13 @@ def search_topk(
     while pending.size:
         rounds += 1
         candidates = index.search(q[pending], n)
-        ranked = exact_rerank(q[pending], candidates, store, clip_weight=clip_weight, frame_weight=frame_weight, k=k,
-                              video_term=video_term)
+        ranked = exact_rerank(q[pending], candidates, store, clip_weight=clip_weight, frame_weight=frame_weight,
+                              k=k if refine is None else max(k, int(refine_k)), video_term=video_term)
+        if refine is not None:
+            short = [Candidates(np.array([v for v, _ in found], dtype=np.int64),
+                                np.array([s for _, s in found], dtype=np.float32), float("inf")) for found in ranked]
+            ranked = exact_rerank(q[pending], short, refine, clip_weight=clip_weight, frame_weight=frame_weight, k=k,
+                                  video_term=video_term)
         still = []
         for row, (position, found, cands) in enumerate(zip(pending, ranked, candidates)):
             done = not (widen and exact) or _certified(found, cands, k, margin, lowest)

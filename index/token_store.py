@@ -8,8 +8,9 @@ Layout of a store directory::
     shard-G-NNNNN.bin   raw little-endian rows of D values: uint16 bit patterns of torch.bfloat16 tokens, or
                         float32 values for a store created with ``dtype="float32"`` (exact scores, twice the bytes);
                         or, for a compressed store (``dtype="pq32"``, ``"sq8"``, ...), rows of ``code_size`` bytes
-    codebook.npy        the trained codebook of a ``pqM`` store (written once by :meth:`TokenStore.train`, before any
-                        row; copies of the store, i.e. later index generations, keep and reuse it)
+    codebook.npy        the trained codebook of a ``pqM`` store, the basis of a ``pcaK`` store (written once by
+                        :meth:`TokenStore.train`, before any row; copies of the store, i.e. later index
+                        generations, keep and reuse it)
     store.npz           the index: per video (id, shard, first row, clip count, frame count, removed) and, per
                         shard, its file name and committed row count; plus a JSON meta (dim, dtype, normalised; for a
                         compressed store the codec parameters, the codebook's sha256 and the largest decode error)
@@ -109,7 +110,8 @@ class TokenStore:
             creating; an existing store keeps its setting.
         dtype: storage precision when creating: ``"bfloat16"`` (half the bytes and bandwidth; scores within ~2^-9),
             ``"float32"`` (scores equal the model's up to float32 rounding), or a compressed encoding of
-            :mod:`index.token_codec`: ``"pqM"`` (M bytes per token; call :meth:`train` before the first append),
+            :mod:`index.token_codec`: ``"pqM"`` (M bytes per token) or ``"pcaK"`` (K + 4; both: call :meth:`train`
+            before the first append),
             ``"sq8"`` / ``"sq4"`` (D + 4 / D / 2 + 4 bytes). An existing store keeps its own.
         codec_seed: k-means seed of a ``pqM`` codebook (training is deterministic given the sample and the seed).
         shard_max_bytes: start a new shard file once the current one would exceed this (a video never spans shards).
@@ -295,7 +297,7 @@ class TokenStore:
 
     @property
     def codec(self) -> TokenCodec | None:
-        """The compressed encoding (``pqM`` / ``sq8`` / ``sq4``), or None for a bfloat16 / float32 store."""
+        """The compressed encoding (``pqM`` / ``pcaK`` / ``sq8`` / ``sq4``), or None for a bfloat16 / float32 store."""
         return self._codec
 
     @property
@@ -648,7 +650,7 @@ class TokenStore:
         return codes.reshape(*tokens.shape[:2], -1), error.reshape(tokens.shape[:2])
 
     def train(self, clip: Any, frame: Any | None = None, frame_mask: Any | None = None) -> None:
-        """Train the codebook of an empty ``pqM`` store on sample tokens and commit it (a no-op for other encodings).
+        """Train the codebook of an empty ``pqM`` / ``pcaK`` store on sample tokens and commit it (a no-op otherwise).
 
         Args:
             clip: (V, C, D) sample clip tokens, or (T, D) tokens.

@@ -295,3 +295,34 @@ def test_calibration_of_an_exact_index_and_errors(tmp_path) -> None:
         calibrate(index, store, queries[:, :3], **WEIGHTS)
     with pytest.raises(ValueError, match="k must be"):
         search_topk(index, store, queries, 0, 10, **WEIGHTS)
+
+
+def test_two_tier_search_rescores_the_short_list_from_the_finer_store(tmp_path) -> None:
+    """pca4 codes rank the candidates (a lossy tier: its top-k differs from the exact one), a float32 tier
+    re-scores the short list: with the short list as long as the corpus the answer equals one-tier exact search; with
+    a short one every reported score is the float32 score of its video; bad short-list lengths are refused."""
+    clip, frame, mask = synthetic_tokens(11, 120)
+    ids = np.arange(120, dtype=np.int64) * 2 + 5
+    coarse = TokenStore(tmp_path / "codes", DIM, dtype="pca4")
+    coarse.train(clip, frame, mask)
+    coarse.append(ids, clip, frame, mask)
+    fine = TokenStore(tmp_path / "fine", DIM, dtype="float32")
+    fine.append(ids, clip, frame, mask)
+    index = _index(None, clip, frame, mask, ids)
+    query = noisy_queries(12, clip, 25)
+    reference = _reference_scores(query, clip, frame, mask)
+    lossy = search_topk(index, coarse, query, 10, 120, **WEIGHTS)
+    exact_sets = [set(ids[np.argsort(-row)[:10]].tolist()) for row in reference]
+    assert any(set(r.video_ids.tolist()) != t for r, t in zip(lossy, exact_sets)), "pca4 should lose near-ties"
+    every = search_topk(index, coarse, query, 10, 120, refine=fine, refine_k=120, **WEIGHTS)
+    _check_against_reference(every, reference, ids, 10, tol=1e-4)
+    assert not any(row.certified for row in every)
+    short = search_topk(index, coarse, query, 10, 120, refine=fine, refine_k=20, **WEIGHTS)
+    position = {int(v): i for i, v in enumerate(ids)}
+    for row, scores, coarse_row in zip(short, reference, search_topk(index, coarse, query, 20, 120, **WEIGHTS)):
+        assert set(row.video_ids.tolist()) <= set(coarse_row.video_ids.tolist())
+        np.testing.assert_allclose(row.scores, [scores[position[v]] for v in row.video_ids.tolist()], atol=1e-4)
+        assert (np.diff(row.scores) <= 0).all()
+    for bad in (None, 0, True):
+        with pytest.raises(ValueError, match="refine_k"):
+            search_topk(index, coarse, query, 10, 120, refine=fine, refine_k=bad, **WEIGHTS)
