@@ -46,6 +46,12 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="FAISS / torch threads.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", default=None, help="Scratch directory (default a temp dir, deleted).")
+    parser.add_argument("--token-dtype", default="bfloat16",
+                        help="Token store encoding (bfloat16, float32, sq8, sq4, pqM, pcaK); a codec is trained on "
+                             "the training sample.")
+    parser.add_argument("--refine-dtype", default=None,
+                        help="Second-tier store re-scoring the short list (e.g. sq8); default none (one tier).")
+    parser.add_argument("--refine-k", type=int, default=50, help="Short-list length of the second tier.")
     parser.add_argument("--out", default="docs/bench/index.json")
     parser.add_argument("--markdown", default="docs/bench/index.md")
     args = parser.parse_args()
@@ -62,7 +68,8 @@ def main() -> int:
         calibration_queries=args.calibration_queries, held_out_fraction=args.held_out_fraction,
         candidates=tuple(int(x) for x in args.candidates.split(",")),
         knob_grid=tuple(int(x) for x in args.knob_grid.split(",")) if args.knob_grid else None, target=args.target,
-        brute_single=args.brute_single, repeats=args.repeats, threads=args.threads, seed=args.seed, work=args.work)
+        brute_single=args.brute_single, repeats=args.repeats, threads=args.threads, seed=args.seed, work=args.work,
+        token_dtype=args.token_dtype, refine_dtype=args.refine_dtype, refine_k=args.refine_k)
     command = "OMP_NUM_THREADS=1 .venv/bin/python " + " ".join(["scripts/bench_index.py", *sys.argv[1:]])
     report = run_index_bench(options, command=command)
     write_json(args.out, report)

@@ -4,8 +4,9 @@ Shape letters: V videos, C clip tokens, F frame tokens, D hidden, r intrinsic ra
 
 For each corpus size: build time (FAISS train + add, token store append), bytes per video (FAISS files + token store),
 RSS, p50/p99 single-query latency of candidate search + exact re-rank (no text encoding, no moments), batch
-throughput, video-level recall@10 / @100 against exact scoring of every video (``prvr.index.exact.exact_scores``),
-and that exact scoring's latency in the same run (the ratio is the figure, since a shared machine's speed drifts).
+throughput, video-level recall@10 / @100 against exact float32 scores of every video (:func:`float_truth`, a chunked
+scan of the generator, independent of the store's encoding), and the latency of scoring every video from the store
+(``prvr.index.exact.exact_scores``) in the same run (the ratio is the figure, since a shared machine's speed drifts).
 The search settings (nprobe, candidates) come from ``prvr.index.calibrate`` on calibration queries disjoint from the
 measured ones (chosen on their fitting part with a confidence margin, verified on their held-out part; the exact
 top-K of the calibration queries comes from the same GEMM path as the measured ones). The fusion weights are
@@ -20,6 +21,7 @@ The command line is ``scripts/bench_index.py``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -75,6 +77,9 @@ class IndexBenchOptions:
     threads: int = 1  # FAISS / torch threads (set by the caller; recorded in the report)
     seed: int = 0
     work: str | None = None  # scratch directory (None: a temp dir, deleted)
+    token_dtype: str = "bfloat16"  # the re-rank store's encoding (a codec is trained on the training sample)
+    refine_dtype: str | None = None  # second tier re-scoring the short list (None: one tier)
+    refine_k: int = 50  # short-list length of the second tier
 
 
 class SyntheticCorpus:
@@ -142,6 +147,35 @@ class SyntheticCorpus:
         return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
+def float_truth(corpus: SyntheticCorpus, queries: np.ndarray, k: int, *, clip_weight: float,
+                frame_weight: float) -> list[list[tuple[int, float]]]:
+    """The exact top-k of every query from the generator's float32 tokens, by a chunked scan of the corpus.
+
+    Independent of any store encoding and of the FAISS index: each chunk is generated again, its tokens normalised,
+    every video scored ``w_c max clip cos + w_f max valid frame cos`` and merged into a running top-k (ties by
+    increasing id). Memory: one chunk's tokens and an (Nq, chunk + k) score block.
+    """
+    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)  # (Nq, D)
+    best_ids = np.empty((q.shape[0], 0), dtype=np.int64)
+    best_scores = np.empty((q.shape[0], 0), dtype=np.float32)
+    for first in range(0, corpus.num_videos, corpus.chunk_size):
+        ids, clip, frame, mask = corpus.chunk(first, min(corpus.chunk_size, corpus.num_videos - first))
+        clip = clip / np.linalg.norm(clip, axis=-1, keepdims=True)
+        frame = frame / np.maximum(np.linalg.norm(frame, axis=-1, keepdims=True), 1e-12)
+        b = ids.shape[0]
+        clip_max = (clip.reshape(-1, q.shape[1]) @ q.T).reshape(b, -1, q.shape[0]).max(axis=1)  # (B, Nq)
+        frame_all = (frame.reshape(-1, q.shape[1]) @ q.T).reshape(b, -1, q.shape[0])  # (B, F, Nq)
+        frame_all[~mask] = -np.inf
+        chunk_scores = (clip_weight * clip_max + frame_weight * frame_all.max(axis=1)).T.astype(np.float32)
+        all_ids = np.concatenate([best_ids, np.broadcast_to(ids, (q.shape[0], ids.shape[0]))], axis=1)
+        all_scores = np.concatenate([best_scores, chunk_scores], axis=1)
+        order = np.lexsort((all_ids, -all_scores), axis=1)[:, :k]  # (Nq, k)
+        best_ids = np.take_along_axis(all_ids, order, axis=1)
+        best_scores = np.take_along_axis(all_scores, order, axis=1)
+    return [[(int(v), float(x)) for v, x in zip(row_ids, row_scores)] for row_ids, row_scores in
+            zip(best_ids, best_scores)]
+
+
 def rss_mb() -> float:
     """Resident set size of this process now, in MiB (Linux ``/proc``; NaN elsewhere)."""
     with open("/proc/self/status", encoding="ascii") as handle:
@@ -173,7 +207,9 @@ def run_size(num_videos: int, options: IndexBenchOptions, work: Path) -> dict[st
     model = ModelConfig()  # the fusion weights of the model the index would serve
     index = FaissTokenIndex(options.dim, factory=factory, use_gpu=False, seed=options.seed,
                             clip_weight=model.clip_weight, frame_weight=model.frame_weight)
-    store = TokenStore(directory / "tokens", options.dim)
+    store = TokenStore(directory / "tokens", options.dim, dtype=options.token_dtype, codec_seed=options.seed)
+    refine = (TokenStore(directory / "refine", options.dim, dtype=options.refine_dtype, codec_seed=options.seed)
+              if options.refine_dtype else None)
     timings: dict[str, float] = {}
 
     started = time.perf_counter()
@@ -182,17 +218,28 @@ def run_size(num_videos: int, options: IndexBenchOptions, work: Path) -> dict[st
                                                                                             options.chunk)]
     clip, frame, mask = (np.concatenate([p[i] for p in parts]) for i in (1, 2, 3))
     index.train(clip, frame, mask)
+    for tier in (store, refine):
+        if tier is not None:
+            tier.train(clip, frame, mask)  # a codec's codebook / basis (a no-op for raw encodings)
     timings["train_s"] = time.perf_counter() - started
     del clip, frame, mask, parts
     add_s = store_s = 0.0
-    for first in range(0, num_videos, options.chunk):
-        ids, clip, frame, mask = corpus.chunk(first, min(options.chunk, num_videos - first))
-        t0 = time.perf_counter()
-        index.add(ids, clip, frame, mask)
-        t1 = time.perf_counter()
-        store.append(ids, clip, frame, mask)
-        add_s += t1 - t0
-        store_s += time.perf_counter() - t1
+    with contextlib.ExitStack() as bulks:
+        for tier in (store, refine):
+            if tier is not None:
+                bulks.enter_context(tier.bulk())  # one commit at the end, not one per chunk
+        for first in range(0, num_videos, options.chunk):
+            ids, clip, frame, mask = corpus.chunk(first, min(options.chunk, num_videos - first))
+            t0 = time.perf_counter()
+            index.add(ids, clip, frame, mask)
+            t1 = time.perf_counter()
+            store.append(ids, clip, frame, mask)
+            if refine is not None:
+                refine.append(ids, clip, frame, mask)
+            add_s += t1 - t0
+            store_s += time.perf_counter() - t1
+            if first % (50 * options.chunk) == 0:
+                logger.info("added %d / %d videos (RSS %.0f MB)", first + ids.shape[0], num_videos, rss_mb())
     timings["add_s"], timings["store_s"] = add_s, store_s
     t0 = time.perf_counter()
     index.save(directory / "faiss")
@@ -200,9 +247,15 @@ def run_size(num_videos: int, options: IndexBenchOptions, work: Path) -> dict[st
     timings["build_s"] = timings["train_s"] + add_s + store_s + timings["save_s"]
     faiss_bytes = directory_bytes(directory / "faiss")
     store_bytes = directory_bytes(directory / "tokens")
+    refine_bytes = directory_bytes(directory / "refine") if refine is not None else 0
+    build_peak_rss = peak_rss_mb()
     del index
     index = FaissTokenIndex.load(directory / "faiss", mmap=True, use_gpu=False)
     store = TokenStore(directory / "tokens", read_only=True)
+    tiers: dict[str, Any] = {}
+    if refine is not None:
+        refine = TokenStore(directory / "refine", read_only=True)
+        tiers = {"refine": refine, "refine_k": options.refine_k}
     weights = {"clip_weight": index.clip_weight, "frame_weight": index.frame_weight}  # saved with the index
     logger.info("built in %.1f s: %.0f MB index, %.0f MB store", timings["build_s"], faiss_bytes / 2**20,
                 store_bytes / 2**20)
@@ -210,12 +263,17 @@ def run_size(num_videos: int, options: IndexBenchOptions, work: Path) -> dict[st
     # calibration on queries disjoint from the measured ones
     t0 = time.perf_counter()
     calibration_queries = corpus.queries(options.calibration_queries, seed=1)
-    calibration_truth = top_pairs(*exact_scores(store, calibration_queries, **weights), 10)
+    queries = corpus.queries(options.queries, seed=2)
+    t1 = time.perf_counter()
+    truth_all = float_truth(corpus, np.concatenate([calibration_queries, queries]), 100, **weights)
+    timings["truth_s"] = time.perf_counter() - t1
+    calibration_truth = [row[:10] for row in truth_all[: calibration_queries.shape[0]]]
+    truth = truth_all[calibration_queries.shape[0] :]
     result = calibrate(index, store, calibration_queries, k=10, target=options.target,
                        n_candidates_grid=tuple(options.candidates),
                        knob_grid=list(options.knob_grid) if options.knob_grid else None,
                        query_source="synthetic calibration queries", held_out_fraction=options.held_out_fraction,
-                       seed=options.seed, truth=calibration_truth, **weights)
+                       seed=options.seed, truth=calibration_truth, **tiers, **weights)
     timings["calibrate_s"] = time.perf_counter() - t0
     defaults = result.search_defaults()
     if "nprobe" in defaults:
@@ -226,8 +284,7 @@ def run_size(num_videos: int, options: IndexBenchOptions, work: Path) -> dict[st
     logger.info("calibrated: %s (reached: %s, held-out check passed: %s)", result.chosen, result.reached,
                 result.held_out_passed)
 
-    queries = corpus.queries(options.queries, seed=2)
-    # brute force, in the same run: exact scores of every video (one query at a time, then batched)
+    # brute force, in the same run: scores of every video from the (first-tier) store, one query, then batched
     brute_single = []
     for row in range(min(options.brute_single, queries.shape[0])):
         t0 = time.perf_counter()
@@ -236,24 +293,25 @@ def run_size(num_videos: int, options: IndexBenchOptions, work: Path) -> dict[st
     t0 = time.perf_counter()
     ids, scores = exact_scores(store, queries, **weights)
     brute_batch_ms = 1000 * (time.perf_counter() - t0) / queries.shape[0]
-    truth = top_pairs(ids, scores, 100)
+    brute_recall10 = float(np.mean([video_recall(f, t, 10) for f, t in zip(top_pairs(ids, scores, 10), truth)]))
     del scores
 
     # two-stage search, one query at a time (warm-up first)
-    search_topk(index, store, queries[:5], 100, n_candidates, **weights)
+    search_topk(index, store, queries[:5], 100, n_candidates, **tiers, **weights)
     single_ms = []
     found10, found100 = [], []
     for row in range(queries.shape[0]):
         t0 = time.perf_counter()
-        ranked = search_topk(index, store, queries[row : row + 1], 10, n_candidates, **weights)
+        ranked = search_topk(index, store, queries[row : row + 1], 10, n_candidates, **tiers, **weights)
         single_ms.append(1000 * (time.perf_counter() - t0))
         found10.append(ranked[0].pairs())
-    ranked100 = search_topk(index, store, queries, 100, max(n_candidates, 400), **weights)
+    wide = {**tiers, "refine_k": max(200, options.refine_k)} if tiers else {}
+    ranked100 = search_topk(index, store, queries, 100, max(n_candidates, 400), **wide, **weights)
     found100 = [r.pairs() for r in ranked100]
     batch_runs = []
     for _ in range(options.repeats):
         t0 = time.perf_counter()
-        search_topk(index, store, queries, 10, n_candidates, **weights)
+        search_topk(index, store, queries, 10, n_candidates, **tiers, **weights)
         batch_runs.append(time.perf_counter() - t0)
     recall10 = float(np.mean([video_recall(f, t, 10) for f, t in zip(found10, truth)]))
     recall100 = float(np.mean([video_recall(f, t, 100) for f, t in zip(found100, truth)]))
@@ -274,17 +332,24 @@ def run_size(num_videos: int, options: IndexBenchOptions, work: Path) -> dict[st
                         "held_out_passed": result.held_out_passed, "escalated_from": result.escalated_from,
                         "grid": result.grid},
         "search": {"n_candidates": n_candidates, **{k: v for k, v in defaults.items() if k != "n_candidates"}},
+        "token_store": {"dtype": store.dtype, "bytes_per_token": store.bytes_per_token,
+                        "token_error": round(store.token_error, 5),
+                        "refine": ({"dtype": refine.dtype, "bytes_per_token": refine.bytes_per_token,
+                                    "refine_k": options.refine_k} if refine is not None else None)},
+        "tokens_per_video_mean": round(store.nbytes / store.bytes_per_token / num_videos, 2),
         "timings_s": {key: round(value, 2) for key, value in timings.items()},
         "bytes_per_video": {"faiss": round(faiss_bytes / num_videos, 1), "store": round(store_bytes / num_videos, 1),
-                            "total": round((faiss_bytes + store_bytes) / num_videos, 1)},
-        "rss_mb": {"after_search": round(rss_mb(), 1), "peak": round(peak_rss_mb(), 1)},
+                            "total": round((faiss_bytes + store_bytes) / num_videos, 1),
+                            "refine_on_disk": round(refine_bytes / num_videos, 1)},
+        "rss_mb": {"after_search": round(rss_mb(), 1), "build_peak": round(build_peak_rss, 1),
+                   "peak": round(peak_rss_mb(), 1)},
         "single_query_ms": {"p50": round(p50, 3), "p99": round(percentile(single_ms, 99), 3),
                             "queries": len(single_ms)},
         "batch": {"queries": int(queries.shape[0]), "qps_median": round(queries.shape[0] / median(
             batch_runs), 1), "ms_per_query_median": round(1000 * median(batch_runs) / queries.shape[0], 3)},
         "recall": {"at10": round(recall10, 4), "at100": round(recall100, 4)},
         "brute_force_ms": {"single_p50": round(brute_p50, 2), "single_runs": len(brute_single),
-                           "batched_per_query": round(brute_batch_ms, 3)},
+                           "batched_per_query": round(brute_batch_ms, 3), "recall_at10": round(brute_recall10, 4)},
         "speedup_vs_brute_force_single": round(brute_p50 / p50, 1),
     }
 
@@ -309,15 +374,19 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Machine: {report['machine']}. {report['note']}",
         "",
-        "| videos | index (clip / frame) | search setting | build s | bytes/video (index + store) | peak RSS MB | "
+        "| videos | index (clip / frame) | store (tiers) | search setting | build s | bytes/video (index + store) | "
+        "peak RSS MB | "
         "p50 / p99 ms (1 query) | batch QPS | calibration recall@10 fit / held-out | recall@10 | recall@100 | "
         "brute force ms (1 query) | speed-up |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["results"]:
         setting = ", ".join(f"{k} {v}" for k, v in row["search"].items())
+        tiers = row.get("token_store") or {"dtype": "bfloat16", "refine": None}
+        refine = tiers.get("refine")
+        store = tiers["dtype"] + (f" -> {refine['dtype']} top-{refine['refine_k']} (on disk)" if refine else "")
         lines.append(
-            f"| {row['videos']:,} | {row['factory']} / {row['frame_factory']} | {setting} | "
+            f"| {row['videos']:,} | {row['factory']} / {row['frame_factory']} | {store} | {setting} | "
             f"{row['timings_s']['build_s']} | {row['bytes_per_video']['faiss']:,.0f} + "
             f"{row['bytes_per_video']['store']:,.0f} | {row['rss_mb']['peak']:,.0f} | "
             f"{row['single_query_ms']['p50']:.2f} / {row['single_query_ms']['p99']:.2f} | "
@@ -357,21 +426,23 @@ def run_index_bench(options: IndexBenchOptions, *, command: str) -> dict[str, An
         "wall_s": round(time.perf_counter() - started, 1),
         "results": results,
         "notes": [
-            "Latency = candidate search (clip + frame FAISS indexes) + exact re-rank from the bf16 token store; no "
-            "text encoding, no moments. Recall = tie-aware video recall against exact brute-force scoring of every "
-            "video (same bf16 store).",
-            "Brute force = one GEMM per block of token-store rows + a per-video max, every video scored "
-            "(prvr.index.exact.exact_scores).",
+            f"Latency = candidate search (clip + frame FAISS indexes) + re-rank from the {options.token_dtype} token "
+            "store" + (f", whose best {options.refine_k} videos a {options.refine_dtype} second tier re-scores"
+                       if options.refine_dtype else "") + "; no text encoding, no moments. Recall = tie-aware video "
+            "recall against the exact float32 scores of every video, computed by a chunked scan of the generator "
+            "(float_truth), for the calibration and the measured queries alike.",
+            "Brute force = one GEMM per block of token-store rows + a per-video max, every video scored from the "
+            "first-tier store (prvr.index.exact.exact_scores); its recall@10 is in the JSON.",
             f"Search settings were chosen by index.calibrate on {options.calibration_queries} calibration queries "
             f"disjoint from the {options.queries} measured ones (target recall@10 {options.target}): the cheapest "
             f"setting whose recall on the fitting part ({1 - options.held_out_fraction:.0%}) clears the target by a "
             "one-sided 95% lower confidence bound, verified on the held-out part "
             f"({options.held_out_fraction:.0%}); grid nprobe {options.knob_grid} x candidates {options.candidates}. "
-            "recall@100 is measured at the same nprobe with max(n_candidates, 400) candidates.",
+            "recall@100 is measured at the same nprobe with max(n_candidates, 400) candidates (and a short list of "
+            "max(200, refine_k) with a second tier).",
             f"Tokens per video: {options.clips} clip + up to {options.frames} frame tokens (frames binned to "
             f"max_frames = {options.frames}), D = {options.dim}, intrinsic rank {options.rank}.",
-            "1M videos were not run: at 64 tokens x 256 dims the bf16 token store alone is ~33 GB and SQ8 codes "
-            "~16 GB, beyond this 24 GiB machine shared with other jobs (PQ32 codes would be 2 GB, but the store "
-            "must then live on disk and the build takes > 15 min on 1 thread).",
+            "bytes/video counts what the search holds resident (FAISS files + first-tier store); a second tier lives "
+            "on disk, memory-mapped and read for the short list only (refine_on_disk in the JSON).",
         ],
     }
