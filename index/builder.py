@@ -3,12 +3,12 @@
 Shape letters: V videos, B videos per batch, C clip tokens, F frame tokens, D hidden.
 
 The index directory's files are described in :mod:`prvr.index.layout`. Each generation is a full snapshot: a build on
-top of an active generation copies its token store, loads its FAISS index writable, adds the videos it does not hold
-yet and saves everything into a fresh directory (`prvr index add`); :func:`remove_videos` does the same with FAISS
-``remove_ids`` and store tombstones (`prvr index remove`), and :func:`rewrite_manifest` swaps only the search settings
-of the active manifest (`prvr index calibrate`). Only after every file is fsynced does
-:meth:`prvr.index.catalog.Database.activate_generation` flip the active generation in one transaction, so a build
-killed at any point leaves the previous generation active and loadable.
+top of an active generation copies its token store (both tiers of a two-tier index, ``refine_dtype``), loads its FAISS
+index writable, adds the videos it does not hold yet and saves everything into a fresh directory (`prvr index add`);
+:func:`remove_videos` does the same with FAISS ``remove_ids`` and store tombstones (`prvr index remove`), and
+:func:`rewrite_manifest` swaps only the search settings of the active manifest (`prvr index calibrate`). Only after
+every file is fsynced does :meth:`prvr.index.catalog.Database.activate_generation` flip the active generation in one
+transaction, so a build killed at any point leaves the previous generation active and loadable.
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ from prvr.index.layout import (
     FAISS_DIR,
     LOCK_NAME,
     MODELS_DIR,
+    REFINE_DIR,
     TOKENS_DIR,
     database_location,
     find_active,
@@ -73,8 +74,11 @@ from prvr.index.layout import (
 
 __all__ = [
     "DEFAULT_N_CANDIDATES",
+    "DEFAULT_REFINE_K",
     "BuildResult",
     "build_index",
+    "check_refine_tier",
+    "check_token_dtype",
     "remove_videos",
     "rewrite_manifest",
 ]
@@ -82,6 +86,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_N_CANDIDATES = 200
+DEFAULT_REFINE_K = 50  # videos the compressed first tier keeps for the finer second tier to re-score
 DEFAULT_CHECKPOINT_EVERY = 50_000  # videos between resume snapshots of a FAISS build
 MAX_TRAIN_VIDEOS = 4096  # cap of the IVF / PQ training sample (videos encoded twice)
 
@@ -107,10 +112,40 @@ class BuildResult:
     manifest: IndexManifest
 
 
-def check_token_dtype(token_dtype: str) -> None:
+def check_token_dtype(token_dtype: str, option: str = "--token-dtype") -> None:
     """Refuse an unknown token store encoding early (before any encoding work), naming the valid ones."""
     if token_dtype not in STORAGE and not is_codec_name(token_dtype):
-        raise ValueError(f"unknown --token-dtype {token_dtype!r}; use {CODEC_NAMES_HELP}")
+        raise ValueError(f"unknown {option} {token_dtype!r}; use {CODEC_NAMES_HELP}")
+
+
+def check_refine_tier(token_dtype: str, refine_dtype: str | None, refine_k: int, *, first_build: bool = True) -> None:
+    """Refuse a second tier that cannot work, early (before any encoding work).
+
+    Args:
+        token_dtype: the first tier's encoding (only checked against ``refine_dtype`` on a first build).
+        refine_dtype: the second tier's encoding, or None (one tier).
+        refine_k: the short-list length (a positive int, whatever ``refine_dtype``).
+        first_build: False when the index exists already (its first tier is kept, ``token_dtype`` is ignored).
+
+    Raises:
+        ValueError: on a ``refine_k`` below 1, an unknown ``refine_dtype``, or (first build) a ``refine_dtype`` beside
+            an uncompressed or equal ``token_dtype``.
+    """
+    if isinstance(refine_k, bool) or not isinstance(refine_k, (int, np.integer)) or refine_k < 1:
+        raise ValueError(f"--refine-k must be a positive int (the videos the compressed tier keeps for the finer one "
+                         f"to re-score), got {refine_k!r}")
+    if refine_dtype is None:
+        return
+    check_token_dtype(refine_dtype, "--refine-dtype")
+    if not first_build:
+        return
+    if not is_codec_name(token_dtype):
+        raise ValueError(f"--refine-dtype {refine_dtype} re-scores a compressed first tier, but --token-dtype "
+                         f"{token_dtype} is not compressed (one tier already scores to {token_dtype} precision); "
+                         "give a compressed --token-dtype (sq8, sq4, pqM, pcaK) with it, or drop --refine-dtype")
+    if refine_dtype == token_dtype:
+        raise ValueError(f"--refine-dtype {refine_dtype} equals --token-dtype: the second tier would re-score with the "
+                         "same tokens; choose a finer encoding (sq8, bfloat16, float32)")
 
 
 def _build_lock(index_dir: Path) -> contextlib.AbstractContextManager[None]:
@@ -186,6 +221,8 @@ def build_index(
     bank_alpha: float = 0.5,
     bank_source: str = "given",
     token_dtype: str = "bfloat16",
+    refine_dtype: str | None = None,
+    refine_k: int = DEFAULT_REFINE_K,
     database_url: str | None = None,
     backend: str | None = None,
     engine: dict[str, Any] | None = None,
@@ -231,6 +268,12 @@ def build_index(
             or a compressed one of ``index.token_codec`` (``"pqM"``: M bytes per token, its codebook trained on the
             FAISS training sample with the config's seed; ``"sq8"`` / ``"sq4"``). Later builds keep the existing
             store's encoding and codebook (the store is copied, so new videos are encoded with the same codebook).
+        refine_dtype: the encoding of a second, finer token store of a first build beside a compressed
+            ``token_dtype`` (e.g. ``"pca32"`` with ``"sq8"`` / ``"bfloat16"`` / ``"float32"``), in ``refine/``: search
+            keeps the compressed store's best ``refine_k`` candidates and re-scores them with it
+            (``index.search.search_topk``); its codec, when it needs one, is trained on the same sample. Default
+            None: one tier. Later builds keep the index's tiers (another ``refine_dtype`` is refused).
+        refine_k: the short-list length of the second tier (first build; later builds keep the index's).
         database_url: a SQLAlchemy URL for the metadata of a NEW index (e.g. PostgreSQL), written to
             ``database.url`` in the index directory (``${VAR}`` is expanded when opened); default the SQLite file
             ``index.db`` inside it. An existing index keeps its database.
@@ -254,6 +297,7 @@ def build_index(
     if checkpoint_every < 0:
         raise ValueError(f"checkpoint_every must be >= 0 videos (0: no resume snapshots), got {checkpoint_every}")
     check_token_dtype(token_dtype)
+    check_refine_tier(token_dtype, refine_dtype, refine_k, first_build=False)  # against token_dtype: first build
     if (n_candidates is not None and n_candidates < 1) or candidates_per_video < 1:
         raise ValueError(f"n_candidates and candidates_per_video must be >= 1, got {n_candidates}, "
                          f"{candidates_per_video}")
@@ -295,6 +339,7 @@ def build_index(
                 text_backbone=text_backbone, n_candidates=n_candidates,
                 candidates_per_video=candidates_per_video, moment_checkpoint=moments,
                 moment_localizer=moment_localizer, moment_corpus=moment_corpus, token_dtype=token_dtype,
+                refine_dtype=refine_dtype, refine_k=refine_k,
                 bank=_bank_request(query_bank, bank_k, bank_alpha, bank_source),
                 backend=backend, engine=engine, checkpoint_every=checkpoint_every, progress=progress,
             )
@@ -393,6 +438,8 @@ def _build_locked(
     moment_localizer: dict[str, Any] | None,
     moment_corpus: VideoCorpus | None,
     token_dtype: str,
+    refine_dtype: str | None,
+    refine_k: int,
     bank: _BankBuild | None,
     backend: str | None,
     engine: dict[str, Any] | None,
@@ -433,9 +480,19 @@ def _build_locked(
         if backend is not None and backend != previous_manifest.backend:
             raise ValueError(f"{out_dir} uses the {previous_manifest.backend} back-end, not {backend}; an index "
                              "cannot change back-ends: build into a new directory")
-    elif moment_localizer is None and moment_checkpoint is None and config.model.kind == "zero_shot":
-        moment_localizer = zero_shot_localizer_record(  # the localiser skips the trailing event tokens
-            ZeroShotMomentConfig(event_tokens=config.model.events.tokens_added))
+        kept_refine = previous_manifest.refine
+        if refine_dtype is not None and (kept_refine is None or kept_refine["store"].get("dtype") != refine_dtype):
+            has = "no refine tier" if kept_refine is None else f"a {kept_refine['store'].get('dtype')} refine tier"
+            raise ValueError(f"{out_dir} has {has}, not --refine-dtype {refine_dtype}: the second tier is chosen on "
+                             "the first build and kept by later ones; drop --refine-dtype or build into a new "
+                             "directory")
+        refine_dtype = kept_refine["store"].get("dtype") if kept_refine is not None else None
+        refine_k = int(kept_refine["refine_k"]) if kept_refine is not None else refine_k
+    else:
+        check_refine_tier(token_dtype, refine_dtype, refine_k)
+        if moment_localizer is None and moment_checkpoint is None and config.model.kind == "zero_shot":
+            moment_localizer = zero_shot_localizer_record(  # the localiser skips the trailing event tokens
+                ZeroShotMomentConfig(event_tokens=config.model.events.tokens_added))
     if moment_localizer is not None and moment_localizer.get("kind") == RETRIEVAL_COSINE_KIND:
         RetrievalCosineLocalizer(model, config.data, moment_localizer.get("level", 0.5))  # refuse a bad level
     elif moment_localizer is not None and moment_checkpoint is not None:
@@ -459,7 +516,7 @@ def _build_locked(
     resumable = moment_corpus is None and (
         (previous.manifest.backend if previous is not None else backend or "faiss") == "faiss")
     key = _build_key(sha, corpus, collection_name, previous, factory, batch_size, candidates_per_video, token_dtype,
-                     bank)
+                     bank, {"dtype": refine_dtype, "refine_k": refine_k} if refine_dtype is not None else None)
     resume: tuple[Any, ResumePoint] | None = None
     if resumable and checkpoint_every:
         resume = _find_resume_point(db, out_dir, key)
@@ -511,6 +568,9 @@ def _build_locked(
         index = point.load_index()
         store = TokenStore(gen_dir / TOKENS_DIR, dim)
         store.truncate(point.store_entries)  # appends after the snapshot are redone
+        refine = _resumed_refine_store(gen_dir, dim, refine_dtype)
+        if refine is not None:
+            refine.truncate(point.store_entries)  # both tiers append the same videos in the same order
         if bank is not None:
             bank.ids, bank.terms = [point.bank_ids], [point.bank_terms]
         counts = {"new_videos": point.new_videos, "new_clip_tokens": point.new_clip_tokens,
@@ -535,23 +595,33 @@ def _build_locked(
         gen_dir.mkdir(parents=True)
         todo = new_ids
         trained = False
+        refine = None
         if previous is not None:
             shutil.copytree(previous.directory / TOKENS_DIR, gen_dir / TOKENS_DIR)
             store = TokenStore(gen_dir / TOKENS_DIR, dim)
+            if previous.manifest.refine is not None:  # the second tier keeps its codec too
+                shutil.copytree(previous.directory / REFINE_DIR, gen_dir / REFINE_DIR)
+                refine = TokenStore(gen_dir / REFINE_DIR, dim)
             if had_moment_frames:
                 shutil.copytree(previous.directory / MOMENT_FRAMES_DIR, gen_dir / MOMENT_FRAMES_DIR)
         else:
             store = TokenStore(gen_dir / TOKENS_DIR, dim, normalize=True, dtype=token_dtype, codec_seed=config.seed)
+            if refine_dtype is not None:
+                refine = TokenStore(gen_dir / REFINE_DIR, dim, normalize=True, dtype=refine_dtype,
+                                    codec_seed=config.seed)
             index_training = isinstance(index, FaissTokenIndex) and any(map(_needs_training, factories.values()))
-            store_training = store.codec is not None and store.codec.needs_training
+            store_training = any(tier is not None and tier.codec is not None and tier.codec.needs_training
+                                 for tier in (store, refine))
             if new_ids and (index_training or store_training):
                 sample = _train_sample(model, corpus, new_ids, factories["clip"], batch_size)
                 if index_training:
                     index.train(*sample)
                 store.train(*sample)
+                if refine is not None:
+                    refine.train(*sample)
                 trained = True
         if resumable and checkpoint_every and trained:  # the quantisers are the expensive part to redo
-            _snapshot(gen_dir, key, index, store, counts, bank)
+            _snapshot(gen_dir, key, index, store, counts, bank, refine)
 
     moment_store = None
     if moment_corpus is not None:
@@ -559,7 +629,10 @@ def _build_locked(
                                         moment_corpus.config.max_frames)
     since_snapshot = 0
     batches = iter_video_batches(corpus, batch_size, todo) if todo else iter(())
-    with store.bulk():
+    with contextlib.ExitStack() as bulks:
+        bulks.enter_context(store.bulk())
+        if refine is not None:
+            bulks.enter_context(refine.bulk())
         for batch in tqdm(batches, total=math.ceil(len(todo) / batch_size), desc="index videos",
                           disable=not progress, unit="batch"):
             tokens = model.encode_videos(batch)
@@ -569,6 +642,8 @@ def _build_locked(
                 bank.add(model, ids, tokens)
             index.add(ids, clip, frame, mask)
             store.append(ids, clip, frame, mask)
+            if refine is not None:
+                refine.append(ids, clip, frame, mask)
             if moment_store is not None:
                 for video_id, internal in zip(batch.video_ids, ids.tolist()):
                     moment_store.append(internal, moment_corpus.video(video_id)[1])  # (F', D_in) finer frame tokens
@@ -578,7 +653,9 @@ def _build_locked(
             since_snapshot += len(ids)
             if resumable and checkpoint_every and since_snapshot >= checkpoint_every:
                 store.commit()
-                _snapshot(gen_dir, key, index, store, counts, bank)
+                if refine is not None:
+                    refine.commit()
+                _snapshot(gen_dir, key, index, store, counts, bank, refine)
                 since_snapshot = 0
     clear_snapshots(gen_dir)  # a committed generation holds exactly an uninterrupted build's files
 
@@ -606,6 +683,7 @@ def _build_locked(
         query_bank=bank_record,
         calibration=calibration,
         token_store=store.codec_record(),
+        refine=_refine_record(refine, refine_k),
     )
     manifest = _commit_generation(db, generation_id, gen_dir, index, manifest, counts)
     logger.info("index generation %s active: %d videos (%d new), %d tokens", generation.directory,
@@ -614,7 +692,8 @@ def _build_locked(
 
 
 def _build_key(sha: str, corpus: VideoCorpus, collection_name: str, previous: Any, factory: str | None,
-               batch_size: int, candidates_per_video: int, token_dtype: str, bank: _BankBuild | None) -> dict[str, Any]:
+               batch_size: int, candidates_per_video: int, token_dtype: str, bank: _BankBuild | None,
+               refine: dict[str, Any] | None) -> dict[str, Any]:
     """What makes two builds the same build (a snapshot of one is resumed only by an equal key)."""
     bank_key = None
     if bank is not None:
@@ -628,6 +707,7 @@ def _build_key(sha: str, corpus: VideoCorpus, collection_name: str, previous: An
         "previous_generation": previous.generation.directory if previous is not None else None,
         "factory": factory, "batch_size": batch_size, "candidates_per_video": candidates_per_video,
         "token_dtype": token_dtype if previous is None else None, "bank": bank_key,
+        "refine": refine if previous is None else None,
     }
 
 
@@ -648,8 +728,31 @@ def _resumable_generation(db: Database, index_dir: Path) -> int | None:
     return None
 
 
+def _refine_record(refine: TokenStore | None, refine_k: int) -> dict[str, Any] | None:
+    """The manifest's ``refine`` record of a second tier (None without one)."""
+    return None if refine is None else {"store": refine.codec_record(), "refine_k": int(refine_k)}
+
+
+def _resumed_refine_store(gen_dir: Path, dim: int, refine_dtype: str | None) -> TokenStore | None:
+    """The second tier of a resumed generation (None when the build has none); its folder must be there, since the
+    build key that matched names the tier."""
+    if refine_dtype is None:
+        return None
+    if not (gen_dir / REFINE_DIR).is_dir():
+        raise RuntimeError(f"{gen_dir} was snapshotted with a {refine_dtype} refine tier but {REFINE_DIR}/ is gone; "
+                           "run the build again (the broken generation is dropped and the build starts over)")
+    refine = TokenStore(gen_dir / REFINE_DIR, dim)
+    if refine.dtype != refine_dtype:
+        raise RuntimeError(f"{gen_dir / REFINE_DIR} holds {refine.dtype} tokens, the build's refine tier is "
+                           f"{refine_dtype}; run the build again (the broken generation is dropped)")
+    return refine
+
+
 def _snapshot(gen_dir: Path, key: dict[str, Any], index: Any, store: TokenStore, counts: dict[str, int],
-              bank: _BankBuild | None) -> None:
+              bank: _BankBuild | None, refine: TokenStore | None = None) -> None:
+    if refine is not None and refine.num_entries != store.num_entries:  # resume truncates both to one count
+        raise RuntimeError(f"the refine tier holds {refine.num_entries} committed entries, the token store "
+                           f"{store.num_entries}; commit both before a snapshot")
     bank_state = None
     if bank is not None:
         bank_state = (np.concatenate(bank.ids) if bank.ids else np.zeros(0, dtype=np.int64),
@@ -703,14 +806,15 @@ def _resolve_members(db: Database, generation_id: int, external_ids: Sequence[st
 def remove_videos(index_dir: str | Path, external_ids: Sequence[str], *, compact: bool = True) -> BuildResult:
     """Remove videos from the index as a new generation, without re-encoding anything.
 
-    The new generation starts from copies of the active one (FAISS ``remove_ids``, token-store tombstones, compacted
-    when ``compact``), is fsynced and only then activated; the removed videos are soft-deleted in the database after
-    the commit (their rows stay, the previous generation stays usable for rollback).
+    The new generation starts from copies of the active one (FAISS ``remove_ids``, token-store tombstones in both
+    tiers of a two-tier index, compacted when ``compact``), is fsynced and only then activated; the removed videos
+    are soft-deleted in the database after the commit (their rows stay, the previous generation stays usable for
+    rollback).
 
     Args:
         index_dir: an index directory with an active generation.
         external_ids: the external ids of the videos to remove (at least one).
-        compact: rewrite the token store without the removed blocks (reclaims their bytes).
+        compact: rewrite the token store (and the refine tier) without the removed blocks (reclaims their bytes).
 
     Returns:
         The :class:`BuildResult` of the activated generation (``new_videos`` is 0).
@@ -754,8 +858,16 @@ def remove_videos(index_dir: str | Path, external_ids: Sequence[str], *, compact
         store.remove(np.asarray(ids, dtype=np.int64))
         if compact:
             store.compact()
+        refine_record = active.manifest.refine
+        if refine_record is not None:  # the second tier holds the same videos: tombstone (and compact) them too
+            shutil.copytree(active.directory / REFINE_DIR, gen_dir / REFINE_DIR)
+            refine = TokenStore(gen_dir / REFINE_DIR)
+            refine.remove(np.asarray(ids, dtype=np.int64))
+            if compact:
+                refine.compact()
+            refine_record = _refine_record(refine, int(refine_record["refine_k"]))
         manifest = dataclasses.replace(active.manifest, generation=generation.directory, created_at=_utc_now_iso(),
-                                       token_store=store.codec_record())
+                                       token_store=store.codec_record(), refine=refine_record)
         counts = {"new_videos": 0, "removed_videos": len(ids)}
         manifest = _commit_generation(db, generation_id, gen_dir, index, manifest, counts)
         db.soft_delete(external_ids)

@@ -8,6 +8,8 @@ Layout of an index directory::
     generations/gen-000001/
         faiss/                        FaissTokenIndex.save (clip.faiss, frame.faiss, videos.npz, faiss_index.json)
         tokens/                       TokenStore (bf16 shards + store.npz)
+        refine/                       optional second-tier TokenStore (``build-index --refine-dtype``): finer tokens
+                                      of the same videos that re-score the compressed tokens/ store's short list
         manifest.json                 IndexManifest
     .build.lock                       held (an fcntl lock) by the one running builder
 
@@ -33,6 +35,7 @@ __all__ = [
     "GENERATIONS_DIR",
     "LOCK_NAME",
     "MODELS_DIR",
+    "REFINE_DIR",
     "TOKENS_DIR",
     "ActiveIndex",
     "database_location",
@@ -49,6 +52,7 @@ DATABASE_URL_FILE = "database.url"  # when present: the SQLAlchemy URL of the in
 GENERATIONS_DIR = "generations"
 FAISS_DIR = "faiss"
 TOKENS_DIR = "tokens"
+REFINE_DIR = "refine"  # the two-tier search's finer store (manifest ``refine``), beside the compressed TOKENS_DIR
 MODELS_DIR = "models"  # checkpoints copied into the index, named by content hash
 LOCK_NAME = ".build.lock"
 

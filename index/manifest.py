@@ -56,6 +56,10 @@ class IndexManifest:
         token_store: ``TokenStore.codec_record()`` of the re-rank store: ``{"dtype", "bytes_per_token",
             "token_error"}`` plus, for a compressed store, ``"codec"`` (its parameters) and ``"codebook"`` (file inside
             ``tokens/`` and sha256); None in manifests written before the field existed (the store describes itself).
+        refine: the second tier of a two-tier search (``build-index --refine-dtype``): ``{"store":
+            TokenStore.codec_record() of the finer store in ``refine/``, "refine_k": short-list length}``; the
+            compressed ``token_store`` keeps its best ``refine_k`` candidates, which the finer store re-scores
+            (``index.search.search_topk``). None: one tier (and manifests written before the field existed).
         backend: the token-index back-end, ``"faiss"`` (files in ``faiss/``; manifests without the field) or
             ``"milvus"`` (collections in a Milvus engine, ``index.backend``).
         created_at: ISO-8601 UTC time of the build.
@@ -77,6 +81,7 @@ class IndexManifest:
     query_bank: dict[str, Any] | None = None
     calibration: dict[str, Any] | None = None
     token_store: dict[str, Any] | None = None
+    refine: dict[str, Any] | None = None
     backend: str = "faiss"
     created_at: str = field(default_factory=_utc_now_iso)
     format_version: int = MANIFEST_FORMAT_VERSION
@@ -93,6 +98,8 @@ class IndexManifest:
             raise ValueError(f"moment_localizer must hold a 'kind', got {self.moment_localizer!r}")
         if self.query_bank is not None and not {"file", "sha256", "k", "alpha"} <= set(self.query_bank):
             raise ValueError(f"query_bank must hold 'file', 'sha256', 'k' and 'alpha', got {self.query_bank!r}")
+        if self.refine is not None and not _is_refine_record(self.refine):
+            raise ValueError(f"refine must hold a 'store' record and a positive int 'refine_k', got {self.refine!r}")
 
     def to_json(self) -> str:
         """The manifest as indented, key-sorted JSON text."""
@@ -108,6 +115,14 @@ class IndexManifest:
         if unknown or missing:
             raise ValueError(f"manifest keys do not match this code: unknown {unknown}, missing {missing}")
         return cls(**data)
+
+
+def _is_refine_record(record: Any) -> bool:
+    """Whether ``record`` is ``{"store": {...}, "refine_k": positive int}`` (the manifest's ``refine``)."""
+    if not isinstance(record, dict) or not isinstance(record.get("store"), dict):
+        return False
+    refine_k = record.get("refine_k")
+    return isinstance(refine_k, int) and not isinstance(refine_k, bool) and refine_k >= 1
 
 
 def write_manifest(manifest: IndexManifest, directory: str | Path) -> Path:

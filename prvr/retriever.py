@@ -5,7 +5,9 @@ Shape letters: Nq queries, L text tokens, D_text text feature width, D hidden, N
 Two stages: FAISS token search -> candidate videos, then the exact DreamPRVR score of each candidate from the bf16
 token store (``index.search.search_topk``). On an exact (Flat) index the candidate search is widened until the top-k
 is provably the brute-force top-k; approximate indexes use their calibrated nprobe / efSearch and candidate count
-(``prvr index calibrate``). When a moment localiser is attached, each result also carries its top moments in seconds.
+(``prvr index calibrate``). A two-tier index (manifest ``refine``) re-scores the compressed store's best ``refine_k``
+videos with its finer ``refine/`` store. When a moment localiser is attached, each result also carries its top moments
+in seconds.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 
 from prvr.index.backend import load_token_index
 from prvr.index.faiss_store import FaissTokenIndex
-from prvr.index.layout import TOKENS_DIR, open_active
+from prvr.index.layout import REFINE_DIR, TOKENS_DIR, open_active
 from prvr.index.manifest import IndexManifest
 from prvr.index.search import search_topk
 from prvr.index.token_store import TokenStore
@@ -97,6 +99,10 @@ class Retriever:
             from the results (a sampler returns near-copies of its best span); 1.0 keeps them all.
         moment_frames: an ``index.moment_frames.MomentFrameStore`` of the localiser's finer frame tokens, read
             instead of the retrieval frame tokens of ``store``; None = the retrieval frame tokens.
+        refine: the second tier of a two-tier index (a finer store of the same videos as the compressed ``store``):
+            it re-scores the ``refine_k`` best videos of ``store`` (``index.search.search_topk``), and the localiser
+            reads its frame tokens; None: one tier.
+        refine_k: the second tier's short-list length (required with ``refine``).
     """
 
     def __init__(
@@ -113,9 +119,13 @@ class Retriever:
         moment_checkpoint: Path | None = None,
         moment_overlap: float = DEFAULT_MOMENT_OVERLAP,
         moment_frames: Any | None = None,
+        refine: TokenStore | None = None,
+        refine_k: int | None = None,
     ) -> None:
         if not 0.0 <= moment_overlap <= 1.0:
             raise ValueError(f"moment_overlap must be a temporal IoU in [0, 1], got {moment_overlap}")
+        if refine is not None and (isinstance(refine_k, bool) or not isinstance(refine_k, int) or refine_k < 1):
+            raise ValueError(f"a refine tier needs a positive int refine_k (its short-list length), got {refine_k!r}")
         self.db = db
         self.generation_id = generation_id
         self.manifest = manifest
@@ -128,6 +138,8 @@ class Retriever:
         self._moment_checkpoint = moment_checkpoint
         self.moment_overlap = moment_overlap
         self.moment_frames = moment_frames
+        self.refine = refine
+        self.refine_k = refine_k if refine is not None else None
         self._lock = threading.Lock()  # the torch model and text encoder
         self._localizer_lock = threading.Lock()
         self._search_lock = threading.Lock() if faiss_index.use_gpu is True else None  # GPU indexes: one caller
@@ -193,7 +205,17 @@ class Retriever:
             faiss_index = load_token_index(gen_dir, manifest, mmap=True)  # FAISS files or Milvus collections
             _apply_search_defaults(faiss_index, manifest)
             store = TokenStore(gen_dir / TOKENS_DIR, read_only=True)  # reads its own encoding and codebook
-            _check_token_store(store, manifest, generation.directory)
+            _check_token_store(store, manifest.token_store, generation.directory)
+            refine = refine_k = None
+            if manifest.refine is not None:  # two tiers: the finer store re-scores the compressed one's short list
+                refine = TokenStore(gen_dir / REFINE_DIR, read_only=True)
+                _check_token_store(refine, manifest.refine["store"], generation.directory, REFINE_DIR)
+                if len(refine) != len(store) or refine.dim != store.dim:
+                    raise ValueError(f"generation {generation.directory}'s {REFINE_DIR}/ store holds {len(refine)} "
+                                     f"videos of D = {refine.dim}, its {TOKENS_DIR}/ store {len(store)} of D = "
+                                     f"{store.dim}: the tiers must hold the same videos; restore {REFINE_DIR}/ or "
+                                     "rebuild the generation")
+                refine_k = int(manifest.refine["refine_k"])
             moment_frames = None
             if manifest.moment_frames is not None:  # the localiser's finer frame tokens (index.moment_frames)
                 from prvr.index.moment_frames import MomentFrameStore
@@ -218,7 +240,8 @@ class Retriever:
                 text_encoder = load_query_encoder(manifest.text_backbone, max_tokens=config.data.max_query_tokens,
                                                   batch_size=QUERY_ENCODER_BATCH)
             retriever = cls(db, generation.id, manifest, model, config, faiss_index, store, text_encoder,
-                            localizer=localizer, moment_checkpoint=moment_checkpoint, moment_frames=moment_frames)
+                            localizer=localizer, moment_checkpoint=moment_checkpoint, moment_frames=moment_frames,
+                            refine=refine, refine_k=refine_k)
             if manifest.query_bank is not None:
                 from prvr.index.bank import video_term
 
@@ -448,7 +471,8 @@ class Retriever:
         try:
             return search_topk(self.faiss_index, self.store, vectors, int(k), int(n_candidates),
                                clip_weight=self.config.model.clip_weight,
-                               frame_weight=self.config.model.frame_weight, video_term=self.video_term)
+                               frame_weight=self.config.model.frame_weight, video_term=self.video_term,
+                               refine=self.refine, refine_k=self.refine_k)
         finally:
             if lock is not None:
                 lock.release()
@@ -475,7 +499,8 @@ class Retriever:
         if self.moment_frames is not None:  # the localiser's own finer tokens: (F'_j, D_in) each
             frames = self.moment_frames.get([video_ids[i] for i in rows])
         else:
-            stored = self.store.get([video_ids[i] for i in rows])
+            finest = self.refine if self.refine is not None else self.store
+            stored = finest.get([video_ids[i] for i in rows])
             frames = [stored.frame[j][stored.frame_mask[j]].numpy().astype(np.float32, copy=False)  # (F_j, D)
                       for j in range(len(rows))]
         with self._localizer_lock:
@@ -511,18 +536,20 @@ def distinct_moments(moments: Sequence[Moment], max_overlap: float) -> tuple[Mom
     return tuple(ordered[i] for i in keep.tolist())
 
 
-def _check_token_store(store: TokenStore, manifest: IndexManifest, generation: str) -> None:
-    """Refuse a token store whose encoding or codebook is not the one the manifest records (manifests written before
-    the ``token_store`` field existed are trusted: the store describes itself)."""
-    recorded = manifest.token_store
+def _check_token_store(store: TokenStore, recorded: dict[str, Any] | None, generation: str,
+                       folder: str = TOKENS_DIR) -> None:
+    """Refuse a token store whose encoding or codebook is not the one the manifest records (``recorded``: the
+    manifest's ``token_store``, or the ``store`` of its ``refine``; None in manifests written before the
+    ``token_store`` field existed, trusted: the store describes itself)."""
     if recorded is None:
         return
     actual = store.codec_record()
     for key in ("dtype", "codebook"):
         if recorded.get(key) != actual.get(key):
             raise ValueError(
-                f"the token store of generation {generation} has {key} {actual.get(key)!r} but its manifest records "
-                f"{recorded.get(key)!r}; the tokens/ folder was replaced: restore it or rebuild the generation"
+                f"the {folder}/ store of generation {generation} has {key} {actual.get(key)!r} but its manifest "
+                f"records {recorded.get(key)!r}; the {folder}/ folder was replaced: restore it or rebuild the "
+                "generation"
             )
 
 

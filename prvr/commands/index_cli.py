@@ -30,6 +30,8 @@ DEFAULT_CONFIDENCE = 0.95
 # prvr.index.prune's defaults, for the same reason
 DEFAULT_PRUNE_KEEP = 1
 DEFAULT_PRUNE_MIN_AGE_S = 600.0
+# prvr.index.builder.DEFAULT_REFINE_K, for the same reason
+DEFAULT_REFINE_K = 50
 
 
 @click.group("index")
@@ -269,15 +271,16 @@ def calibrate_command(index_dir: str, target: float, k: int, num_queries: int, r
         if root is not None:
             queries, source = _real_queries(retriever, root, str(collection), str(split), num_queries, seed)
         else:
-            queries = heldout_token_queries(retriever.store, num_queries, seed=seed)
+            finest = retriever.refine if retriever.refine is not None else retriever.store
+            queries = heldout_token_queries(finest, num_queries, seed=seed)
             source = "heldout_tokens"
         weights = {"clip_weight": retriever.config.model.clip_weight,
                    "frame_weight": retriever.config.model.frame_weight}
         result = calibrate(retriever.faiss_index, retriever.store, np.asarray(queries, dtype=np.float32), k=k,
                            target=target, n_candidates_grid=grid_n, knob_grid=grid_knob, query_source=source,
                            held_out_fraction=held_out_fraction, margin=margin, confidence=confidence, seed=seed,
-                           cost_by=cost_by, video_term=retriever.video_term,
-                           **weights)  # type: ignore[arg-type]
+                           cost_by=cost_by, video_term=retriever.video_term, refine=retriever.refine,
+                           refine_k=retriever.refine_k, **weights)  # type: ignore[arg-type]
         manifest = retriever.manifest
     if not dry_run:
         defaults = {key: value for key, value in manifest.search_defaults.items()
@@ -410,6 +413,14 @@ def _checkpoint_config(checkpoint: str | Path, video_feature: str | None, text_f
                    "bytes), or compressed: pqM (M bytes per token, M dividing the model's D, e.g. pq32; codebook "
                    "trained with the config's seed, reused by `prvr index add`), sq8 (D + 4 bytes), sq4 (D/2 + 4). "
                    "See docs/bench/token_store.md.")
+@click.option("--refine-dtype", default=None,
+              help="Second token tier of a new index beside a compressed --token-dtype (e.g. --token-dtype pca32 "
+                   "--refine-dtype sq8): the compressed store keeps its best --refine-k candidate videos and this "
+                   "finer store (sq8, bfloat16, float32; in refine/) re-scores them, so recall no longer rests on the "
+                   "coarse scores. Default: none (one tier); later builds keep the index's tiers.")
+@click.option("--refine-k", default=DEFAULT_REFINE_K, show_default=True, type=int,
+              help="With --refine-dtype: candidate videos the compressed tier keeps for the finer one to re-score "
+                   "(at least -k are kept).")
 @click.option("--database-url", default=None,
               help="SQLAlchemy URL of a new index's metadata (e.g. postgresql+psycopg://prvr:${PRVR_DB_PASSWORD}@host/"
                    "prvr; ${VAR} is read from the environment when opened). Default: index.db inside --out.")
@@ -436,15 +447,17 @@ def build_index_command(checkpoint: str | None, zero_shot: bool, zero_shot_clip_
                         video_feature: str | None, text_feature: str | None, factory: str | None,
                         text_backbone: str | None, moment_checkpoint: str | None, candidates: int | None,
                         query_bank: str | None, bank_k: int, bank_alpha: float, token_dtype: str,
-                        database_url: str | None, backend: str | None, engine_url: str | None,
+                        refine_dtype: str | None, refine_k: int, database_url: str | None, backend: str | None, engine_url: str | None,
                         engine_shards: int, engine_replicas: int, batch_size: int, checkpoint_every: int,
                         no_progress: bool) -> None:
     """Encode a split's videos once and index their clip and frame tokens (a new generation, committed last)."""
     import tempfile
 
-    from prvr.index.builder import build_index, check_token_dtype
+    from prvr.index.builder import build_index, check_refine_tier, check_token_dtype
+    from prvr.index.layout import is_index_dir
 
     check_token_dtype(token_dtype)  # before any feature extraction
+    check_refine_tier(token_dtype, refine_dtype, refine_k, first_build=not is_index_dir(index_dir))
     if engine_url is not None and backend != "milvus":
         raise click.UsageError("--engine-url is the engine of --backend milvus; add --backend milvus")
     engine = {"url": engine_url, "shards": engine_shards, "replicas": engine_replicas}
@@ -476,7 +489,8 @@ def build_index_command(checkpoint: str | None, zero_shot: bool, zero_shot_clip_
                     "bank_k": bank_k, "bank_alpha": bank_alpha, "bank_source": _bank_source(query_bank)}
         result = _build(build_index, checkpoint, corpus, index_dir, collection, factory, batch_size, text_record,
                         candidates, moment_checkpoint, token_dtype, database_url, backend, engine, no_progress,
-                        {**(bank or {}), "checkpoint_every": checkpoint_every})
+                        {**(bank or {}), "checkpoint_every": checkpoint_every, "refine_dtype": refine_dtype,
+                         "refine_k": refine_k})
     click.echo(json.dumps({"index": str(index_dir), "generation": result.generation_id,
                            "videos": result.num_videos, "new_videos": result.new_videos, "tokens": result.ntotal}))
 
