@@ -266,18 +266,25 @@ def _build_args(synthetic_corpus, tiny_checkpoint, out: Path, *extra: str) -> li
             "--collection", "synth", "--split", "val", "--out", str(out), "--no-progress", *extra]
 
 
-def test_cli_build_index_passes_the_refine_tier(synthetic_corpus, tiny_checkpoint, tmp_path) -> None:
+def test_cli_build_index_passes_the_refine_tier(synthetic_corpus, tiny_checkpoint, query_bert, tmp_path) -> None:
+    """--refine-dtype / --refine-k reach the build; a refine codec that needs training (pcaK) is trained on the
+    sample even when nothing else needs one (sq4, a Flat index), and the index searches."""
     from click.testing import CliRunner
 
     from prvr.cli import main
+    from prvr.text_encoders import TokenFeatureEncoder
 
     out = tmp_path / "index"
     result = CliRunner().invoke(main, _build_args(synthetic_corpus, tiny_checkpoint, out, "--token-dtype", "sq4",
-                                                  "--refine-dtype", "sq8", "--refine-k", "7"))
+                                                  "--refine-dtype", "pca32", "--refine-k", "7"))
     assert result.exit_code == 0, result.output
     with open_active(out) as active:
         assert active.manifest.token_store["dtype"] == "sq4"
-        assert active.manifest.refine["store"]["dtype"] == "sq8" and active.manifest.refine["refine_k"] == 7
+        refine = active.manifest.refine
+        assert refine["store"]["dtype"] == "pca32" and refine["refine_k"] == 7
+        assert refine["store"]["codebook"] is not None
+    found = _search(out, TokenFeatureEncoder(query_bert))
+    assert [len(row) for row in found] == [K] * len(QUERIES)
 
 
 @pytest.mark.parametrize(("extra", "message"), [

@@ -411,8 +411,8 @@ def _checkpoint_config(checkpoint: str | Path, video_feature: str | None, text_f
 @click.option("--token-dtype", default="bfloat16", show_default=True,
               help="Re-rank token store encoding of a new index: bfloat16, float32 (scores equal `prvr eval`'s, 2x "
                    "bytes), or compressed: pqM (M bytes per token, M dividing the model's D, e.g. pq32; codebook "
-                   "trained with the config's seed, reused by `prvr index add`), sq8 (D + 4 bytes), sq4 (D/2 + 4). "
-                   "See docs/bench/token_store.md.")
+                   "trained with the config's seed, reused by `prvr index add`), pcaK (K <= D principal directions, "
+                   "K + 4 bytes, trained likewise), sq8 (D + 4 bytes), sq4 (D/2 + 4). See docs/bench/token_store.md.")
 @click.option("--refine-dtype", default=None,
               help="Second token tier of a new index beside a compressed --token-dtype (e.g. --token-dtype pca32 "
                    "--refine-dtype sq8): the compressed store keeps its best --refine-k candidate videos and this "
