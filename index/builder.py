@@ -145,7 +145,7 @@ def check_refine_tier(token_dtype: str, refine_dtype: str | None, refine_k: int,
                          "give a compressed --token-dtype (sq8, sq4, pqM, pcaK) with it, or drop --refine-dtype")
     if refine_dtype == token_dtype:
         raise ValueError(f"--refine-dtype {refine_dtype} equals --token-dtype: the second tier would re-score with the "
-                         "same tokens; choose a finer encoding (sq8, bfloat16, float32)")
+                         "same tokens; choose a finer encoding (e.g. bfloat16 or float32)")
 
 
 def _build_lock(index_dir: Path) -> contextlib.AbstractContextManager[None]:
