@@ -31,8 +31,12 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=256, help="Queries per Retriever call.")
     parser.add_argument("--text-backbone", default=None,
                         help="Recorded in the index for `prvr query` ('minilm-l6' or a local model folder).")
-    parser.add_argument("--token-dtype", default="float32", choices=["float32", "bfloat16"],
-                        help="Token store precision (bfloat16 rounding can swap near-tied videos).")
+    parser.add_argument("--token-dtype", default="float32",
+                        help="Token store encoding: float32 (the identity check), bfloat16 (rounding can swap near-tied "
+                             "videos) or a compressed one (sq8, sq4, pqM, pcaK: measures what the codes cost in R@K).")
+    parser.add_argument("--refine-dtype", default=None,
+                        help="Second tier re-scoring the compressed store's short list (e.g. bfloat16).")
+    parser.add_argument("--refine-k", type=int, default=50, help="Short-list length of the second tier.")
     parser.add_argument("--out", default=None, help="Also write the comparison as JSON here.")
     args = parser.parse_args()
 
@@ -40,7 +44,7 @@ def main() -> int:
         report = check_retriever_against_eval(
             args.checkpoint, args.data, args.collection, args.split, index_dir=args.index,
             batch_size=args.batch_size, text_backbone=args.text_backbone, token_dtype=args.token_dtype,
-            eval_cwd=REPO)  # as before: `prvr eval` runs in the repository root
+            refine_dtype=args.refine_dtype, refine_k=args.refine_k, eval_cwd=REPO)  # as before: `prvr eval` runs in the repository root
     except EvalCommandError as error:
         print(error.stderr, file=sys.stderr)
         return 2

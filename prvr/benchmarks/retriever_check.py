@@ -67,6 +67,8 @@ def check_retriever_against_eval(
     batch_size: int = 256,
     text_backbone: str | None = None,
     token_dtype: str = "float32",
+    refine_dtype: str | None = None,
+    refine_k: int = 50,
     eval_cwd: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Build the exact index, rank every query through the Retriever, run ``prvr eval``, compare R@K and SumR.
@@ -79,7 +81,10 @@ def check_retriever_against_eval(
         index_dir: where to build the index (None: a temporary folder, deleted afterwards).
         batch_size: queries per Retriever call.
         text_backbone: recorded in the index for ``prvr query`` (``'minilm-l6'`` or a local model folder).
-        token_dtype: token store precision, ``"float32"`` or ``"bfloat16"``.
+        token_dtype: token store encoding: ``"float32"`` (identity expected), ``"bfloat16"`` or a compressed one
+            (``index.token_codec``; R@K then measures what the codes cost).
+        refine_dtype: the second tier of a two-tier index (``build_index``'s ``refine_dtype``), or None.
+        refine_k: the second tier's short-list length.
         eval_cwd: working folder of the ``prvr eval`` subprocess (None: this process's).
 
     Returns:
@@ -100,7 +105,7 @@ def check_retriever_against_eval(
         started = time.perf_counter()
         built = build_index(checkpoint, corpus, folder, collection_name=collection,
                             factory="IDMap2,Flat", text_backbone=text_backbone_record(text_backbone),
-                            token_dtype=token_dtype, progress=False)
+                            token_dtype=token_dtype, refine_dtype=refine_dtype, refine_k=refine_k, progress=False)
         build_seconds = time.perf_counter() - started
         stored_checkpoint = folder / built.manifest.checkpoint_path  # the exact bytes the index was built with
         ranks, timings = retriever_ranks(folder, corpus, batch_size)
@@ -121,6 +126,7 @@ def check_retriever_against_eval(
         "checkpoint": str(checkpoint),
         "checkpoint_sha256": built.manifest.checkpoint_sha256,
         "token_dtype": token_dtype,
+        "refine": {"dtype": refine_dtype, "refine_k": refine_k} if refine_dtype is not None else None,
         "split": f"{collection}/{split}",
         "videos": built.num_videos,
         "queries": int(ranks.shape[0]),
