@@ -44,6 +44,7 @@ from prvr.index.faiss_store import FaissTokenIndex, choose_factory, nlist_for
 from prvr.index.manifest import MANIFEST_NAME, IndexManifest, _utc_now_iso, write_manifest
 from prvr.index.resume import RESUME_NAME, ResumePoint, clear_snapshots, ids_digest, read_resume_point, write_snapshot
 from prvr.index.token_codec import CODEC_NAMES_HELP, is_codec_name
+from prvr.index.search import DEFAULT_REFINE_K
 from prvr.index.token_store import STORAGE, TokenStore
 from prvr.checkpoint import load_model
 from prvr.data.dataset import iter_video_batches
@@ -86,7 +87,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_N_CANDIDATES = 200
-DEFAULT_REFINE_K = 50  # videos the compressed first tier keeps for the finer second tier to re-score
 DEFAULT_CHECKPOINT_EVERY = 50_000  # videos between resume snapshots of a FAISS build
 MAX_TRAIN_VIDEOS = 4096  # cap of the IVF / PQ training sample (videos encoded twice)
 

@@ -38,13 +38,14 @@ from prvr.index.protocol import Candidates, VectorIndex
 from prvr.index.rerank import exact_rerank
 from prvr.index.token_store import TokenStore
 
-__all__ = ["BF16_SCORE_TOLERANCE", "RankedVideos", "search_topk"]
+__all__ = ["BF16_SCORE_TOLERANCE", "DEFAULT_REFINE_K", "RankedVideos", "search_topk"]
 
 logger = logging.getLogger(__name__)
 
 # The bound comes from float32 FAISS vectors, the re-rank from bf16-rounded unit tokens: a cosine moves by at most
 # sum_i |q_i t_i| * 2^-9 <= 2^-9 per scale, so the k-th score must clear the bound by this margin per unit weight.
 BF16_SCORE_TOLERANCE = 2.0**-8
+DEFAULT_REFINE_K = 50  # videos the compressed first tier keeps for the finer second tier to re-score
 
 
 @dataclass(frozen=True, eq=False)

@@ -19,7 +19,7 @@ import faiss
 import torch
 
 from prvr.benchmarks.index_bench import IndexBenchOptions, markdown, run_index_bench
-from prvr.benchmarks.report import write_json, write_text
+from prvr.benchmarks.report import add_token_store_arguments, write_json, write_text
 
 
 def main() -> int:
@@ -46,12 +46,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="FAISS / torch threads.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", default=None, help="Scratch directory (default a temp dir, deleted).")
-    parser.add_argument("--token-dtype", default="bfloat16",
-                        help="Token store encoding (bfloat16, float32, sq8, sq4, pqM, pcaK); a codec is trained on "
-                             "the training sample.")
-    parser.add_argument("--refine-dtype", default=None,
-                        help="Second-tier store re-scoring the short list (e.g. sq8); default none (one tier).")
-    parser.add_argument("--refine-k", type=int, default=50, help="Short-list length of the second tier.")
+    add_token_store_arguments(parser, default_dtype="bfloat16", dtype_help="a codec is trained on the training sample.")
     parser.add_argument("--out", default="docs/bench/index.json")
     parser.add_argument("--markdown", default="docs/bench/index.md")
     args = parser.parse_args()

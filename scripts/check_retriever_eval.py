@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from prvr.benchmarks.report import write_json
+from prvr.benchmarks.report import add_token_store_arguments, write_json
 from prvr.benchmarks.retriever_check import EvalCommandError, check_retriever_against_eval
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,12 +31,9 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=256, help="Queries per Retriever call.")
     parser.add_argument("--text-backbone", default=None,
                         help="Recorded in the index for `prvr query` ('minilm-l6' or a local model folder).")
-    parser.add_argument("--token-dtype", default="float32",
-                        help="Token store encoding: float32 (the identity check), bfloat16 (rounding can swap near-tied "
-                             "videos) or a compressed one (sq8, sq4, pqM, pcaK: measures what the codes cost in R@K).")
-    parser.add_argument("--refine-dtype", default=None,
-                        help="Second tier re-scoring the compressed store's short list (e.g. bfloat16).")
-    parser.add_argument("--refine-k", type=int, default=50, help="Short-list length of the second tier.")
+    add_token_store_arguments(parser, default_dtype="float32",
+                              dtype_help="float32 is the identity check; bfloat16 rounding can swap near-tied videos; "
+                                         "a compressed one measures what the codes cost in R@K.")
     parser.add_argument("--out", default=None, help="Also write the comparison as JSON here.")
     args = parser.parse_args()
 
@@ -44,7 +41,8 @@ def main() -> int:
         report = check_retriever_against_eval(
             args.checkpoint, args.data, args.collection, args.split, index_dir=args.index,
             batch_size=args.batch_size, text_backbone=args.text_backbone, token_dtype=args.token_dtype,
-            refine_dtype=args.refine_dtype, refine_k=args.refine_k, eval_cwd=REPO)  # as before: `prvr eval` runs in the repository root
+            refine_dtype=args.refine_dtype, refine_k=args.refine_k,
+            eval_cwd=REPO)  # as before: `prvr eval` runs in the repository root
     except EvalCommandError as error:
         print(error.stderr, file=sys.stderr)
         return 2

@@ -44,8 +44,10 @@ from prvr.config import ModelConfig
 from prvr.index.calibrate import calibrate, video_recall
 from prvr.index.exact import exact_scores, top_pairs
 from prvr.index.faiss_store import FaissTokenIndex
-from prvr.index.search import search_topk
+from prvr.index.search import DEFAULT_REFINE_K, search_topk
 from prvr.index.token_store import TokenStore
+from prvr.similarity import video_scores
+from prvr.types import VideoTokens
 
 __all__ = ["IndexBenchOptions", "SyntheticCorpus", "markdown", "run_index_bench", "run_size"]
 
@@ -79,7 +81,7 @@ class IndexBenchOptions:
     work: str | None = None  # scratch directory (None: a temp dir, deleted)
     token_dtype: str = "bfloat16"  # the re-rank store's encoding (a codec is trained on the training sample)
     refine_dtype: str | None = None  # second tier re-scoring the short list (None: one tier)
-    refine_k: int = 50  # short-list length of the second tier
+    refine_k: int = DEFAULT_REFINE_K  # short-list length of the second tier
 
 
 class SyntheticCorpus:
@@ -152,21 +154,16 @@ def float_truth(corpus: SyntheticCorpus, queries: np.ndarray, k: int, *, clip_we
     """The exact top-k of every query from the generator's float32 tokens, by a chunked scan of the corpus.
 
     Independent of any store encoding and of the FAISS index: each chunk is generated again, its tokens normalised,
-    every video scored ``w_c max clip cos + w_f max valid frame cos`` and merged into a running top-k (ties by
-    increasing id). Memory: one chunk's tokens and an (Nq, chunk + k) score block.
+    every video scored by ``prvr.similarity.video_scores`` (the model's fused cosine score, float32) and merged into
+    a running top-k (ties by increasing id). Memory: one chunk's tokens and an (Nq, chunk + k) score block.
     """
-    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)  # (Nq, D)
+    q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))  # (Nq, D); video_scores normalises
     best_ids = np.empty((q.shape[0], 0), dtype=np.int64)
     best_scores = np.empty((q.shape[0], 0), dtype=np.float32)
     for first in range(0, corpus.num_videos, corpus.chunk_size):
         ids, clip, frame, mask = corpus.chunk(first, min(corpus.chunk_size, corpus.num_videos - first))
-        clip = clip / np.linalg.norm(clip, axis=-1, keepdims=True)
-        frame = frame / np.maximum(np.linalg.norm(frame, axis=-1, keepdims=True), 1e-12)
-        b = ids.shape[0]
-        clip_max = (clip.reshape(-1, q.shape[1]) @ q.T).reshape(b, -1, q.shape[0]).max(axis=1)  # (B, Nq)
-        frame_all = (frame.reshape(-1, q.shape[1]) @ q.T).reshape(b, -1, q.shape[0])  # (B, F, Nq)
-        frame_all[~mask] = -np.inf
-        chunk_scores = (clip_weight * clip_max + frame_weight * frame_all.max(axis=1)).T.astype(np.float32)
+        tokens = VideoTokens(torch.from_numpy(clip), torch.from_numpy(frame), torch.from_numpy(mask))
+        chunk_scores = video_scores(q, tokens, clip_weight, frame_weight)["total"].numpy()  # (Nq, B)
         all_ids = np.concatenate([best_ids, np.broadcast_to(ids, (q.shape[0], ids.shape[0]))], axis=1)
         all_scores = np.concatenate([best_scores, chunk_scores], axis=1)
         order = np.lexsort((all_ids, -all_scores), axis=1)[:, :k]  # (Nq, k)

@@ -1,7 +1,9 @@
-"""Shared helpers of every benchmark: percentiles and medians of repeated timings, and writing the result files."""
+"""Shared helpers of every benchmark: percentiles and medians of repeated timings, writing the result files, and
+the token-store options of the scripts that build an index."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import time
@@ -13,9 +15,23 @@ import numpy as np
 
 from prvr.fileio import write_json_atomic, write_text_atomic
 
-__all__ = ["median", "median_ms", "median_seconds", "percentile", "repeat_seconds", "write_json", "write_text"]
+__all__ = ["add_token_store_arguments", "median", "median_ms", "median_seconds", "percentile", "repeat_seconds",
+           "write_json", "write_text"]
 
 PercentileMethod = Literal["linear", "nearest_rank"]
+
+
+def add_token_store_arguments(parser: argparse.ArgumentParser, *, default_dtype: str, dtype_help: str) -> None:
+    """``--token-dtype``, ``--refine-dtype`` and ``--refine-k``, spelled and defaulted as ``prvr build-index``'s."""
+    from prvr.index.search import DEFAULT_REFINE_K
+    from prvr.index.token_codec import CODEC_NAMES_HELP
+
+    parser.add_argument("--token-dtype", default=default_dtype, help=f"Token store encoding ({CODEC_NAMES_HELP}): "
+                        f"{dtype_help}")
+    parser.add_argument("--refine-dtype", default=None,
+                        help="Second tier re-scoring the compressed store's short list (e.g. sq8 or bfloat16); "
+                             "default none (one tier).")
+    parser.add_argument("--refine-k", type=int, default=DEFAULT_REFINE_K, help="Short-list length of the second tier.")
 
 
 def percentile(values: Iterable[float], q: float, *, method: PercentileMethod = "linear") -> float:

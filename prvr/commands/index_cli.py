@@ -30,7 +30,7 @@ DEFAULT_CONFIDENCE = 0.95
 # prvr.index.prune's defaults, for the same reason
 DEFAULT_PRUNE_KEEP = 1
 DEFAULT_PRUNE_MIN_AGE_S = 600.0
-# prvr.index.builder.DEFAULT_REFINE_K, for the same reason
+# prvr.index.search.DEFAULT_REFINE_K, for the same reason
 DEFAULT_REFINE_K = 50
 
 
