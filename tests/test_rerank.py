@@ -154,3 +154,18 @@ def test_invalid_inputs_raise_clear_errors(stored):
         Candidates(np.array([1, 2], dtype=np.int32), np.zeros(2))
     with pytest.raises(ValueError, match="same length"):
         Candidates(np.array([1, 2], dtype=np.int64), np.zeros(3))
+
+
+def test_row_runs_join_adjacent_blocks_and_cover_the_same_rows():
+    from prvr.index.rerank import _row_runs
+
+    shards = np.array([0, 0, 0, 1, 1, 0])
+    first = np.array([0, 5, 20, 0, 3, 30])
+    lengths = np.array([5, 4, 6, 3, 2, 1])
+    runs = _row_runs(shards, first, lengths, max_rows=4)
+    rows = [(shard, row) for shard, start, stop in runs for row in range(start, stop)]
+    expected = [(int(s), int(f) + t) for s, f, n in zip(shards, first, lengths) for t in range(int(n))]
+    assert rows == expected  # same rows in the same order: the per-video segments still line up
+    assert all(stop - start <= 4 for _, start, stop in runs)
+    assert _row_runs(shards, first, lengths, max_rows=100)[:2] == [(0, 0, 9), (0, 20, 26)]  # 0-5 and 5-9 joined
+    assert _row_runs(shards[:0], first[:0], lengths[:0]) == []
