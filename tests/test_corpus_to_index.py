@@ -1,0 +1,26 @@
+"""What build-index / index add open: a split read once, so never cached in RAM (a 100k build was OOM-killed)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from prvr.commands.common import corpus_to_index
+from prvr.config import ExperimentConfig
+from prvr.data.synthetic import make_synthetic_corpus
+
+
+def test_the_indexed_split_is_not_cached_in_memory(tmp_path):
+    make_synthetic_corpus(tmp_path, "synth", splits={"val": 3}, seed=2)
+    base = ExperimentConfig()
+    config = dataclasses.replace(base, data=dataclasses.replace(base.data, video_feature="synth", text_feature="synth"))
+    model = dataclasses.replace(config.model, video_dim=64, text_dim=48)
+    config = dataclasses.replace(config, model=model)
+    assert config.data.cache_in_memory  # the training default
+    corpus, collection = corpus_to_index(config, str(tmp_path / "index"), videos=(), root=str(tmp_path),
+                                         collection="synth", split="val", split_is_option=False, verb="index",
+                                         backbone=None, fps=1.0, device="cpu", progress=False,
+                                         match_indexed_videos=False, check_feature_backbone=False)
+    assert collection == "synth" and not corpus.config.cache_in_memory
+    for video_id in corpus.video_ids:
+        corpus.video(video_id)
+    assert not corpus._video_cache  # nothing kept after the reads
