@@ -28,6 +28,9 @@ DEFAULT_MAX_GATHER_VIDEOS = 2048
 # float32 copy stays cache-sized.
 RUN_ROWS = 2048
 
+# Most (query, video) scores of one group of queries held at once (float32: 256 MB).
+SCORE_BLOCK = 1 << 26
+
 Method = Literal["auto", "views", "gather"]
 
 
@@ -127,7 +130,10 @@ def exact_rerank(
         stop = start + 1
         while stop < len(lists):
             grown = np.union1d(union, lists[stop])
-            if grown.shape[0] > max_gather_videos:
+            # a query joins while the union fits one step, or when it adds nothing to a larger union (exact_topk's
+            # every-video lists: one pass over the store for many queries, not one per query), within SCORE_BLOCK
+            if grown.shape[0] > max(max_gather_videos, union.shape[0]) or (
+                    (stop - start + 1) * grown.shape[0] > SCORE_BLOCK):
                 break
             union, stop = grown, stop + 1
         scores = np.zeros((stop - start, union.shape[0]), dtype=np.float32)  # (n, U)

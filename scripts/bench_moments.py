@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sections", default="floor,accuracy,grid")
     parser.add_argument("--max-queries", type=int, default=None, help="Limit of the accuracy / floor sections.")
     parser.add_argument("--skip-queries", type=int, default=0,
-                        help="Accuracy section: leave out the first N queries (e.g. the grid's, used for choosing).")
+                        help="Accuracy section: leave out the first N queries (e.g. the grid's, used for choosing); "
+                             "vcmr section: choose alpha on them and report the others too ('held_out').")
     parser.add_argument("--spans", type=int, default=None, help="Accuracy section: spans (default: config).")
     parser.add_argument("--steps", type=int, default=None, help="Accuracy section: DDIM steps (default: config).")
     parser.add_argument("--rescore", type=float, default=None,
@@ -158,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         alphas = [float(a) for a in args.vcmr_alphas.split(",")]
         report["vcmr"] = {"localizer": name, **vcmr(localizer, args.data, args.collection, args.split,
                                                     args.retrieval_checkpoint, args.vcmr_top_k, alphas,
-                                                    args.vcmr_queries, args.spans, args.steps)}
+                                                    args.vcmr_queries, args.spans, args.steps,
+                                                    select_queries=args.skip_queries)}
         save()
     save()
     return 0

@@ -188,8 +188,13 @@ def rescore_grid(localizer: DiffusionMomentLocalizer, data: MomentData, grid_que
 
 def vcmr(localizer: DiffusionMomentLocalizer, root: str, collection: str, split: str, retrieval_checkpoint: str,
          top_k: int, alphas: list[float], max_queries: int | None, spans: int | None = None,
-         steps: int | None = None) -> dict[str, Any]:
-    """Retrieval scores over the whole split, top-K videos localised per query, VCMR / SVMR / VR recall."""
+         steps: int | None = None, select_queries: int = 0) -> dict[str, Any]:
+    """Retrieval scores over the whole split, top-K videos localised per query, VCMR / SVMR / VR recall.
+
+    With ``select_queries`` N > 0 the score calibration (alpha of ``exp(alpha S) p``) is chosen on the first N queries
+    by VCMR R@10 at IoU 0.5 (``chosen_alpha``) and ``held_out`` gives every alpha's recall on the others, so the
+    chosen row is measured on queries that did not choose it; ``results`` stays over all queries.
+    """
     from prvr.checkpoint import load_model
     from prvr.engine import _slice_tokens, encode_corpus, encode_corpus_queries
 
@@ -225,11 +230,22 @@ def vcmr(localizer: DiffusionMomentLocalizer, root: str, collection: str, split:
                 rankings.setdefault(key, {})[record.query_id] = [[m.video_id, m.start_sec, m.end_sec]
                                                                  for m in ranked]
     localize_s = time.perf_counter() - started
-    results = {key: {name: round(value, 2) for name, value in vcmr_recall(preds, ground_truth).items()}
-               for key, preds in rankings.items()}
-    return {"queries": len(records), "videos": len(video_ids), "top_k": top_k, "spans": spans, "steps": steps,
-            "retrieval_checkpoint": retrieval_checkpoint, "retrieval_s": round(retrieval_s, 1),
-            "localize_s": round(localize_s, 1), "results": results}
+    def recall(preds: dict[str, list[list[Any]]], part: list[Any]) -> dict[str, float]:
+        truth = {r.query_id: ground_truth[r.query_id] for r in part}
+        chosen = {r.query_id: preds[r.query_id] for r in part}
+        return {name: round(value, 2) for name, value in vcmr_recall(chosen, truth).items()}
+
+    results = {key: recall(preds, records) for key, preds in rankings.items()}
+    out = {"queries": len(records), "videos": len(video_ids), "top_k": top_k, "spans": spans, "steps": steps,
+           "retrieval_checkpoint": retrieval_checkpoint, "retrieval_s": round(retrieval_s, 1),
+           "localize_s": round(localize_s, 1), "latency_ms_per_query": round(1000 * localize_s / len(records), 1),
+           "results": results}
+    if 0 < select_queries < len(records):
+        selection = {key: recall(preds, records[:select_queries]) for key, preds in rankings.items()}
+        chosen_key = max(selection, key=lambda key: (selection[key]["VCMR-R@10-IoU0.5"], key))
+        out.update({"select_queries": select_queries, "selection": selection, "chosen": chosen_key,
+                    "held_out": {key: recall(preds, records[select_queries:]) for key, preds in rankings.items()}})
+    return out
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
