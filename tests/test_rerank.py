@@ -169,3 +169,33 @@ def test_row_runs_join_adjacent_blocks_and_cover_the_same_rows():
     assert all(stop - start <= 4 for _, start, stop in runs)
     assert _row_runs(shards, first, lengths, max_rows=100)[:2] == [(0, 0, 9), (0, 20, 26)]  # 0-5 and 5-9 joined
     assert _row_runs(shards[:0], first[:0], lengths[:0]) == []
+
+
+def test_queries_sharing_every_video_are_scored_together_as_one_by_one(stored):
+    """exact_topk's lists (every video, larger than one step) are grouped, not scored one query at a time."""
+    from prvr.index.exact import exact_topk
+
+    store, ids, query = stored
+    together = exact_rerank(query, [Candidates(ids, np.zeros(len(ids), dtype=np.float32))] * len(query), store,
+                            clip_weight=W_CLIP, frame_weight=W_FRAME, k=10, max_gather_videos=16)
+    alone = [exact_rerank(query[n : n + 1], [Candidates(ids, np.zeros(len(ids), dtype=np.float32))], store,
+                          clip_weight=W_CLIP, frame_weight=W_FRAME, k=10, max_gather_videos=16)[0]
+             for n in range(len(query))]
+    for joined, single in zip(together, alone):
+        assert [v for v, _ in joined] == [v for v, _ in single]
+        np.testing.assert_allclose([s for _, s in joined], [s for _, s in single], atol=1e-6)
+    assert [[v for v, _ in row] for row in exact_topk(query, store, 10, clip_weight=W_CLIP,
+                                                       frame_weight=W_FRAME)] == [[v for v, _ in r] for r in together]
+
+
+def test_one_pass_over_the_store_for_queries_with_the_same_large_list(stored, monkeypatch):
+    import prvr.index.rerank as rerank
+
+    store, ids, query = stored
+    calls = []
+    real = rerank._score_views
+    monkeypatch.setattr(rerank, "_score_views", lambda q, *a: calls.append(q.shape[0]) or real(q, *a))
+    everything = Candidates(ids, np.zeros(len(ids), dtype=np.float32))
+    exact_rerank(query, [everything] * len(query), store, clip_weight=W_CLIP, frame_weight=W_FRAME, k=10,
+                 method="views", max_gather_videos=16)
+    assert calls == [len(query)] * (len(ids) // 16)  # 5 steps of 16 videos, each for all queries (was 25 steps)
