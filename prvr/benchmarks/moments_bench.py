@@ -231,6 +231,7 @@ def vcmr(localizer: DiffusionMomentLocalizer, root: str, collection: str, split:
                 rankings.setdefault(key, {})[record.query_id] = [[m.video_id, m.start_sec, m.end_sec]
                                                                  for m in ranked]
     localize_s = time.perf_counter() - started
+
     def recall(preds: dict[str, list[list[Any]]], part: list[Any]) -> dict[str, float]:
         truth = {r.query_id: ground_truth[r.query_id] for r in part}
         chosen = {r.query_id: preds[r.query_id] for r in part}
@@ -243,6 +244,7 @@ def vcmr(localizer: DiffusionMomentLocalizer, root: str, collection: str, split:
            "results": results}
     if 0 < select_queries < len(records):
         selection = {key: recall(preds, records[:select_queries]) for key, preds in rankings.items()}
+
         def summed(key: str) -> float:
             return sum(selection[key][f"VCMR-R@{k}-IoU{mu}"] for k in (1, 5, 10) for mu in ("0.5", "0.7"))
 
