@@ -81,3 +81,10 @@ def test_bad_arguments_are_refused_before_writing(source, kwargs, message):
     with pytest.raises(ValueError, match=message):
         _build(source, **kwargs)
     assert not (source / "big").exists() or kwargs.get("out_collection") == "synth"
+
+
+def test_a_source_caption_without_query_features_is_refused(source):
+    with h5py.File(source / "synth" / "TextData" / "synth_synth_query_feat.hdf5", "a") as handle:
+        del handle[read_captions(caption_path(source, "synth", "val"))[0].query_id]
+    with pytest.raises(ValueError, match="query feature"):
+        _build(source)

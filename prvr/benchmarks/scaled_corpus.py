@@ -22,18 +22,12 @@ from typing import Any
 import h5py
 import numpy as np
 
-from prvr.data.captions import (
-    caption_path,
-    moments_path,
-    read_captions,
-    read_moments,
-    write_captions,
-    write_moments,
-)
+from prvr.config import ExperimentConfig
+from prvr.data.captions import caption_path, moments_path, write_captions, write_moments
+from prvr.data.dataset import PRVRCorpus
 from prvr.data.features import (
     open_video_features,
     query_feature_path,
-    validate_features,
     write_hdf5_features,
 )
 from prvr.fileio import atomic_path
@@ -47,22 +41,6 @@ logger = logging.getLogger(__name__)
 def copy_id(video_id: str, copy: int) -> str:
     """The id of copy ``copy`` of ``video_id`` (copy 0 is the video itself)."""
     return video_id if copy == 0 else f"{video_id}~c{copy}"
-
-
-def _source_videos(root: Path, collection: str, split: str) -> tuple[list[str], dict[str, list[QueryRecord]]]:
-    """The split's video ids in caption-file order and each one's captions (with windows and duration)."""
-    records = read_captions(caption_path(root, collection, split))
-    moments_file = moments_path(root, collection, split)
-    moments = read_moments(moments_file) if moments_file.exists() else {}
-    order: list[str] = []
-    captions: dict[str, list[QueryRecord]] = {}
-    for record in records:
-        windows, duration = moments.get(record.query_id, ((), None))
-        if record.video_id not in captions:
-            order.append(record.video_id)
-            captions[record.video_id] = []
-        captions[record.video_id].append(replace(record, windows=tuple(windows), duration=duration))
-    return order, captions
 
 
 def build_scaled_corpus(
@@ -107,16 +85,18 @@ def build_scaled_corpus(
         raise ValueError(f"out_collection must differ from the source collection {collection!r}")
     if not splits:
         raise ValueError("give at least one source split")
+    # captions with their windows and durations, per video in caption-file order, checked against the feature
+    # files (every caption has query features) by the data layer; the raw frames come from the store itself
+    data = replace(ExperimentConfig().data, video_feature=video_feature, text_feature=text_feature,
+                   cache_in_memory=False)
     order: list[str] = []
     captions: dict[str, list[QueryRecord]] = {}
     for split in splits:
-        split_order, split_captions = _source_videos(root, collection, split)
-        for video_id in split_order:
+        source_split = PRVRCorpus(root, collection, split, data)
+        for video_id in source_split.video_ids:
             if video_id not in captions:
                 order.append(video_id)
-                captions[video_id] = split_captions[video_id]
-    if not order:
-        raise ValueError(f"the splits {list(splits)} of {collection!r} hold no videos")
+                captions[video_id] = source_split.captions_of(video_id)
     features = open_video_features(root, collection, video_feature)
     source_queries = query_feature_path(root, collection, text_feature)
     copies = -(-num_videos // len(order))
@@ -158,13 +138,8 @@ def build_scaled_corpus(
                 out.attrs[name] = source_handle.attrs[name]
             for source, copy in plan:
                 for record in captions[order[source]]:
-                    if copy == 0:
-                        if record.query_id not in source_handle:
-                            raise ValueError(f"caption {record.query_id!r} has no {text_feature} query features in "
-                                             f"{source_queries}; rebuild the source collection's query features")
-                        data = validate_features(source_handle[record.query_id][()], source=str(source_queries),
-                                                 key=record.query_id, expected_dim=None)
-                        out.create_dataset(record.query_id, data=data)
+                    if copy == 0:  # PRVRCorpus checked that every caption has its query features
+                        out.create_dataset(record.query_id, data=source_handle[record.query_id][()])
                     else:
                         number = record.query_id.rsplit("#", 1)[-1]
                         out[f"{copy_id(order[source], copy)}#enc#{number}"] = out[record.query_id]  # a hard link
