@@ -9,11 +9,18 @@ import shutil
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from helpers import save_tiny_bert
+
 from prvr.demo import build as demo_build
 from prvr.demo.build import DemoSettings, build_demo, demo_dir, read_manifest, read_timelines
-from prvr.demo.examples import answer_examples, pick_test_queries
+from prvr.demo.examples import (
+    ExampleAnswer,
+    ExampleHit,
+    answer_examples,
+    moment_iou,
+    overlap_summary,
+    pick_test_queries,
+)
 from prvr.demo.generator import (
     MAX_SECONDS,
     MIN_EVENT_SECONDS,
@@ -169,11 +176,15 @@ def test_build_writes_every_stage_and_a_queryable_index(small_demo) -> None:
     answers = answer_examples(first.index_dir, timelines, ["someone walks a dog on the beach"],
                               pick_test_queries(timelines, seed=0, count=2), k=3)
     assert len(answers) == 3 and all(len(a.hits) == 3 for a in answers)
+    kinds = {a.query: next(((h.true_event["action"], h.true_event["thing"]) for h in a.hits if h.true_event), None)
+             for a in answers}  # every event shown beside one query is of one kind
     for answer in answers:
         scores = [hit.score for hit in answer.hits]
         assert scores == sorted(scores, reverse=True)
         for hit in answer.hits:
-            assert hit.video_id in timelines and hit.true_event is not None
+            assert hit.video_id in timelines and (hit.true_event is not None or "no event" in hit.how)
+            if hit.true_event is not None and not hit.is_target:  # another video: an event of the query's kind
+                assert (hit.true_event["action"], hit.true_event["thing"]) == kinds[answer.query]
             duration = timelines[hit.video_id]["duration"]
             assert hit.moments and all(0.0 <= m.start_sec <= m.end_sec <= duration for m in hit.moments)
     test_answers = answers[:2]
@@ -185,8 +196,9 @@ def test_build_writes_every_stage_and_a_queryable_index(small_demo) -> None:
 
 def test_the_localiser_is_chosen_on_val_and_recorded(small_demo) -> None:
     from prvr.index.manifest import load_manifest
-    from prvr.retriever import Retriever
+
     from prvr.moments.zero_shot import RetrievalCosineLocalizer
+    from prvr.retriever import Retriever
 
     first = small_demo["first"]
     moments = first.facts["moments"]
@@ -211,6 +223,44 @@ def test_the_localiser_is_chosen_on_val_and_recorded(small_demo) -> None:
     for hit in (hit for answer in answers for hit in answer.hits if hit.is_target):
         duration = timelines[hit.video_id]["duration"]
         assert hit.moments and 0.0 <= hit.moments[0].start_sec < hit.moments[0].end_sec <= duration
+
+
+def test_each_hit_is_shown_beside_an_event_of_the_query_kind(small_demo) -> None:
+    first = small_demo["first"]
+    timelines = read_timelines(first.directory)
+    picks = pick_test_queries(timelines, seed=0, count=4)
+    answers = answer_examples(first.index_dir, timelines, [], picks, k=SMALL.videos)
+    for (_, video_id, window), answer in zip(picks, answers):
+        own = next(e for e in timelines[video_id]["events"] if (e["start"], e["end"]) == window)
+        for hit in answer.hits:
+            kinds = {(e["action"], e["thing"]) for e in timelines[hit.video_id]["events"]}
+            if hit.is_target:
+                assert hit.true_event == own
+            elif (own["action"], own["thing"]) in kinds:  # another video with an event of that kind: it is shown
+                assert (hit.true_event["action"], hit.true_event["thing"]) == (own["action"], own["thing"])
+            else:  # no such event: none is shown (not the nearest sentence), and the reason says so
+                assert hit.true_event is None and "no event" in hit.how
+    summary = overlap_summary(answers)
+    with_event = [h for a in answers for h in a.hits if h.moments and h.true_event is not None]
+    assert summary["hits_with_event"] == len(with_event)
+    assert summary["overlapping"] == sum(moment_iou(h) > 0 for h in with_event)
+
+
+def test_moment_iou_against_the_event_shown() -> None:
+    from prvr.types import Moment
+
+    def hit(start: float, end: float, event: tuple[float, float] | None, rank: int = 1) -> ExampleHit:
+        shown = {"start": event[0], "end": event[1]} if event is not None else None
+        return ExampleHit(rank, "v", 0.5, (Moment(start, end, 0.9),), shown, "", rank == 1)
+
+    assert moment_iou(hit(10.0, 20.0, (15.0, 25.0))) == pytest.approx(5.0 / 15.0)
+    assert moment_iou(hit(0.0, 5.0, (6.0, 9.0))) == 0.0
+    assert moment_iou(hit(0.0, 5.0, None)) is None
+    answers = [ExampleAnswer("q", None, None, (hit(10.0, 20.0, (15.0, 25.0)), hit(0.0, 5.0, (6.0, 9.0), rank=2),
+                                               hit(0.0, 5.0, None, rank=3)))]
+    assert overlap_summary(answers) == {"hits_with_event": 2, "overlapping": 1, "top_hits_with_event": 1,
+                                        "top_overlapping": 1, "target_hits_with_event": 1, "target_overlapping": 1,
+                                        "median_iou": pytest.approx(1 / 6, abs=1e-3)}
 
 
 def test_second_run_reuses_the_cache(small_demo) -> None:

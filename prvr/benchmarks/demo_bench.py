@@ -15,7 +15,7 @@ from typing import Any
 
 from prvr.benchmarks.report import median
 from prvr.demo.build import DemoSettings, build_demo, read_timelines
-from prvr.demo.examples import FREE_QUERIES, answer_examples, pick_test_queries
+from prvr.demo.examples import FREE_QUERIES, answer_examples, overlap_summary, pick_test_queries
 
 __all__ = ["run_demo_bench", "run_once"]
 
@@ -38,12 +38,13 @@ def run_once(settings: DemoSettings) -> dict[str, Any]:
             raise RuntimeError(f"the second build rebuilt {warm.built}: the cache was not reused")
         wall = time.perf_counter()
         timelines = read_timelines(cold.directory)
-        answer_examples(cold.index_dir, timelines, FREE_QUERIES, pick_test_queries(timelines, settings.seed))
+        answers = answer_examples(cold.index_dir, timelines, FREE_QUERIES, pick_test_queries(timelines, settings.seed))
         examples_wall = time.perf_counter() - wall
     return {"stages_s": cold.seconds, "first_build_wall_s": round(cold_wall, 2),
             "first_build_cpu_s": round(cold_cpu, 2), "cached_build_wall_s": round(warm_wall, 2),
             "examples_wall_s": round(examples_wall, 2), "test": cold.facts["model"].get("test", {}),
-            "moments_val": cold.facts["moments"].get("val", {})}
+            "moments_val": cold.facts["moments"].get("val", {}), "moments_reading": cold.facts["moments"].get("reading"),
+            "moments_test": cold.facts["moments"].get("test", {}), "example_overlap": overlap_summary(answers)}
 
 
 def run_demo_bench(settings: DemoSettings, repeats: int,

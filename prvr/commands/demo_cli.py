@@ -58,10 +58,10 @@ def _window(start: float, end: float) -> str:
 def demo_command(rebuild: bool, cache_dir: str | None, seed: int, videos: int | None, epochs: int | None, k: int,
                  no_progress: bool) -> None:
     """Build the embedded demo on first run (cached), then answer example queries against its index."""
-    from prvr.demo.build import DemoSettings, build_demo, demo_dir, read_timelines
-    from prvr.demo.examples import FREE_QUERIES, answer_examples, pick_test_queries
-
     from transformers.utils import logging as transformers_logging
+
+    from prvr.demo.build import DemoSettings, build_demo, demo_dir, read_timelines
+    from prvr.demo.examples import FREE_QUERIES, answer_examples, moment_iou, overlap_summary, pick_test_queries
 
     transformers_logging.disable_progress_bar()  # its per-load "Loading weights" bar is noise between the stages
     defaults = DemoSettings()
@@ -132,9 +132,17 @@ def demo_command(rebuild: bool, cache_dir: str | None, seed: int, videos: int | 
             mark = "  <- the video this query describes" if hit.is_target else ""
             click.echo(f"    {hit.rank}. {hit.video_id}  score {hit.score:.3f}{moment}{mark}")
             if hit.true_event is not None:
-                event = hit.true_event
+                event, iou = hit.true_event, moment_iou(hit)
+                overlap = f"  (IoU with the moment {iou:.2f})" if iou is not None else ""
                 click.echo(f"       true event ({hit.how}): {_window(event['start'], event['end'])} "
-                           f"{event['caption']}")
+                           f"{event['caption']}{overlap}")
+            else:
+                click.echo(f"       ({hit.how})")
+    overlap = overlap_summary(answers)
+    if overlap["hits_with_event"]:
+        click.echo(f"\n{overlap['overlapping']} of the {overlap['hits_with_event']} printed moments that have a true "
+                   f"event beside them overlap it (top hits: {overlap['top_overlapping']} of "
+                   f"{overlap['top_hits_with_event']})")
     index = shlex.quote(str(build.index_dir))
     click.echo(f"\nnow ask your own question:\n  {_prvr_program()} query \"someone walks a dog on the beach\" "
                f"--index {index}")

@@ -2,8 +2,11 @@
 
 Two kinds of examples: held-out test queries (annotator B's sentence of a known event in a known video, so the rank
 of the right video and the true window can be shown) and free English sentences (no single right answer). Each hit
-is shown with a generated event of that video for comparison with the predicted moment: the query's own event for
-the target video of a test query, else the event whose sentence is closest to the query.
+is shown with a generated event of that video for comparison with the predicted moment: for a test query, the
+query's own event in its target video and, in any other video, an event of the same kind (the same action on the same
+thing), or none when the video holds no such event. A free sentence has no own event: its kind is that of the event,
+among every hit video's events, whose sentence is closest to it (all-MiniLM-L6 sentence cosine).
+:func:`moment_iou` compares a hit's top moment with the event shown, :func:`overlap_summary` counts them.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import numpy as np
 
 from prvr.types import Moment
 
-__all__ = ["FREE_QUERIES", "ExampleHit", "ExampleAnswer", "pick_test_queries", "answer_examples"]
+__all__ = ["FREE_QUERIES", "ExampleHit", "ExampleAnswer", "pick_test_queries", "answer_examples", "moment_iou",
+           "overlap_summary"]
 
 FREE_QUERIES: tuple[str, ...] = (
     "someone walks a dog on the beach",
@@ -36,8 +40,8 @@ class ExampleHit:
         score: the retrieval score.
         moments: the predicted moments (seconds), best first; empty without a moment model.
         true_event: the generated event shown for comparison (``DemoEvent.to_dict()``), or None.
-        how: why that event is shown: the target event of a test query, or the video's event whose sentence is
-            closest to the query (all-MiniLM-L6 sentence cosine).
+        how: why that event is shown (or why none is): the target event of a test query, or an event of the query's
+            kind in another video (none if that video holds no such event).
         is_target: the hit is the video the (test) query was written about.
     """
 
@@ -82,6 +86,50 @@ def pick_test_queries(timelines: Mapping[str, Mapping[str, Any]], seed: int,
     return picks
 
 
+def _iou(a: tuple[float, float], b: tuple[float, float]) -> float:
+    union = max(a[1], b[1]) - min(a[0], b[0])
+    return max(0.0, min(a[1], b[1]) - max(a[0], b[0])) / union if union > 0 else 0.0
+
+
+def _same_kind(events: Sequence[Mapping[str, Any]], kind: tuple[str, str],
+               moments: Sequence[Moment]) -> Mapping[str, Any] | None:
+    """The video's event of ``kind`` (action, thing); of several, the one the top moment overlaps most."""
+    matches = [e for e in events if (str(e["action"]), str(e["thing"])) == kind]
+    if not matches or not moments:
+        return matches[0] if matches else None
+    top = (moments[0].start_sec, moments[0].end_sec)
+    return max(matches, key=lambda e: _iou(top, (float(e["start"]), float(e["end"]))))
+
+
+def moment_iou(hit: ExampleHit) -> float | None:
+    """IoU of the hit's top moment with the event shown beside it; None without a moment or an event."""
+    if not hit.moments or hit.true_event is None:
+        return None
+    return _iou((hit.moments[0].start_sec, hit.moments[0].end_sec),
+                (float(hit.true_event["start"]), float(hit.true_event["end"])))
+
+
+def overlap_summary(answers: Sequence[ExampleAnswer]) -> dict[str, Any]:
+    """How many printed moments overlap the event shown beside them, for the hits that have one.
+
+    ``hits_with_event`` counts hits with a moment and an event, ``overlapping`` those with IoU > 0; the ``top_``
+    pair counts only rank-1 hits and the ``target_`` pair only the target videos of test queries.
+    """
+    def count(hits: Sequence[ExampleHit]) -> tuple[int, int]:
+        ious = [iou for iou in (moment_iou(h) for h in hits) if iou is not None]
+        return len(ious), sum(iou > 0 for iou in ious)
+
+    every = [hit for answer in answers for hit in answer.hits]
+    summary: dict[str, Any] = {}
+    for name, hits in (("", every), ("top_", [h for h in every if h.rank == 1]),
+                       ("target_", [h for h in every if h.is_target])):
+        with_event, overlapping = count(hits)
+        summary[f"{name}hits_with_event"], summary[f"{name}overlapping"] = with_event, overlapping
+    ious = [iou for iou in (moment_iou(h) for h in every) if iou is not None]
+    summary["median_iou"] = round(float(np.median(ious)), 3) if ious else None
+    return summary
+
+
 def _closest_by_text(encoder: Any, query: str, events: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
     if encoder is None or not events:
         return None
@@ -121,15 +169,28 @@ def answer_examples(
     with Retriever.load(index_dir) as retriever:
         results = retriever.search([text for text, _ in items], k=k)
         for (text, target), hits in zip(items, results):
+            kind, how_kind = None, "an event of the kind the query describes"  # (action, thing)
+            if target is not None:
+                own = next((e for e in timelines.get(target[0], {}).get("events", [])
+                            if (float(e["start"]), float(e["end"])) == target[1]), None)
+                kind = (str(own["action"]), str(own["thing"])) if own is not None else None
+            else:  # a free sentence: the kind of the event, in any hit video, whose sentence is closest to it
+                closest = _closest_by_text(retriever.text_encoder, text, [
+                    e for hit in hits for e in timelines.get(hit.video_id, {}).get("events", [])])
+                kind = (str(closest["action"]), str(closest["thing"])) if closest is not None else None
+                how_kind = "an event of the kind closest to the query"
             shown = []
             for rank, hit in enumerate(hits, start=1):
                 events = list(timelines.get(hit.video_id, {}).get("events", []))
                 is_target = target is not None and hit.video_id == target[0]
-                event = next((e for e in events if is_target and (float(e["start"]), float(e["end"])) == target[1]),
-                             None) if target is not None else None
-                how = "the event the query was written about"
-                if event is None:
-                    event, how = _closest_by_text(retriever.text_encoder, text, events), "closest to the query"
+                if is_target:
+                    event = next((e for e in events if (float(e["start"]), float(e["end"])) == target[1]), None)
+                    how = "the event the query was written about"
+                elif kind is not None:
+                    event = _same_kind(events, kind, hit.moments)
+                    how = how_kind if event is not None else "this video holds no event of that kind"
+                else:
+                    event, how = None, "no text encoder to compare the events with"
                 shown.append(ExampleHit(rank, hit.video_id, float(hit.score), tuple(hit.moments),
                                         dict(event) if event is not None else None, how, is_target))
             target_rank = next((h.rank for h in shown if h.is_target), None)
