@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sections", default="floor,accuracy,grid")
     parser.add_argument("--max-queries", type=int, default=None, help="Limit of the accuracy / floor sections.")
     parser.add_argument("--skip-queries", type=int, default=0,
-                        help="Accuracy section: leave out the first N queries (e.g. the grid's, used for choosing); "
-                             "vcmr section: choose alpha on them and report the others too ('held_out').")
+                        help="Accuracy and floor sections: leave out the first N queries (e.g. the grid's, used "
+                             "for choosing); vcmr section: choose alpha on them and report the others too ('held_out').")
     parser.add_argument("--spans", type=int, default=None, help="Accuracy section: spans (default: config).")
     parser.add_argument("--steps", type=int, default=None, help="Accuracy section: DDIM steps (default: config).")
     parser.add_argument("--rescore", type=float, default=None,
@@ -129,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if "floor" in sections:
         report["floor"] = moment_zero_shot_floor(args.data, args.collection, args.split, args.video_feature,
-                                                 args.text_feature, args.max_queries)
+                                                 args.text_feature, args.max_queries,
+                                                 skip_queries=args.skip_queries)
         logger.info("floor %s", report["floor"])
         save()
     for name, localizer in localizers.items():

@@ -177,3 +177,24 @@ def test_bench_relevance_baseline_is_the_relevance_span_setting(selected, synth_
         assert measured["relevance_baseline"][key] == pytest.approx(row[key], abs=0.01)
     assert 0.0 <= measured["relevance_baseline"]["mIoU"] <= 100.0 and 0.0 <= measured["denoiser"]["mIoU"] <= 100.0
     assert measured["method"] == localizer.config.inference.method
+
+
+def test_floor_skips_the_selection_queries(tmp_path: Path) -> None:
+    from prvr.benchmarks.capproxy_dataset import query_sentence_path
+    from prvr.benchmarks.moments_bench import moment_zero_shot_floor
+    from prvr.data.features import write_hdf5_features
+
+    # the floor needs one embedding space for frames and sentences (MiniLM-L3 / -L6 are both 384-d)
+    make_synthetic_corpus(tmp_path, "synth", splits={"train": 10, "val": 30}, seed=7, frame_range=(20, 50),
+                          video_dim=48, text_dim=48)
+    corpus = PRVRCorpus(tmp_path, "synth", "val", _tiny_config().data)
+    write_hdf5_features(query_sentence_path(tmp_path, "synth", "synth"),  # the mean query token as the sentence
+                        ((r.query_id, corpus.query_tokens(r.query_id).mean(axis=0, keepdims=True))
+                         for r in corpus.queries))
+    every = moment_zero_shot_floor(str(tmp_path), "synth", "val", "synth", "synth", None)
+    held_out = moment_zero_shot_floor(str(tmp_path), "synth", "val", "synth", "synth", None, skip_queries=10)
+    first = moment_zero_shot_floor(str(tmp_path), "synth", "val", "synth", "synth", 10)
+    assert held_out["queries"] == every["queries"] - 10 and held_out["skipped_queries"] == 10
+    for key in ("R1@0.3", "R1@0.5", "R1@0.7"):  # R1 is a mean over queries: the parts make up the whole
+        whole = (first["metrics"][key] * 10 + held_out["metrics"][key] * held_out["queries"]) / every["queries"]
+        assert whole == pytest.approx(every["metrics"][key], abs=0.02)
