@@ -5,8 +5,8 @@
 #   SEED=0 OUT=runs/moments_recipe_s0 bash scripts/train_moments_recipe.sh
 #
 # Resumable: each stage writes OUT/<stage>/DONE when it finishes; a killed stage continues from its last.pt.
-# Environment: SEED (0), OUT (runs/moments_recipe_s$SEED), PRE_EPOCHS (2), FT_EPOCHS (3), FT_LR (2e-4),
-# EXTRA (more --set flags for both stages, e.g. "--set network.decoder=diffusionvmr"), PRE_INIT (a finished pre-training
+# Environment: SEED (0), OUT (runs/moments_recipe_s$SEED), PRESET (cpu), PRE_EPOCHS (2), FT_EPOCHS (3), FT_LR (2e-4),
+# EXTRA (more --set flags for both stages, e.g. "--set loss.weights.sim_nce=4"), PRE_INIT (a finished pre-training
 # run to fine-tune from instead of pre-training here), DATA (data), PRVR (.venv/bin/prvr), PYTHON (.venv/bin/python).
 set -euo pipefail
 SEED=${SEED:-0}
@@ -15,7 +15,7 @@ DATA=${DATA:-data}
 PRVR=${PRVR:-.venv/bin/prvr}
 PYTHON=${PYTHON:-.venv/bin/python}
 export OMP_NUM_THREADS=1
-COMMON=(--data "$DATA" --collection capproxy --preset cpu --video-feature minilm_l3 --text-feature minilm_l6
+COMMON=(--data "$DATA" --collection capproxy --preset "${PRESET:-cpu}" --video-feature minilm_l3 --text-feature minilm_l6
         --seed "$SEED" --set data.max_frames=32 --set loss.weights.sim_nce=0 --set train.threads=1
         --max-val-queries 500 --no-progress)
 # shellcheck disable=SC2206

@@ -71,6 +71,14 @@ def test_relevance_span_method_answers_the_relevance_baseline_first(selected, sy
         assert first[0] == pytest.approx(start, abs=1e-3) and first[1] == pytest.approx(end, abs=1e-3)
         assert first[2] == pytest.approx(a["pred_relevant_windows"][0][2])  # scored as the best sampled span
         assert b["pred_relevant_windows"][1:] == a["pred_relevant_windows"][:-1]  # the sampled spans follow
+    # refined_span: the relevance proposal (the span refined by the decoder, last among the denoiser's spans) first
+    batch = data.batch(list(range(len(data))))
+    args = (batch.video, batch.video_mask, batch.text, batch.text_mask)
+    spans, scores, _ = localizer.predict(*args, method="denoiser", steps=1, proposal_step=0, rescore=1.0)
+    refined, refined_scores, _ = localizer.predict(*args, method="refined_span", steps=1, proposal_step=None,
+                                                   rescore=1.0)  # no proposal step given: it refines from step 0
+    assert torch.equal(refined[:, 0], spans[:, -1]) and torch.equal(refined[:, 1:], spans[:, :-1])
+    assert torch.equal(refined_scores[:, 0], scores.amax(dim=1)) and torch.equal(refined_scores[:, 1:], scores[:, :-1])
     with pytest.raises(ValueError, match="method"):
         predict_split(localizer, data, method="nope")
     with pytest.raises(ValueError, match="method"):
@@ -83,8 +91,8 @@ def test_selection_measures_every_setting_and_search_uses_the_best(selected, syn
     record = payload["inference_selection"]
     localizer = load_localizer(result.best_path)
     grid = inference_grid(localizer.config)
-    assert record["queries"] == 40 and len(record["rows"]) == len(grid) == 15
-    assert {row["method"] for row in record["rows"]} == {"denoiser", "relevance_span"}
+    assert record["queries"] == 40 and len(record["rows"]) == len(grid) == 16
+    assert {row["method"] for row in record["rows"]} == {"denoiser", "relevance_span", "refined_span"}
     scores = [row["R1@0.5"] + row["R1@0.7"] for row in record["rows"]]
     best = record["rows"][int(np.argmax(scores))]  # argmax: the first of equal scores, as the selection keeps
     assert record["chosen"] == {key: best[key] for key in record["chosen"]}

@@ -39,6 +39,7 @@ __all__ = [
     "MomentTrainConfig",
     "VCMRConfig",
     "DEFAULT_MOMENT_LOSS_WEIGHTS",
+    "MOMENT_METHODS",
     "FLAT_MOMENT_FIELDS",
     "migrate_flat_moment_config",
     "migrate_moment_path",
@@ -121,6 +122,9 @@ class SpanDiffusionConfig:
         ])
 
 
+MOMENT_METHODS = ("denoiser", "relevance_span", "refined_span")  # what InferenceConfig.method may say
+
+
 @dataclass(frozen=True)
 class InferenceConfig:
     """Search-time sampling and post-processing; it can change without retraining."""
@@ -137,14 +141,15 @@ class InferenceConfig:
     relevance_proposal_step: int | None = None
     # Ours: what the first moment is. "denoiser": the sampled spans by score; "relevance_span": the relevance curve's
     # best contiguous span (prvr.moments.baselines.best_contiguous_spans_se), scored as the pair's best sampled span
-    # and ranked first, the sampled spans after it. Training can measure every setting on the selection queries and
-    # record the best here (prvr.moments.train.select_inference).
-    method: Literal["denoiser", "relevance_span"] = "denoiser"
+    # and ranked first, the sampled spans after it; "refined_span": that span refined by the decoder (the relevance
+    # proposal, from relevance_proposal_step, 0 when None) ranked first the same way. Training can measure every
+    # setting on the selection queries and record the best here (prvr.moments.train.select_inference).
+    method: Literal["denoiser", "relevance_span", "refined_span"] = "denoiser"
 
     def __post_init__(self) -> None:
         _check("MomentConfig.inference", [
-            (self.method in ("denoiser", "relevance_span"),
-             f"method must be 'denoiser' or 'relevance_span', got {self.method!r}"),
+            (self.method in MOMENT_METHODS,
+             f"method must be one of {', '.join(repr(m) for m in MOMENT_METHODS)}, got {self.method!r}"),
             (self.sampling_steps >= 1, f"sampling_steps must be >= 1, got {self.sampling_steps}"),
             (self.num_spans >= 1, "num_spans must be >= 1"),
             (self.relevance_proposal_step is None or self.relevance_proposal_step >= 0,

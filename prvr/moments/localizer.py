@@ -25,7 +25,7 @@ from prvr.data.preprocess import frame_tokens as preprocess_frames
 from prvr.data.preprocess import preprocess_query
 from prvr.moments.baselines import best_contiguous_spans_se, span_relevance_gain
 from prvr.moments.condition import Condition
-from prvr.moments.config import MomentConfig
+from prvr.moments.config import MOMENT_METHODS, MomentConfig
 from prvr.moments.denoiser import MomentDenoiser, SpanDiffusion
 from prvr.moments.spans import span_cw_to_se, span_se_to_cw, temporal_nms
 from prvr.types import Localization, Moment
@@ -87,19 +87,22 @@ class DiffusionMomentLocalizer:
                 alone).
             proposal_step: refine the relevance curve's best contiguous span from this diffusion step and add it as
                 span Q + 1 (-1 = ``config.inference.relevance_proposal_step``; None = off).
-            method: "denoiser" or "relevance_span" (default ``config.inference.method``): "relevance_span" puts the
-                relevance curve's best contiguous span first, scored as the pair's best sampled span.
+            method: "denoiser", "relevance_span" or "refined_span" (default ``config.inference.method``):
+                "relevance_span" puts the relevance curve's best contiguous span first, scored as the pair's best
+                sampled span; "refined_span" puts the relevance proposal (that span refined by the decoder from
+                ``proposal_step``, 0 when off) first the same way.
             generator: seeds the starting noise, drawn per batch (default: every pair starts from the SAME Q spans of
                 noise, drawn from ``config.seed``, so a pair's answer does not depend on its batch).
 
         Returns:
             ``(spans_cw (B, Q', 2) in [0, 1], scores (B, Q'), relevance (B, F) in [0, 1])`` with Q' = Q, plus one
-            with a relevance proposal, plus one more (at index 0) for "relevance_span"; the scores are the foreground
+            with a relevance proposal (always on for "refined_span", moved to index 0), plus one more (at index 0)
+            for "relevance_span"; the scores are the foreground
             probabilities ``p_fg``, times ``exp(w * (gain - 1))`` when ``rescore`` w > 0.
         """
         method = self.config.inference.method if method is None else method
-        if method not in ("denoiser", "relevance_span"):
-            raise ValueError(f"method must be 'denoiser' or 'relevance_span', got {method!r}")
+        if method not in MOMENT_METHODS:
+            raise ValueError(f"method must be one of {', '.join(repr(m) for m in MOMENT_METHODS)}, got {method!r}")
         num_spans = self.config.inference.num_spans if num_spans is None else int(num_spans)
         steps = self.config.inference.sampling_steps if steps is None else int(steps)
         if num_spans < 1:
@@ -119,6 +122,8 @@ class DiffusionMomentLocalizer:
         spans_cw, logits = self.diffusion.sample(self.model, condition, num_spans, steps, generator, x_T)
         relevance = condition.relevance.sigmoid() * condition.mask  # (B, F)
         proposal_step = self.config.inference.relevance_proposal_step if proposal_step == -1 else proposal_step
+        if method == "refined_span" and proposal_step is None:
+            proposal_step = 0
         if proposal_step is not None:
             refined, refined_logits = self._refine_relevance_span(condition, relevance, int(proposal_step))
             spans_cw = torch.cat([spans_cw, refined], dim=1)  # (B, Q + 1, 2)
@@ -132,6 +137,9 @@ class DiffusionMomentLocalizer:
             best_se = best_contiguous_spans_se(relevance, condition.mask)  # (B, 2)
             spans_cw = torch.cat([span_se_to_cw(best_se)[:, None], spans_cw], dim=1)  # (B, Q' + 1, 2)
             p_fg = torch.cat([p_fg.amax(dim=1, keepdim=True), p_fg], dim=1)  # (B, Q' + 1)
+        elif method == "refined_span":  # the proposal (last) moves first, scored as the pair's best span
+            spans_cw = torch.cat([spans_cw[:, -1:], spans_cw[:, :-1]], dim=1)  # (B, Q + 1, 2)
+            p_fg = torch.cat([p_fg.amax(dim=1, keepdim=True), p_fg[:, :-1]], dim=1)  # (B, Q + 1)
         return spans_cw, p_fg, relevance
 
     def _refine_relevance_span(self, condition: Condition, relevance: Tensor, step: int) -> tuple[Tensor, Tensor]:

@@ -254,7 +254,8 @@ def inference_grid(config: MomentConfig) -> list[InferenceConfig]:
     (more steps measured no better on capproxy, docs/bench/moments.md), each with and without the relevance proposal
     (refined from step 0) and with the relevance-aware rescore w in {0, 0.25, 1}; and 2 steps with eta = 1
     (DiffusionDet's stochastic DDIM, which re-noises x0_hat instead of re-using eps_hat) at w = 0.25. The number of
-    spans and NMS stay the config's.
+    spans and NMS stay the config's. Then the relevance span refined by the decoder from step 0 and ranked first
+    (``method="refined_span"``; the sampled spans after it at w 1), measured last so a tie keeps the cheaper ones.
     """
     base = dataclasses.replace(config.inference, eta=0.0, relevance_proposal_step=None, relevance_rescore=0.0)
     grid = [dataclasses.replace(base, method="relevance_span", sampling_steps=1)]
@@ -265,6 +266,8 @@ def inference_grid(config: MomentConfig) -> list[InferenceConfig]:
                     grid.append(dataclasses.replace(base, method="denoiser", sampling_steps=steps, eta=eta,
                                                     relevance_proposal_step=proposal_step,
                                                     relevance_rescore=rescore))
+    grid.append(dataclasses.replace(base, method="refined_span", sampling_steps=1, relevance_proposal_step=0,
+                                    relevance_rescore=1.0))
     return grid
 
 
