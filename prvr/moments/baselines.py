@@ -11,7 +11,6 @@ to the zero-shot cosine between frames and the pooled query it is the zero-shot 
 from __future__ import annotations
 
 import numpy as np
-
 import torch
 from torch import Tensor
 

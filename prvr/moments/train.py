@@ -29,9 +29,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from prvr.checkpoint import atomic_torch_save, load_model
+from prvr.data.dataset import PRVRCorpus, iter_video_batches
 from prvr.engine import config_differences
 from prvr.fileio import file_sha256, write_text_atomic
-from prvr.data.dataset import PRVRCorpus, iter_video_batches
 from prvr.metrics.moments import moment_metrics
 from prvr.moments.condition import frame_labels, similarity_losses
 from prvr.moments.config import InferenceConfig, MomentConfig, load_moment_preset
