@@ -13,7 +13,7 @@ from prvr.commands.data_cli import data_group
 from prvr.commands.demo_cli import demo_command
 from prvr.commands.extract_cli import extract_command, extract_text_command
 from prvr.commands.index_cli import build_index_command, index_group, query_command
-from prvr.commands.moments_cli import localize_command, train_moments_command
+from prvr.commands.moments_cli import localize_command, select_moments_command, train_moments_command
 from prvr.commands.serve_cli import serve_command
 from prvr.commands.train_cli import eval_command, quickstart_command, train_command
 
@@ -30,7 +30,7 @@ def main(verbose: int) -> None:
 
 for _command in (presets_command, config_command, data_group, train_command, eval_command, quickstart_command,
                  build_index_command, query_command, index_group, serve_command, train_moments_command,
-                 localize_command, extract_command, extract_text_command, demo_command):
+                 localize_command, select_moments_command, extract_command, extract_text_command, demo_command):
     main.add_command(_command)
 
 if __name__ == "__main__":  # pragma: no cover

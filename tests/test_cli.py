@@ -129,13 +129,28 @@ def test_eval_reports_moment_metrics_with_a_moment_checkpoint(runner, tmp_path) 
     assert result["moments"]["queries"] > 0
     assert set(result["moments"]) >= {"R1@0.3", "R1@0.5", "R1@0.7", "mAP"}
     assert "moments:" in run(runner, *args).output
+
+    # select-moments re-measures the grid on a checkpoint and records the best setting in it
+    moment_checkpoint = tmp_path / "moments" / "best.pt"
+    selected = json.loads(run(runner, "select-moments", "--checkpoint", str(moment_checkpoint), "--data", str(data),
+                              "--collection", "synth", "--max-queries", "12", "--no-progress").output)
+    from prvr.moments.localizer import load_localizer, read_moment_checkpoint
+    from prvr.moments.train import inference_grid
+
+    recorded = read_moment_checkpoint(moment_checkpoint)["inference_selection"]
+    assert selected["queries"] == recorded["queries"] == 12 and recorded["rows"] == selected["inference_selection"]
+    assert len(recorded["rows"]) == len(inference_grid(load_localizer(moment_checkpoint).config))
+    assert load_localizer(moment_checkpoint).config.inference.method == selected["chosen_inference"]["method"]
+    missing = run(runner, "select-moments", "--checkpoint", str(moment_checkpoint), "--data", str(data),
+                  "--collection", "synth", "--split", "nope", code=1).output
+    assert "nope" in missing and "Traceback" not in missing
     (data / "synth" / "TextData" / "synthtest.moments.jsonl").unlink()
     assert "no timestamps" in run(runner, *args, code=1).output
 
 
 def test_every_command_is_registered_on_the_group(runner) -> None:
     top = {"build-index", "config", "data", "demo", "eval", "extract", "extract-text", "index", "localize", "presets",
-           "query", "quickstart", "serve", "train", "train-moments"}
+           "query", "quickstart", "select-moments", "serve", "train", "train-moments"}
     assert set(main.commands) == top
     assert set(main.commands["data"].commands) == {"synth", "check", "annotations"}
     assert set(main.commands["index"].commands) == {"info", "add", "remove", "calibrate", "prune"}

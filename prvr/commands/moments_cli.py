@@ -1,4 +1,5 @@
-"""`prvr train-moments` and `prvr localize`: train the moment denoiser and localise a query in one video."""
+"""`prvr train-moments`, `prvr localize` and `prvr select-moments`: train the moment denoiser, localise a query in one
+video, re-measure a checkpoint's localiser settings."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import click
 
 from prvr.commands.common import fail_cleanly
 
-__all__ = ["train_moments_command", "localize_command"]
+__all__ = ["train_moments_command", "localize_command", "select_moments_command"]
 
 
 
@@ -114,3 +115,39 @@ def localize_command(checkpoint: str, root: str, collection: str, split: str, qu
     click.echo(f"{record.text!r} in {record.video_id} ({duration:.1f} s); ground truth {out['ground_truth']}")
     for rank, moment in enumerate(result.moments, start=1):
         click.echo(f"{rank:>2}. {moment.start_sec:8.2f} - {moment.end_sec:8.2f} s  p={moment.score:.3f}")
+
+
+@click.command("select-moments")
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="A moment best.pt to re-measure; its recorded setting is replaced (atomically).")
+@click.option("--data", "root", required=True, type=click.Path(exists=True, file_okay=False), help="Data root.")
+@click.option("--collection", required=True, help="Collection name.")
+@click.option("--split", default="val", show_default=True, help="Split of the selection queries.")
+@click.option("--max-queries", type=click.IntRange(min=1), default=None,
+              help="Measure on the first N queries (the selection queries; on capproxy 500).")
+@click.option("--retrieval-checkpoint", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="The DreamPRVR checkpoint of a 'retrieval'-conditioned localiser.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
+@fail_cleanly
+def select_moments_command(checkpoint: str, root: str, collection: str, split: str, max_queries: int | None,
+                           retrieval_checkpoint: str | None, no_progress: bool) -> None:
+    """Measure every localiser setting of the current grid on a checkpoint and record the best (what search uses).
+
+    What `prvr train-moments` does after its last epoch, for a checkpoint trained before the grid grew; prints the
+    measured rows and the chosen setting as JSON.
+    """
+    from prvr.data.dataset import PRVRCorpus
+    from prvr.moments.localizer import load_localizer
+    from prvr.moments.train import MomentData, frame_source, record_inference_selection, select_inference
+
+    localizer = load_localizer(checkpoint)
+    config = localizer.config
+    if config.condition == "retrieval" and retrieval_checkpoint is None:
+        raise ValueError(f"{checkpoint} conditions on retrieval frame tokens; pass --retrieval-checkpoint")
+    corpus = PRVRCorpus(root, collection, split, config.data, expected_text_dim=config.text_dim)
+    frames = frame_source(corpus, retrieval_checkpoint if config.condition == "retrieval" else None)
+    selection = select_inference(localizer, MomentData(corpus, frames, max_queries),
+                                 batch_size=config.train.eval_batch_size, progress=not no_progress)
+    record_inference_selection(checkpoint, selection)
+    click.echo(json.dumps({"inference_selection": selection.rows, "queries": selection.queries,
+                           "chosen_inference": dataclasses.asdict(selection.best), "checkpoint": checkpoint}))
