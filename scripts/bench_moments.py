@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="Accuracy section: DDIM steps (default: config).")
     parser.add_argument("--rescore", type=float, default=None,
                         help="Relevance-aware span score weight w for every section (default: the checkpoint's).")
+    parser.add_argument("--method", default=None, choices=["denoiser", "relevance_span", "refined_span"],
+                        help="What the first moment is, for every section (default: the checkpoint's); 'denoiser' "
+                             "with --proposal-step none --rescore 0 measures the decoder alone.")
     parser.add_argument("--rescore-grid", default="0,0.5,1,2,4,8",
                         help="Section 'rescore': the weights w tried on the first --grid-queries queries.")
     parser.add_argument("--proposal-step", default=None,
@@ -117,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.rescore is not None:
             localizers[name].config = dataclasses.replace(localizers[name].config, inference=dataclasses.replace(
                 localizers[name].config.inference, relevance_rescore=args.rescore))
+        if args.method is not None:
+            localizers[name].config = dataclasses.replace(localizers[name].config, inference=dataclasses.replace(
+                localizers[name].config.inference, method=args.method))
         if args.proposal_step is not None:
             localizers[name].config = dataclasses.replace(localizers[name].config, inference=dataclasses.replace(
                 localizers[name].config.inference, relevance_proposal_step=parse_step(args.proposal_step)))
