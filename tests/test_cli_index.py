@@ -206,3 +206,36 @@ def test_clear_errors(workspace, tmp_path) -> None:
     (out / "generations" / "gen-000001" / "faiss" / "clip.faiss").write_bytes(b"truncated")
     code, output = _invoke("query", "a dog", "--index", str(out))
     assert code == 1 and "clip.faiss" in output and "rebuild" in output
+
+
+def test_a_raw_frame_localiser_gets_its_own_frame_tokens(workspace, tmp_path) -> None:
+    """build-index --moment-checkpoint with a localiser trained on the raw frames (condition 'frames', its own
+    data.max_frames) stores those frames beside the retrieval tokens; search feeds them to it; index add extends them."""
+    import dataclasses
+
+    from prvr.index.layout import open_active
+    from prvr.moments.config import apply_moment_overrides, load_moment_preset
+    from prvr.moments.train import train_moments
+
+    base = load_moment_preset("tiny")
+    data = dataclasses.replace(base.data, video_feature="synth", text_feature="synth", max_frames=12)
+    config = apply_moment_overrides(dataclasses.replace(base, data=data), ["train.epochs=1"])
+    result = train_moments(workspace["data"], "synth", tmp_path / "moments", config, train_split="val",
+                           val_split="test", select=False)
+    out = tmp_path / "index"
+    _build(workspace, out, "--moment-checkpoint", str(result.best_path))
+    with open_active(out) as active:
+        record = active.manifest.moment_frames
+    video_dim = workspace["corpus"].val.video_dim
+    assert record is not None and record["max_frames"] == 12 and record["dim"] == video_dim
+    assert record["videos"] == 12 and record["bytes"] <= 12 * (12 * video_dim * 2 + 128)  # float16 + .npy header
+    code, output = _invoke("query", "the man runs", "--index", str(out), "-k", "3", "--json")
+    assert code == 0, output
+    hits = json.loads(output)
+    assert all(h["moments"] and 0 <= h["moments"][0]["start_sec"] <= h["moments"][0]["end_sec"] <= h["duration"]
+               for h in hits)
+    code, output = _invoke("index", "add", str(out), "--data", str(workspace["data"]), "--collection", "synth",
+                           "--split", "test", "--no-progress")
+    assert code == 0, output
+    with open_active(out) as active:
+        assert active.manifest.moment_frames["videos"] == 16

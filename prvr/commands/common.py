@@ -120,6 +120,30 @@ def _loadable_spec(backbone_id: str) -> str:
                      f"{name!r}; pass --backbone <kind>:<that folder> to extract the new videos the same way")
 
 
+def moment_frames_corpus(moment_checkpoint: str | Path | None, root: str | None, collection: str | None,
+                         split: str | None) -> Any | None:
+    """The split at the moment localiser's own resolution, when it reads raw frames (``condition == "frames"``).
+
+    Such a localiser (the capproxy ones: MiniLM-L3 frames binned to its ``data.max_frames``) cannot read the
+    retrieval model's frame tokens, so the index stores its tokens beside them (``index.moment_frames``). None for a
+    retrieval-conditioned localiser, without a checkpoint, or without ``--data`` (``--videos``).
+    """
+    if moment_checkpoint is None or not (root and collection and split):
+        return None
+    from prvr.data.dataset import PRVRCorpus
+    from prvr.moments.config import MomentConfig
+    from prvr.moments.localizer import read_moment_checkpoint
+
+    try:
+        config = MomentConfig.from_json(read_moment_checkpoint(moment_checkpoint)["moment_config"])
+    except (OSError, ValueError, KeyError, RuntimeError):  # not a train-moments checkpoint: the Retriever's loader
+        return None  # reads it (and reports a broken one when search first localises)
+    if config.condition != "frames":
+        return None
+    data = dataclasses.replace(config.data, cache_in_memory=False)  # read once: no RAM cache (see corpus_to_index)
+    return PRVRCorpus(root, collection, split, data, expected_video_dim=config.video_dim)
+
+
 def corpus_to_index(config: Any, index_dir: str, *, videos: tuple[str, ...], root: str | None,
                     collection: str | None, split: str | None, split_is_option: bool, verb: str,
                     backbone: str | None, fps: float, device: str, progress: bool, match_indexed_videos: bool,

@@ -15,6 +15,7 @@ from prvr.commands.common import (
     corpus_to_index,
     fail_cleanly,
     feature_overrides,
+    moment_frames_corpus,
     text_backbone_record,
 )
 
@@ -127,8 +128,12 @@ def add_command(index_dir: str, root: str | None, collection: str | None, split:
                                          split=split, split_is_option=True, verb="add", backbone=backbone, fps=fps,
                                          device=device, progress=not no_progress, match_indexed_videos=True,
                                          check_feature_backbone=config.model.kind == "zero_shot")
+    moment_corpus = None
+    if manifest.moment_frames is not None and manifest.moment_checkpoint is not None and not videos:
+        moment_corpus = moment_frames_corpus(Path(index_dir) / manifest.moment_checkpoint["path"], root, collection,
+                                             split)
     result = build_index(checkpoint, corpus, index_dir, collection_name=collection, batch_size=batch_size,
-                         checkpoint_every=checkpoint_every, progress=not no_progress)
+                         checkpoint_every=checkpoint_every, progress=not no_progress, moment_corpus=moment_corpus)
     click.echo(json.dumps({"index": str(index_dir), "generation": result.generation_id,
                            "videos": result.num_videos, "new_videos": result.new_videos, "tokens": result.ntotal}))
 
@@ -487,10 +492,12 @@ def build_index_command(checkpoint: str | None, zero_shot: bool, zero_shot_clip_
         if query_bank is not None:
             bank = {"query_bank": _encode_query_bank(query_bank, checkpoint, config, root, collection, text_record),
                     "bank_k": bank_k, "bank_alpha": bank_alpha, "bank_source": _bank_source(query_bank)}
+        # a localiser reading raw frames gets its own tokens stored at its resolution (index.moment_frames)
+        moment_corpus = moment_frames_corpus(moment_checkpoint, root, collection, split) if not videos else None
         result = _build(build_index, checkpoint, corpus, index_dir, collection, factory, batch_size, text_record,
                         candidates, moment_checkpoint, token_dtype, database_url, backend, engine, no_progress,
                         {**(bank or {}), "checkpoint_every": checkpoint_every, "refine_dtype": refine_dtype,
-                         "refine_k": refine_k})
+                         "refine_k": refine_k, "moment_corpus": moment_corpus})
     click.echo(json.dumps({"index": str(index_dir), "generation": result.generation_id,
                            "videos": result.num_videos, "new_videos": result.new_videos, "tokens": result.ntotal}))
 
