@@ -97,8 +97,8 @@ class DiffusionMomentLocalizer:
         Returns:
             ``(spans_cw (B, Q', 2) in [0, 1], scores (B, Q'), relevance (B, F) in [0, 1])`` with Q' = Q, plus one
             with a relevance proposal (always on for "refined_span", moved to index 0), plus one more (at index 0)
-            for "relevance_span"; the scores are the foreground
-            probabilities ``p_fg``, times ``exp(w * (gain - 1))`` when ``rescore`` w > 0.
+            for "relevance_span"; the scores are the foreground probabilities ``p_fg``, times ``exp(w * (gain -
+            1))`` when ``rescore`` w > 0.
         """
         method = self.config.inference.method if method is None else method
         if method not in MOMENT_METHODS:
