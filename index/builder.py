@@ -309,6 +309,16 @@ def build_index(
     if moment_checkpoint is not None and not Path(moment_checkpoint).is_file():
         raise FileNotFoundError(f"moment checkpoint {moment_checkpoint} does not exist; pass the file written by the "
                                 "moment localiser's training")
+    if moment_checkpoint is not None and moment_corpus is None:
+        from prvr.moments.localizer import moment_checkpoint_config
+
+        moment_config = moment_checkpoint_config(moment_checkpoint)
+        if moment_config is not None and moment_config.condition == "frames":  # search could never localise
+            raise ValueError(f"moment checkpoint {moment_checkpoint} reads raw frame features "
+                             f"({moment_config.data.video_feature}, up to {moment_config.data.max_frames} tokens), not "
+                             "the retrieval tokens this index stores; pass moment_corpus (the same videos opened with "
+                             "its data config; `prvr build-index --data` does this) or a localiser trained with "
+                             "--retrieval-checkpoint")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with _build_lock(out_dir):

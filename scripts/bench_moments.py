@@ -52,6 +52,7 @@ from prvr.benchmarks.moments_bench import (
     write_markdown,
 )
 from prvr.benchmarks.report import write_json
+from prvr.moments.config import MOMENT_METHODS
 from prvr.moments.localizer import load_localizer
 from prvr.moments.train import MomentData
 
@@ -71,12 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-queries", type=int, default=None, help="Limit of the accuracy / floor sections.")
     parser.add_argument("--skip-queries", type=int, default=0,
                         help="Accuracy and floor sections: leave out the first N queries (e.g. the grid's, used "
-                             "for choosing); vcmr section: choose alpha on them and report the others too ('held_out').")
+                             "for choosing); vcmr section: choose alpha on them and report the others too "
+                             "('held_out').")
     parser.add_argument("--spans", type=int, default=None, help="Accuracy section: spans (default: config).")
     parser.add_argument("--steps", type=int, default=None, help="Accuracy section: DDIM steps (default: config).")
     parser.add_argument("--rescore", type=float, default=None,
                         help="Relevance-aware span score weight w for every section (default: the checkpoint's).")
-    parser.add_argument("--method", default=None, choices=["denoiser", "relevance_span", "refined_span"],
+    parser.add_argument("--method", default=None, choices=list(MOMENT_METHODS),
                         help="What the first moment is, for every section (default: the checkpoint's); 'denoiser' "
                              "with --proposal-step none --rescore 0 measures the decoder alone.")
     parser.add_argument("--rescore-grid", default="0,0.5,1,2,4,8",

@@ -222,6 +222,14 @@ def test_a_raw_frame_localiser_gets_its_own_frame_tokens(workspace, tmp_path) ->
     config = apply_moment_overrides(dataclasses.replace(base, data=data), ["train.epochs=1"])
     result = train_moments(workspace["data"], "synth", tmp_path / "moments", config, train_split="val",
                            val_split="test", select=False)
+    from prvr.index.builder import build_index
+
+    # from Python without moment_corpus the build refuses (search could never localise), before writing anything
+    refused = tmp_path / "refused"
+    with pytest.raises(ValueError, match="moment_corpus"):
+        build_index(workspace["checkpoint"], workspace["corpus"].val, refused, collection_name="synth",
+                    moment_checkpoint=result.best_path, progress=False)
+    assert not refused.exists() or not any(refused.iterdir())
     out = tmp_path / "index"
     _build(workspace, out, "--moment-checkpoint", str(result.best_path))
     with open_active(out) as active:

@@ -92,7 +92,8 @@ def moment_zero_shot_floor(root: str, collection: str, split: str, video_feature
         query = query / max(float(np.linalg.norm(query)), 1e-12)
         curves[record.query_id] = smooth_curve(frames @ query, smooth)  # (n,)
     return {"queries": len(data), "skipped_queries": skip_queries, "metrics": _curve_baseline(data, curves),
-            "smooth": smooth, "definition": "best contiguous span of cos(raw frame, mean-pooled L6 query) above its per-video mean"}
+            "smooth": smooth,
+            "definition": "best contiguous span of cos(raw frame, mean-pooled L6 query) above its per-video mean"}
 
 
 def moment_zero_shot_localizer(root: str, collection: str, split: str, video_feature: str, text_feature: str,

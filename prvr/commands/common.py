@@ -131,14 +131,10 @@ def moment_frames_corpus(moment_checkpoint: str | Path | None, root: str | None,
     if moment_checkpoint is None or not (root and collection and split):
         return None
     from prvr.data.dataset import PRVRCorpus
-    from prvr.moments.config import MomentConfig
-    from prvr.moments.localizer import read_moment_checkpoint
+    from prvr.moments.localizer import moment_checkpoint_config
 
-    try:
-        config = MomentConfig.from_json(read_moment_checkpoint(moment_checkpoint)["moment_config"])
-    except (OSError, ValueError, KeyError, RuntimeError):  # not a train-moments checkpoint: the Retriever's loader
-        return None  # reads it (and reports a broken one when search first localises)
-    if config.condition != "frames":
+    config = moment_checkpoint_config(moment_checkpoint)  # None: another localiser's file, read by its own loader
+    if config is None or config.condition != "frames":
         return None
     data = dataclasses.replace(config.data, cache_in_memory=False)  # read once: no RAM cache (see corpus_to_index)
     return PRVRCorpus(root, collection, split, data, expected_video_dim=config.video_dim)

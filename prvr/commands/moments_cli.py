@@ -136,18 +136,14 @@ def select_moments_command(checkpoint: str, root: str, collection: str, split: s
     What `prvr train-moments` does after its last epoch, for a checkpoint trained before the grid grew; prints the
     measured rows and the chosen setting as JSON.
     """
-    from prvr.data.dataset import PRVRCorpus
     from prvr.moments.localizer import load_localizer
-    from prvr.moments.train import MomentData, frame_source, record_inference_selection, select_inference
+    from prvr.moments.train import localizer_split_data, record_inference_selection, select_inference
 
     localizer = load_localizer(checkpoint)
-    config = localizer.config
-    if config.condition == "retrieval" and retrieval_checkpoint is None:
-        raise ValueError(f"{checkpoint} conditions on retrieval frame tokens; pass --retrieval-checkpoint")
-    corpus = PRVRCorpus(root, collection, split, config.data, expected_text_dim=config.text_dim)
-    frames = frame_source(corpus, retrieval_checkpoint if config.condition == "retrieval" else None)
-    selection = select_inference(localizer, MomentData(corpus, frames, max_queries),
-                                 batch_size=config.train.eval_batch_size, progress=not no_progress)
+    data = localizer_split_data(localizer, checkpoint, root, collection, split,
+                                retrieval_checkpoint=retrieval_checkpoint, max_queries=max_queries)
+    selection = select_inference(localizer, data, batch_size=localizer.config.train.eval_batch_size,
+                                 progress=not no_progress)
     record_inference_selection(checkpoint, selection)
     click.echo(json.dumps({"inference_selection": selection.rows, "queries": selection.queries,
                            "chosen_inference": dataclasses.asdict(selection.best), "checkpoint": checkpoint}))

@@ -30,7 +30,8 @@ from prvr.moments.denoiser import MomentDenoiser, SpanDiffusion
 from prvr.moments.spans import span_cw_to_se, span_se_to_cw, temporal_nms
 from prvr.types import Localization, Moment
 
-__all__ = ["DiffusionMomentLocalizer", "load_localizer", "read_moment_checkpoint", "pad_batch"]
+__all__ = ["DiffusionMomentLocalizer", "load_localizer", "read_moment_checkpoint", "moment_checkpoint_config",
+           "pad_batch"]
 
 MOMENT_FORMAT_VERSION = 1
 
@@ -50,6 +51,15 @@ def pad_batch(arrays: Sequence[np.ndarray], device: torch.device | str = "cpu") 
 def read_moment_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a moment checkpoint dict safely (``weights_only=True``) with clear errors for missing / foreign files."""
     return read_checkpoint(path, map_location, config_key="moment_config", command="prvr train-moments")
+
+
+def moment_checkpoint_config(path: str | Path) -> MomentConfig | None:
+    """The embedded config of a `prvr train-moments` checkpoint; None for another localiser's file (a plugin's, read
+    by its own loader). A missing file raises FileNotFoundError."""
+    try:
+        return MomentConfig.from_json(read_moment_checkpoint(path)["moment_config"])
+    except ValueError:  # unreadable or without a moment_config: not ours
+        return None
 
 
 class DiffusionMomentLocalizer:

@@ -49,7 +49,7 @@ from prvr.types import QueryRecord
 
 __all__ = ["MomentData", "MomentTrainResult", "frame_source", "train_moments", "evaluate_moments",
            "evaluate_checkpoint_on_split", "check_moment_init_compatible", "InferenceSelection",
-           "inference_grid", "select_inference", "record_inference_selection", "lr_factor",
+           "inference_grid", "select_inference", "record_inference_selection", "lr_factor", "localizer_split_data",
            "predict_split", "save_moment_checkpoint", "train_step_proposals"]
 
 logger = logging.getLogger(__name__)
@@ -564,6 +564,30 @@ def train_moments(
                              selection if select else None)
 
 
+def localizer_split_data(localizer: DiffusionMomentLocalizer, checkpoint: str | Path, root: str | Path,
+                         collection: str, split: str, *, retrieval_checkpoint: str | Path | None = None,
+                         max_queries: int | None = None) -> MomentData:
+    """A split's timestamped queries read the way ``localizer`` reads videos (its data config; the retrieval model's
+    frame tokens for a retrieval-conditioned one), with clear errors for what is missing.
+
+    Args:
+        localizer: the loaded localiser; checkpoint: its file (named in the errors).
+        root, collection, split: the data; the split needs a moments sidecar with timestamps.
+        retrieval_checkpoint: the DreamPRVR checkpoint giving the frame tokens of a retrieval-conditioned localiser.
+        max_queries: keep the first N queries.
+    """
+    config = localizer.config
+    if config.condition == "retrieval" and retrieval_checkpoint is None:
+        raise ValueError(f"{checkpoint} conditions on retrieval frame tokens; give the retrieval checkpoint")
+    corpus = PRVRCorpus(root, collection, split, config.data, expected_text_dim=config.text_dim)
+    if corpus.moments is None:
+        raise ValueError(f"split {split!r} of {collection!r} has no timestamps ({corpus.moments_file} is missing); "
+                         "moment metrics need that sidecar: pick a split that has it (prvr eval: or drop "
+                         "--moment-checkpoint)")
+    source = frame_source(corpus, retrieval_checkpoint if config.condition == "retrieval" else None)
+    return MomentData(corpus, source, max_queries)
+
+
 def evaluate_checkpoint_on_split(moment_checkpoint: str | Path, root: str | Path, collection: str, split: str, *,
                                  retrieval_checkpoint: str | Path | None = None) -> dict[str, Any]:
     """Moment metrics of a saved localiser on one split's ground-truth videos (``prvr eval --moment-checkpoint``).
@@ -580,12 +604,6 @@ def evaluate_checkpoint_on_split(moment_checkpoint: str | Path, root: str | Path
 
     localizer = load_localizer(moment_checkpoint)
     config = localizer.config
-    if config.condition == "retrieval" and retrieval_checkpoint is None:
-        raise ValueError(f"{moment_checkpoint} conditions on retrieval frame tokens; give the retrieval checkpoint")
-    corpus = PRVRCorpus(root, collection, split, config.data, expected_text_dim=config.text_dim)
-    if corpus.moments is None:
-        raise ValueError(f"split {split!r} of {collection!r} has no timestamps ({corpus.moments_file} is missing); "
-                         "moment metrics need that sidecar: drop --moment-checkpoint or pick a split that has it")
-    source = frame_source(corpus, retrieval_checkpoint if config.condition == "retrieval" else None)
-    data = MomentData(corpus, source)
+    data = localizer_split_data(localizer, moment_checkpoint, root, collection, split,
+                                retrieval_checkpoint=retrieval_checkpoint)
     return {"queries": len(data), **evaluate_moments(localizer, data, batch_size=config.train.eval_batch_size)}
