@@ -191,7 +191,7 @@ def _train_sample(
     count = min(len(video_ids), MAX_TRAIN_VIDEOS, math.ceil(wanted_tokens / clips))
     picks = np.unique(np.linspace(0, len(video_ids) - 1, count).round().astype(np.int64))
     parts = [_as_numpy(model.encode_videos(batch)) for batch in
-             iter_video_batches(corpus, batch_size, [video_ids[i] for i in picks])]
+             iter_video_batches(corpus, batch_size, [video_ids[i] for i in picks], cache=False)]
     max_frames = max(frame.shape[1] for _, frame, _ in parts)
     clip = np.concatenate([c for c, _, _ in parts])  # (V_s, C, D)
     frame = np.concatenate(
@@ -638,7 +638,8 @@ def _build_locked(
         moment_store = MomentFrameStore(gen_dir / MOMENT_FRAMES_DIR, moment_corpus.video_dim,
                                         moment_corpus.config.max_frames)
     since_snapshot = 0
-    batches = iter_video_batches(corpus, batch_size, todo) if todo else iter(())
+    # each video is read once: none is kept in a RAM cache the corpus may have (a 100k build was OOM-killed)
+    batches = iter_video_batches(corpus, batch_size, todo, cache=False) if todo else iter(())
     with contextlib.ExitStack() as bulks:
         bulks.enter_context(store.bulk())
         if refine is not None:
@@ -656,7 +657,7 @@ def _build_locked(
                 refine.append(ids, clip, frame, mask)
             if moment_store is not None:
                 for video_id, internal in zip(batch.video_ids, ids.tolist()):
-                    moment_store.append(internal, moment_corpus.video(video_id)[1])  # (F', D_in) finer frame tokens
+                    moment_store.append(internal, moment_corpus.video(video_id, cache=False)[1])  # (F', D_in) frames
             counts["new_videos"] += len(ids)
             counts["new_clip_tokens"] += clip.shape[0] * clip.shape[1]
             counts["new_frame_tokens"] += int(mask.sum())

@@ -204,7 +204,8 @@ class VideoCorpus(Protocol):
     """The videos an index is built from: a caption split (``prvr.data.dataset.PRVRCorpus``) or a folder of
     extracted video features (``prvr.features.corpus.ExtractedVideoCorpus``).
 
-    ``video`` returns the preprocessed ``(clip, frames)`` features, (C, D_in) and (F, D_in) float32.
+    ``video`` returns the preprocessed ``(clip, frames)`` features, (C, D_in) and (F, D_in) float32; ``cache=False``
+    reads a video without keeping it in a RAM cache the corpus may have (an index build reads each video once).
     """
 
     root: Path
@@ -221,7 +222,7 @@ class VideoCorpus(Protocol):
     @property
     def text_dim(self) -> int: ...
 
-    def video(self, video_id: str) -> tuple[np.ndarray, np.ndarray]: ...
+    def video(self, video_id: str, *, cache: bool = True) -> tuple[np.ndarray, np.ndarray]: ...
 
     def captions_of(self, video_id: str) -> list[QueryRecord]: ...
 

@@ -240,11 +240,13 @@ class PRVRCorpus:
     # ------------------------------------------------------------------------------------------------------------
     # features
 
-    def video(self, video_id: str) -> tuple[np.ndarray, np.ndarray]:
+    def video(self, video_id: str, *, cache: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """The preprocessed features of one video (cached in RAM when ``config.cache_in_memory``).
 
         Args:
             video_id: any id of the video feature store (not only this split's).
+            cache: False reads the video without adding it to the cache (a cached copy is still used): an index
+                build reads each video once, and a cache would only grow (~150 KB per video).
 
         Returns:
             ``(clip, frames)``: (C, D_in) and (F, D_in) float32, L2-normalised rows. Cached arrays are shared:
@@ -254,7 +256,7 @@ class PRVRCorpus:
         if cached is not None:
             return cached
         item = preprocess_video(self._video_store[video_id], self.config)
-        if self.config.cache_in_memory:
+        if cache and self.config.cache_in_memory:
             self._video_cache[video_id] = item
         return item
 
@@ -356,10 +358,10 @@ class JointCorpus:
             raise KeyError(f"video {video_id!r} is in none of the joint splits {self.split}")
         return self._part_of[video_id].captions_of(video_id)
 
-    def video(self, video_id: str) -> tuple[np.ndarray, np.ndarray]:
+    def video(self, video_id: str, *, cache: bool = True) -> tuple[np.ndarray, np.ndarray]:
         if video_id not in self._part_of:
             raise KeyError(f"video {video_id!r} is in none of the joint splits {self.split}")
-        return self._part_of[video_id].video(video_id)
+        return self._part_of[video_id].video(video_id, cache=cache)
 
     def query_tokens(self, cap_id: str) -> np.ndarray:
         if cap_id not in self._query_part:
@@ -501,7 +503,7 @@ def make_train_loader(
 
 
 def iter_video_batches(
-    corpus: VideoCorpus, batch_size: int, video_ids: Sequence[str] | None = None
+    corpus: VideoCorpus, batch_size: int, video_ids: Sequence[str] | None = None, *, cache: bool = True
 ) -> Iterator[VideoBatch]:
     """Preprocessed videos in corpus order (or in the order of ``video_ids``), ``batch_size`` at a time.
 
@@ -509,6 +511,7 @@ def iter_video_batches(
         corpus: the split.
         batch_size: B, videos per batch.
         video_ids: the videos to encode (default: ``corpus.video_ids``).
+        cache: False keeps the videos read out of the corpus's RAM cache (see ``PRVRCorpus.video``).
 
     Returns:
         An iterator of VideoBatch.
@@ -518,7 +521,7 @@ def iter_video_batches(
     ids = list(corpus.video_ids if video_ids is None else video_ids)
     for start in range(0, len(ids), batch_size):
         chunk = ids[start : start + batch_size]
-        yield collate_videos([corpus.video(video_id) for video_id in chunk], chunk)
+        yield collate_videos([corpus.video(video_id, cache=cache) for video_id in chunk], chunk)
 
 
 def iter_query_batches(corpus: PRVRCorpus, batch_size: int) -> Iterator[tuple[QueryBatch, np.ndarray]]:

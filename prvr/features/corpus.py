@@ -156,8 +156,9 @@ class ExtractedVideoCorpus:
         return VideoInfo(duration_s=row.get("duration_sec"), uri=str(row["source"]), fps=row.get("fps") or None,
                          n_frames=row.get("frame_count"))
 
-    def video(self, video_id: str) -> tuple[np.ndarray, np.ndarray]:
-        """``(clip, frames)``: (C, D_in) and (F, D_in) float32, as :meth:`prvr.data.dataset.PRVRCorpus.video`."""
+    def video(self, video_id: str, *, cache: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """``(clip, frames)``: (C, D_in) and (F, D_in) float32, as :meth:`prvr.data.dataset.PRVRCorpus.video`
+        (nothing is cached here, so ``cache`` changes nothing)."""
         return preprocess_video(self._store[video_id], self.config)
 
     def close(self) -> None:
