@@ -210,3 +210,30 @@ def test_diffusionvmr_noisy_anchor_drifts_to_the_clamp_and_the_fix_does_not() ->
     assert stuck[True][1] < 0.1  # one step returns x0_hat = x_T: only the tails of N(0, 1) beyond lambda = 2
     assert stuck[True][2] > stuck[True][1] + 0.1 and stuck[True][10] > stuck[True][2]  # the collapse, step by step
     assert stuck[False] == {1: 0.0, 2: 0.0, 10: 0.0}
+
+
+def test_similarity_feature_adds_the_frame_query_cosine_to_the_relevance() -> None:
+    """network.similarity_feature: s_i = head(M_i) + tau cos(W_v v_i, W_q mean(q)) + b, 0 on padding; off by default
+    (old checkpoints keep their parameters and outputs)."""
+    from prvr.moments.condition import ConditionGenerator
+
+    plain = _config("momentdiff")
+    assert not plain.network.similarity_feature
+    assert not any("similarity" in name for name in ConditionGenerator(plain.network, 12, 10).state_dict())
+    config = apply_moment_overrides(plain, ["network.similarity_feature=true"])
+    torch.manual_seed(0)
+    generator = ConditionGenerator(config.network, 12, 10).eval()
+    video, video_mask, text, text_mask = _inputs()
+    with torch.no_grad():
+        generator.relevance_head.weight.zero_()
+        generator.relevance_head.bias.zero_()
+        condition = generator(video, video_mask, text, text_mask)
+        v = generator.video_projection(video)  # (B, F, D)
+        q = generator.text_projection(text)  # (B, L, D)
+        sentence = (q * text_mask[..., None]).sum(1) / text_mask.sum(1, keepdim=True)  # (B, D)
+        frames = generator.similarity.video(v)
+        query = generator.similarity.text(sentence)
+        cosine = torch.nn.functional.cosine_similarity(frames, query[:, None], dim=-1)  # (B, F) slow reference
+        expected = (10.0 * cosine - 5.0).masked_fill(~video_mask, 0.0)
+    torch.testing.assert_close(condition.relevance, expected, atol=1e-4, rtol=1e-4)
+    assert (condition.relevance[~video_mask] == 0).all()

@@ -6,6 +6,11 @@ Video tokens (frame tokens of the index, or raw frame features) and query tokens
 Dropout -> Linear, twice, ReLU between), video tokens plus a sinusoidal code of their position cross-attend to the
 query (``cross_layers`` post-LN layers), a self-attention encoder runs over [global token ; video] and gives the
 memory M (B, F, D); a Linear(D -> 1) head on M gives the per-frame query relevance s (B, F).
+
+With ``similarity_feature`` (ours) each frame also gets an explicit cosine c_i between its projected token and the
+mean-pooled projected query (each through its own Linear(D -> D)): tau * c_i + b is added to s_i, and
+Linear(1 -> D)(c_i) to the video tokens before the cross layers, so the relevance starts from a dual-encoder score
+(what a retrieval model learns from few pairs) instead of having to appear out of attention.
 """
 
 from __future__ import annotations
@@ -82,6 +87,7 @@ class ConditionGenerator(nn.Module):
         self.relevance_head = nn.Linear(dim, 1)
         # Optional (ours): the decoder reads the relevance too, so span confidence can follow the frame relevance.
         self.relevance_embedding = nn.Linear(1, dim) if config.relevance_feature else None
+        self.similarity = _Similarity(dim) if config.similarity_feature else None
 
     def forward(self, video: Tensor, video_mask: Tensor, text: Tensor, text_mask: Tensor) -> Condition:
         """Build the condition of B (query, video) pairs.
@@ -96,21 +102,49 @@ class ConditionGenerator(nn.Module):
             The :class:`Condition` (memory (B, F, D), mask, relevance logits (B, F)).
         """
         positions = sine_code(row_frame_positions(video_mask), self.dim)  # (B, F, D)
-        v = self.video_projection(video) + positions  # (B, F, D)
+        v = self.video_projection(video)  # (B, F, D)
         q = self.text_projection(text)  # (B, L, D)
+        text_weights = text_mask.float() / text_mask.float().sum(1, keepdim=True).clamp_min(1.0)  # (B, L)
+        sentence = torch.einsum("bl,bld->bd", text_weights, q)  # (B, D) mean of the real query tokens
+        similarity_logits = None
+        if self.similarity is not None:
+            cosine = self.similarity(v, sentence)  # (B, F)
+            v = v + self.similarity.embedding(cosine[..., None])
+            similarity_logits = self.similarity.scale.exp() * cosine + self.similarity.bias  # (B, F)
+        v = v + positions
         for layer in self.cross_layers:
             v = layer(v, q, key_mask=text_mask)  # (B, F, D)
-        text_weights = text_mask.float() / text_mask.float().sum(1, keepdim=True).clamp_min(1.0)  # (B, L)
-        global_token = self.global_token + torch.einsum("bl,bld->bd", text_weights, q)[:, None]  # (B, 1, D)
+        global_token = self.global_token + sentence[:, None]  # (B, 1, D)
         h = torch.cat([global_token, v], dim=1)  # (B, 1 + F, D)
         mask = torch.cat([torch.ones_like(video_mask[:, :1]), video_mask], dim=1)  # (B, 1 + F)
         for layer in self.encoder_layers:
             h = layer(h, key_mask=mask)
         memory = h[:, 1:]  # (B, F, D)
-        relevance = self.relevance_head(memory).squeeze(-1).masked_fill(~video_mask, 0.0)  # (B, F)
+        relevance = self.relevance_head(memory).squeeze(-1)  # (B, F)
+        if similarity_logits is not None:
+            relevance = relevance + similarity_logits
+        relevance = relevance.masked_fill(~video_mask, 0.0)  # (B, F)
         if self.relevance_embedding is not None:
             memory = memory + self.relevance_embedding(relevance.sigmoid()[..., None])  # (B, F, D)
         return Condition(memory, video_mask, relevance)
+
+
+class _Similarity(nn.Module):
+    """The explicit frame-query cosine of ``similarity_feature``: c_i = cos(W_v v_i, W_q q) (B, F), its learned
+    temperature tau = exp(scale) (starts at 10) and bias b, and the Linear(1 -> D) embedding of c_i."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.video = nn.Linear(dim, dim)
+        self.text = nn.Linear(dim, dim)
+        self.embedding = nn.Linear(1, dim)
+        self.scale = nn.Parameter(torch.tensor(2.302585))  # log 10
+        self.bias = nn.Parameter(torch.tensor(-5.0))  # cosine 0.5 at the start maps to logit 0
+
+    def forward(self, video: Tensor, sentence: Tensor) -> Tensor:
+        frames = F.normalize(self.video(video), dim=-1)  # (B, F, D)
+        query = F.normalize(self.text(sentence), dim=-1)  # (B, D)
+        return torch.einsum("bfd,bd->bf", frames, query)
 
 
 def frame_labels(windows_se: list[Tensor], video_mask: Tensor) -> Tensor:

@@ -83,6 +83,10 @@ class NetworkConfig:
     cross_layers: int = 2
     encoder_layers: int = 2
     relevance_feature: bool = False  # add Linear(1 -> D)(sigmoid(s_i)) to the memory the decoder reads (ours)
+    # (ours) an explicit frame-query cosine (a dual-encoder channel, as a retrieval model scores): it is added to
+    # the relevance logits and embedded into the video tokens before the cross layers; without it query-frame
+    # similarity has to come out of attention alone, which a small model on a few thousand queries does not learn
+    similarity_feature: bool = False
     # decoder
     decoder: Literal["momentdiff", "diffusionvmr"] = "momentdiff"
     decoder_layers: int = 2  # MomentDiff 2; DiffusionVMR 6
