@@ -136,8 +136,7 @@ def moment_frames_corpus(moment_checkpoint: str | Path | None, root: str | None,
     config = moment_checkpoint_config(moment_checkpoint)  # None: another localiser's file, read by its own loader
     if config is None or config.condition != "frames":
         return None
-    data = dataclasses.replace(config.data, cache_in_memory=False)  # read once: no RAM cache (see corpus_to_index)
-    return PRVRCorpus(root, collection, split, data, expected_video_dim=config.video_dim)
+    return PRVRCorpus(root, collection, split, config.data, expected_video_dim=config.video_dim)
 
 
 def corpus_to_index(config: Any, index_dir: str, *, videos: tuple[str, ...], root: str | None,
@@ -169,8 +168,9 @@ def corpus_to_index(config: Any, index_dir: str, *, videos: tuple[str, ...], roo
     Raises:
         ValueError: both or neither source given, or a backbone mismatch.
     """
-    # a build reads each video once: the corpus's RAM cache of preprocessed videos (the training default) would only
-    # grow, by ~150 KB per video at 96 x 384 float32 tokens (100k videos: 15 GB, the build was OOM-killed)
+    # a build reads each video once: the corpus's RAM cache of preprocessed videos and queries (the training default)
+    # would only grow, by ~150 KB per video at 96 x 384 float32 tokens (100k videos: 15 GB, the build was OOM-killed).
+    # build_index itself never caches the videos it reads; this also keeps any other read of the split uncached.
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, cache_in_memory=False))
     data_options = [root, collection, split] if split_is_option else [root, collection]
     names = "/".join(("--data", "--collection", "--split")[: len(data_options)])

@@ -87,8 +87,9 @@ def pick_test_queries(timelines: Mapping[str, Mapping[str, Any]], seed: int,
 
 
 def _iou(a: tuple[float, float], b: tuple[float, float]) -> float:
-    union = max(a[1], b[1]) - min(a[0], b[0])
-    return max(0.0, min(a[1], b[1]) - max(a[0], b[0])) / union if union > 0 else 0.0
+    from prvr.metrics.moments import temporal_iou_matrix
+
+    return float(temporal_iou_matrix(np.array([a]), np.array([b]))[0, 0])
 
 
 def _same_kind(events: Sequence[Mapping[str, Any]], kind: tuple[str, str],
@@ -169,7 +170,7 @@ def answer_examples(
     with Retriever.load(index_dir) as retriever:
         results = retriever.search([text for text, _ in items], k=k)
         for (text, target), hits in zip(items, results):
-            kind, how_kind = None, "an event of the kind the query describes"  # (action, thing)
+            kind, how_kind, own = None, "an event of the kind the query describes", None  # kind: (action, thing)
             if target is not None:
                 own = next((e for e in timelines.get(target[0], {}).get("events", [])
                             if (float(e["start"]), float(e["end"])) == target[1]), None)
@@ -184,8 +185,7 @@ def answer_examples(
                 events = list(timelines.get(hit.video_id, {}).get("events", []))
                 is_target = target is not None and hit.video_id == target[0]
                 if is_target:
-                    event = next((e for e in events if (float(e["start"]), float(e["end"])) == target[1]), None)
-                    how = "the event the query was written about"
+                    event, how = own, "the event the query was written about"
                 elif kind is not None:
                     event = _same_kind(events, kind, hit.moments)
                     how = how_kind if event is not None else "this video holds no event of that kind"
